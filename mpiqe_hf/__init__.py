@@ -1,7 +1,17 @@
 """mpiqe_hf: MP-IQE blind image quality assessment for the Hugging Face ecosystem."""
 
 from .configuration_mpiqe import DISTORTION_CLASSES, QUALITY_LEVELS, SCENE_CLASSES, MPIQEConfig
+from .modeling_mpiqe import MPIQEModel, MPIQEOutput, MPIQEPreTrainedModel
 
 __version__ = "0.1.0"
 
-__all__ = ["MPIQEConfig", "SCENE_CLASSES", "DISTORTION_CLASSES", "QUALITY_LEVELS", "__version__"]
+__all__ = [
+    "MPIQEConfig",
+    "MPIQEModel",
+    "MPIQEOutput",
+    "MPIQEPreTrainedModel",
+    "SCENE_CLASSES",
+    "DISTORTION_CLASSES",
+    "QUALITY_LEVELS",
+    "__version__",
+]

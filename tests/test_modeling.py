@@ -1,0 +1,309 @@
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import CLIPModel, PreTrainedModel
+
+from conftest import MPIQEModelTester, tiny_tokenizer_vocab
+from mpiqe_hf import MPIQEConfig, MPIQEModel
+
+TRAINABLE_PREFIXES = (
+    "visual_prompts",
+    "scene_prompt_learner.",
+    "distortion_prompt_learner.",
+    "image_token_projection.",
+    "multimodal_encoder.",
+    "score_head.",
+)
+
+
+def test_is_a_pretrained_model_around_clip(tester):
+    model = tester.model()
+    assert isinstance(model, PreTrainedModel)
+    assert isinstance(model.clip, CLIPModel)
+    assert model.config.model_type == "mpiqe"
+
+
+@pytest.mark.parametrize("five_d", [True, False])
+def test_output_shapes(tester, five_d):
+    model = tester.model()
+    pixel_values = tester.pixel_values()
+    if not five_d:
+        pixel_values = pixel_values[:, 0]
+    with torch.no_grad():
+        out = model(pixel_values)
+    num_crops = tester.num_crops if five_d else 1
+    assert out.score.shape == (tester.batch_size,)
+    assert out.crop_scores.shape == (tester.batch_size, num_crops)
+    assert out.scene_logits.shape == (tester.batch_size, 9)
+    assert out.distortion_logits.shape == (tester.batch_size, 11)
+    assert out.loss is None
+    torch.testing.assert_close(out.score, out.crop_scores.mean(dim=1))
+
+
+def test_crop_scores_are_averaged_per_image(tester):
+    model = tester.model()
+    pixel_values = tester.pixel_values()
+    with torch.no_grad():
+        together = model(pixel_values)
+        alone = model(pixel_values[1:, :1])
+    torch.testing.assert_close(together.crop_scores[1, 0], alone.score[0], atol=1e-5, rtol=0)
+
+
+def test_bad_pixel_values_shape(tester):
+    with pytest.raises(ValueError, match="pixel_values"):
+        tester.model()(torch.zeros(3, 30, 30))
+
+
+def test_clip_is_frozen_and_only_new_parts_train(tester):
+    model = tester.model()
+    trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+    frozen = {name for name, param in model.named_parameters() if not param.requires_grad}
+    assert trainable and all(name.startswith(TRAINABLE_PREFIXES) for name in trainable)
+    assert all(name.startswith("clip.") for name in frozen)
+    assert {name for name, _ in model.clip.named_parameters(prefix="clip")} == frozen
+    for prefix in TRAINABLE_PREFIXES:
+        assert any(name.startswith(prefix) for name in trainable), prefix
+
+
+def test_loss_combines_the_three_terms(tester):
+    model = tester.model(distortion_loss_weight=0.7, score_loss_weight=0.3)
+    scene = torch.zeros(2, 9)
+    scene[0, [1, 4]] = 1.0
+    out = model(
+        tester.pixel_values(),
+        mos=torch.tensor([0.2, 0.9]),
+        scene_labels=scene,
+        distortion_labels=torch.tensor([3, 5]),
+    )
+    expected = out.scene_loss + 0.7 * out.distortion_loss + 0.3 * out.score_loss
+    torch.testing.assert_close(out.loss, expected)
+    # The scene target of image 0 is spread over its two scenes; image 1 has no scene label and is skipped.
+    log_probs = torch.log_softmax(out.scene_logits[0], dim=-1)
+    torch.testing.assert_close(out.scene_loss, -(log_probs[1] + log_probs[4]) / 2)
+    torch.testing.assert_close(
+        out.distortion_loss, torch.nn.functional.cross_entropy(out.distortion_logits, torch.tensor([3, 5]))
+    )
+    torch.testing.assert_close(
+        out.score_loss, torch.nn.functional.smooth_l1_loss(out.score, torch.tensor([0.2, 0.9]))
+    )
+
+
+def test_missing_distortion_labels_are_masked(tester):
+    model = tester.model()
+    out = model(tester.pixel_values(), distortion_labels=torch.tensor([-100, 2]))
+    expected = torch.nn.functional.cross_entropy(out.distortion_logits[1:], torch.tensor([2]))
+    torch.testing.assert_close(out.distortion_loss, expected)
+    none_labelled = model(tester.pixel_values(), distortion_labels=torch.tensor([-100, -100]))
+    assert none_labelled.distortion_loss.item() == 0.0
+
+
+def test_nan_mos_is_refused(tester):
+    with pytest.raises(ValueError, match="NaN"):
+        tester.model()(tester.pixel_values(), mos=torch.tensor([0.5, float("nan")]))
+
+
+def test_backward_reaches_every_prompted_layer_and_only_trainable_parts():
+    tester = MPIQEModelTester(vision_layers=4)
+    model = tester.model(visual_prompt_depth=3).train()
+    out = model(tester.pixel_values(), mos=torch.tensor([0.1, 0.8]))
+    out.loss.backward()
+    assert model.visual_prompts.shape[0] == 3
+    per_layer = model.visual_prompts.grad.abs().sum(dim=(1, 2))
+    assert (per_layer > 0).all(), per_layer
+    for name, param in model.named_parameters():
+        if name.startswith("clip."):
+            assert param.grad is None, name
+        else:
+            assert param.grad is not None, name
+
+
+def test_each_layer_receives_its_own_prompts():
+    tester = MPIQEModelTester(vision_layers=4)
+    model = tester.model(visual_prompt_depth=3)
+    num_prompts = model.config.visual_prompt_length
+    seen = {}
+    hooks = [
+        layer.register_forward_pre_hook(
+            lambda module, args, kwargs, index=index: seen.__setitem__(index, args[0].detach().clone()),
+            with_kwargs=True,
+        )
+        for index, layer in enumerate(model.clip.vision_model.encoder.layers)
+    ]
+    with torch.no_grad():
+        model(tester.pixel_values())
+    for hook in hooks:
+        hook.remove()
+    num_patches = (tester.image_size // tester.patch_size) ** 2
+    for index in range(4):
+        assert seen[index].shape[1] == 1 + num_prompts + num_patches
+    for index in range(3):
+        expected = model.visual_prompts[index].expand_as(seen[index][:, 1 : 1 + num_prompts])
+        torch.testing.assert_close(seen[index][:, 1 : 1 + num_prompts], expected, atol=0, rtol=0)
+    # Beyond the depth the prompt outputs of the last prompted layer travel on instead of fresh tokens.
+    assert not torch.allclose(seen[3][:, 1 : 1 + num_prompts], model.visual_prompts[2].expand(6, -1, -1))
+
+
+def test_changing_one_layers_prompt_changes_the_score():
+    tester = MPIQEModelTester(vision_layers=4)
+    model = tester.model(visual_prompt_depth=4)
+    pixel_values = tester.pixel_values()
+    with torch.no_grad():
+        reference = model(pixel_values).score
+        for layer in range(4):
+            original = model.visual_prompts[layer].clone()
+            # A random change: a constant shift of a token would vanish in the layer's LayerNorm.
+            model.visual_prompts[layer] += torch.randn_like(original)
+            changed = model(pixel_values).score
+            model.visual_prompts[layer] = original
+            assert (changed - reference).abs().max() > 1e-6, f"layer {layer}'s prompts do not reach the score"
+        torch.testing.assert_close(model(pixel_values).score, reference, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(visual_prompt_depth=0),
+        dict(visual_prompt_depth=1),
+        dict(visual_prompt_depth=12),
+        dict(use_scene_prompts=False),
+        dict(use_distortion_prompts=False),
+    ],
+    ids=["no-visual-prompts", "shallow", "deep", "no-scene-prompts", "no-distortion-prompts"],
+)
+def test_paper_variants_build_and_train(overrides):
+    tester = MPIQEModelTester(vision_layers=12)
+    model = tester.model(**overrides).train()
+    scene = torch.zeros(2, 9)
+    scene[:, 0] = 1
+    out = model(tester.pixel_values(), mos=torch.rand(2), scene_labels=scene, distortion_labels=torch.tensor([0, 1]))
+    out.loss.backward()
+    assert out.score.shape == (2,)
+    assert (out.scene_logits is None) == (not model.config.use_scene_prompts)
+    assert (out.distortion_logits is None) == (not model.config.use_distortion_prompts)
+    assert (out.scene_loss is None) == (not model.config.use_scene_prompts)
+    num_queries = (9 if model.config.use_scene_prompts else 0) + (11 if model.config.use_distortion_prompts else 0)
+    assert model._text_features()[2].shape == (1, num_queries, 32)
+    if model.config.visual_prompt_depth == 0:
+        assert model.visual_prompts is None
+    else:
+        assert model.visual_prompts.shape[0] == model.config.visual_prompt_depth
+        assert model.visual_prompts.grad.abs().sum(dim=(1, 2)).gt(0).all()
+
+
+def test_save_and_load_round_trip(tester, tmp_path):
+    model = tester.model()
+    with torch.no_grad():
+        model.visual_prompts.normal_()
+        model.scene_prompt_learner.context.normal_()
+    pixel_values = tester.pixel_values()
+    with torch.no_grad():
+        expected = model(pixel_values)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    assert not list(tmp_path.glob("*.bin"))
+    stored = load_file(tmp_path / "model.safetensors")
+    torch.testing.assert_close(stored["visual_prompts"], model.visual_prompts.detach())
+
+    reloaded = MPIQEModel.from_pretrained(tmp_path).eval()
+    for field in ("visual_prompt_depth", "text_prompt_length", "window_size", "scene_classes", "mos_max"):
+        assert getattr(reloaded.config, field) == getattr(model.config, field)
+    with torch.no_grad():
+        got = reloaded(pixel_values)
+    for name in ("score", "crop_scores", "scene_logits", "distortion_logits"):
+        torch.testing.assert_close(getattr(got, name), getattr(expected, name), atol=1e-5, rtol=0)
+    assert all(not param.requires_grad for param in reloaded.clip.parameters())
+
+
+def _save_tiny_clip_with_tokenizer(tester, directory):
+    from transformers import CLIPTokenizer
+
+    vocab = tiny_tokenizer_vocab()
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
+    torch.manual_seed(7)
+    clip = CLIPModel(tester.clip_config())
+    clip.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return clip, tokenizer
+
+
+def test_from_clip_keeps_clip_weights_and_tokenises_class_names(tester, tmp_path):
+    clip, tokenizer = _save_tiny_clip_with_tokenizer(tester, tmp_path / "clip")
+    model = MPIQEModel.from_clip(str(tmp_path / "clip"), visual_prompt_depth=2, window_size=3, decoder_heads=4)
+    assert model.config.clip_config.vision_config.num_hidden_layers == tester.vision_layers
+    reference = clip.state_dict()
+    for name, tensor in model.clip.state_dict().items():
+        assert torch.equal(tensor, reference[name]), name
+    assert all(not param.requires_grad for param in model.clip.parameters())
+    expected_ids = tokenizer("still life.", add_special_tokens=False)["input_ids"]
+    still_life = model.config.scene_classes.index("still_life")
+    assert model.config.scene_class_token_ids[still_life] == expected_ids
+    row = model.scene_prompt_learner.token_ids[still_life].tolist()
+    context = model.config.text_prompt_length
+    assert row[0] == tokenizer.bos_token_id
+    assert row[1 + context : 1 + context + len(expected_ids)] == expected_ids
+    assert row[1 + context + len(expected_ids)] == tokenizer.eos_token_id
+    assert model.config.base_model_name_or_path == str(tmp_path / "clip")
+
+    # The saved model carries its tokenised prompts: no tokenizer is needed to load it.
+    model.save_pretrained(tmp_path / "mpiqe")
+    assert not (tmp_path / "mpiqe" / "tokenizer.json").exists()
+    reloaded = MPIQEModel.from_pretrained(tmp_path / "mpiqe")
+    assert torch.equal(reloaded.scene_prompt_learner.token_ids, model.scene_prompt_learner.token_ids)
+    for name, tensor in reloaded.clip.state_dict().items():
+        assert torch.equal(tensor, reference[name]), name
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (dict(text_prompt_length=-1), "text_prompt_length"),
+        (dict(visual_prompt_length=-2), "visual_prompt_length"),
+        (dict(visual_prompt_depth=3), "visual_prompt_depth"),
+        (dict(use_scene_prompts=False, use_distortion_prompts=False), "use_scene_prompts"),
+        (dict(scene_classes=[]), "scene_classes"),
+        (dict(distortion_classes=[]), "distortion_classes"),
+        (dict(window_size=0), "window_size"),
+        (dict(decoder_heads=5), "decoder_heads"),
+        (dict(mos_min=5.0, mos_max=1.0), "mos_max"),
+        (dict(scene_class_token_ids=[[1, 2]]), "scene_class_token_ids"),
+    ],
+)
+def test_invalid_config_names_the_field(tester, overrides, field):
+    with pytest.raises(ValueError, match=field):
+        tester.config(**overrides)
+
+
+def test_config_defaults_follow_the_paper():
+    config = MPIQEConfig()
+    assert config.text_prompt_length == 8
+    assert config.visual_prompt_length == 4
+    assert config.visual_prompt_depth == 12
+    assert len(config.scene_classes) == 9 and len(config.distortion_classes) == 11
+    assert config.decoder_layers == 3 and config.decoder_heads == 8
+    assert config.distortion_loss_weight == 1.0 and config.score_loss_weight == 0.5
+    assert config.clip_config.vision_config.patch_size == 16
+    assert config.clip_config.projection_dim == 512
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(tester, tmp_path):
+    tester.model().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"visual_prompts: checkpoint \(2, 4, 32\) vs config \(2, 2, 32\)"):
+        MPIQEModel.from_pretrained(tmp_path, visual_prompt_length=2)
+    with pytest.raises(ValueError, match=r"decoder_layers.*multimodal_encoder.layers.2.* not used by this config"):
+        MPIQEModel.from_pretrained(tmp_path, decoder_layers=2)
+    with pytest.raises(ValueError, match="scene_prompt_learner.context: not used"):
+        MPIQEModel.from_pretrained(tmp_path, use_scene_prompts=False)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tester):
+    grads = []
+    for checkpointing in (False, True):
+        model = tester.model().train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        out = model(tester.pixel_values(), mos=torch.tensor([0.3, 0.6]))
+        out.loss.backward()
+        grads.append(model.visual_prompts.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
