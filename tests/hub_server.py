@@ -55,6 +55,8 @@ MAX_STORED_BYTES = 1024 * 1024 * 1024
 MAX_REPOS = 1000
 #: Seconds an idle connection is kept before the server closes it.
 CONNECTION_TIMEOUT_S = 30
+#: Connections served at once (one thread each); more are closed at once.
+MAX_CONNECTIONS = 64
 
 # "models" -> "model", and the prefix a repo type takes in web/resolve URLs.
 _API_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
@@ -357,7 +359,7 @@ class _HubHandler(BaseHTTPRequestHandler):
         raw_parts = [p for p in split.path.split("/") if p != ""]
         known = True
         try:
-            body = self._read_body() if method in ("POST", "PUT", "DELETE") else b""
+            body = self._read_body()  # always drain it, so a kept-alive connection stays in step
             known = self._route(method, raw_parts, query, body, store)
             if not known:
                 raise HubError(404, f"Not found: {method} {split.path}")
@@ -688,8 +690,21 @@ class _HubHTTPServer(ThreadingHTTPServer):
 
     def process_request(self, request, client_address):  # type: ignore[override]
         with self._log_lock:
-            self._open.add(request)
+            full = len(self._open) >= MAX_CONNECTIONS
+            if not full:
+                self._open.add(request)
+        if full:
+            self.shutdown_request(request)
+            return
         super().process_request(request, client_address)
+
+    def handle_error(self, request, client_address):  # type: ignore[override]
+        # A client that hangs up (or a connection shut at stop) is no server bug; anything else is recorded.
+        import sys
+
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+            self.errors.append(repr(exc))
 
     def shutdown_request(self, request):  # type: ignore[override]
         with self._log_lock:
@@ -823,7 +838,7 @@ class HubEndpoint:
         """Commit shas of the repo, oldest first."""
         with self.store.lock:
             repo = self.store.get_repo(repo_type, repo_id)
-            return [c.sha for c in sorted(repo.commits.values(), key=lambda c: c.timestamp)]
+            return list(repo.commits)  # insertion order: the order they were made
 
     @property
     def requests(self) -> list[tuple[str, str, int]]:

@@ -169,6 +169,11 @@ def test_second_commit_moves_main_and_old_sha_still_resolves(hub_endpoint):
     same = api.upload_file(path_or_fileobj=b"v2", path_in_repo="w.txt", repo_id="user/history")
     assert same.oid == second.oid
 
+    # a stale parent_commit is refused, as on the Hub (412)
+    with pytest.raises(HfHubHTTPError) as info:
+        api.upload_file(path_or_fileobj=b"v3", path_in_repo="w.txt", repo_id="user/history", parent_commit=first.oid)
+    assert info.value.response.status_code == 412
+
     # deletions, branches, pull requests
     api.create_branch("user/history", branch="dev", revision=first.oid)
     api.upload_file(path_or_fileobj=b"dev", path_in_repo="d.txt", repo_id="user/history", revision="dev")
@@ -180,6 +185,24 @@ def test_second_commit_moves_main_and_old_sha_still_resolves(hub_endpoint):
     assert pr.pr_num == 1 and pr.pr_revision == "refs/pr/1"
     assert hub_endpoint.files("user/history", "refs/pr/1")["p.txt"] == b"pr"
     assert open(hf_hub_download("user/history", "p.txt", revision="refs/pr/1"), "rb").read() == b"pr"
+    _assert_clean(hub_endpoint)
+
+
+def test_concurrent_commits_all_land(hub_endpoint):
+    from concurrent.futures import ThreadPoolExecutor
+
+    api = hub_endpoint.api
+    api.create_repo("user/busy")
+
+    def push(i: int) -> str:
+        return api.upload_file(path_or_fileobj=b"%d" % i, path_in_repo=f"f{i}.txt", repo_id="user/busy").oid
+
+    with ThreadPoolExecutor(8) as pool:
+        shas = list(pool.map(push, range(8)))
+    assert len(set(shas)) == 8
+    files = hub_endpoint.files("user/busy")
+    assert all(files[f"f{i}.txt"] == b"%d" % i for i in range(8))
+    assert len(hub_endpoint.commits("user/busy")) == 9  # + the initial commit
     _assert_clean(hub_endpoint)
 
 
