@@ -855,7 +855,6 @@ class HubEndpoint:
 
 def _patch_hub_settings(monkeypatch: pytest.MonkeyPatch, endpoint: HubEndpoint) -> None:
     """Point huggingface_hub/transformers of this process at ``endpoint``; ``monkeypatch`` undoes it all."""
-    import huggingface_hub
     from huggingface_hub import constants
 
     url = endpoint.url
@@ -900,7 +899,6 @@ def _patch_hub_settings(monkeypatch: pytest.MonkeyPatch, endpoint: HubEndpoint) 
     default_api = getattr(hf_api_mod, "api", None)
     if default_api is not None and hasattr(default_api, "endpoint"):
         monkeypatch.setattr(default_api, "endpoint", url)
-    del huggingface_hub  # only imported to make sure the package is loaded
 
     # transformers caches an HfApi (with the endpoint of the time) in transformers.utils.hub._hf_api.
     try:
@@ -935,6 +933,7 @@ def hub_endpoint(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
         _patch_hub_settings(monkeypatch, endpoint)
         yield endpoint
     finally:
+        # Stops the server; ``monkeypatch`` (torn down after this fixture) then restores every
+        # setting, including ``transformers.utils.hub._hf_api``, which may now cache an HfApi
+        # pointed at this (dead) server.
         server.stop()
-        # The transformers HfApi cached during the test points at a dead server: drop it too.
-        # (monkeypatch restores the original value right after this.)
