@@ -1,0 +1,142 @@
+"""IQA datasets for MP-IQE: one `datasets.Dataset` layout for LIQE label files, official releases, folders, the Hub
+and the embedded synthetic set.
+
+Every loader returns columns `image` (`datasets.Image()`, file paths, decoded lazily), `mos` (native scale),
+`mos_normalized` (in [0, 1], higher = better), `scene` (list of `SCENE_CLASSES` names), `distortion` (a
+`DISTORTION_CLASSES` name or None) and `content_id` (the reference content, for disjoint splits). The native range
+and the loader's other facts are stored as JSON in `ds.info.description`; read them with [`dataset_mos_range`] and
+[`dataset_metadata`].
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import datasets
+
+from .folder import METADATA_FILE, convert_dataset, load_hub_dataset, load_metadata_folder
+from .liqe import liqe_splits, load_liqe_dataset
+from .official import load_official_dataset
+from .specs import (
+    FINE_TO_DISTORTION,
+    IQA_DATASETS,
+    BadSample,
+    DatasetSpec,
+    MOSRange,
+    canonical_dataset_name,
+    dataset_metadata,
+    dataset_mos_range,
+    get_dataset_spec,
+    map_distortion,
+    map_scene,
+    normalize_mos,
+    skipped_samples,
+)
+from .splits import paper_splits, subsample
+from .synthetic import build_synthetic, load_synthetic, pseudo_mos
+
+
+def load_iqa_dataset(
+    name_or_path: Optional[str] = "synthetic",
+    data_dir=None,
+    label_file=None,
+    split: Optional[str] = None,
+    cache_dir=None,
+    skip_bad_samples: bool = False,
+    seed: int = 0,
+    *,
+    check_files: bool = True,
+    verify_images: bool = False,
+    mos_range=None,
+    higher_is_better: bool = True,
+    image_column: str = "image",
+    mos_column: str = "mos",
+    **kwargs,
+) -> datasets.Dataset:
+    """Load an IQA dataset as a `datasets.Dataset` with the library's columns.
+
+    - `"synthetic"` (or None): the embedded set, built on first use under `cache_dir` (default
+      `~/.cache/mpiqe_hf`, or `$MPIQE_HF_CACHE`) in `synthetic/<version>-<seed>`. Extra: `include_references=True`.
+    - `"koniq10k"`, `"kadid10k"`, `"live"`, `"csiq"`, `"livec"`, `"bid"`: with `label_file` (a LIQE `*_clip.txt`
+      file or a LIQE database folder) the LIQE labels, image paths relative to `data_dir`; without it the official
+      layout under `data_dir` (extras: `image_folder=` for KonIQ, `live_realigned=` for LIVE).
+    - a folder with `metadata.csv`: `file_name`, `mos`, optional `scene` (`|`-separated), `distortion`,
+      `content_id`; range from `mos_range` or the data, direction from `higher_is_better`.
+    - a `save_to_disk` folder, another local folder or a Hub id: `datasets.load_dataset(name, split=split)` with
+      `image_column` and `mos_column` (extra kwargs go to `load_dataset`).
+
+    `check_files=False` skips the existence check of image files (LIQE/official/folder loaders); `verify_images=True`
+    also decodes every image. Bad rows raise a `ValueError` naming file, line and field, or with
+    `skip_bad_samples=True` are skipped, warned about and listed by [`skipped_samples`].
+    """
+    if name_or_path is None:
+        name_or_path = "synthetic"
+    name_or_path = os.fspath(name_or_path)
+    canonical = canonical_dataset_name(name_or_path) if not os.path.isdir(name_or_path) else None
+    if canonical == "synthetic":
+        _no_split(split, canonical)
+        return load_synthetic(
+            cache_dir, seed, include_references=kwargs.pop("include_references", True),
+            skip_bad_samples=skip_bad_samples, verify_images=verify_images,
+        )
+    if canonical is not None:
+        _no_split(split, canonical)
+        if label_file is not None:
+            if kwargs:
+                raise ValueError(f"Unexpected arguments for the LIQE loader: {sorted(kwargs)}")
+            return load_liqe_dataset(
+                canonical, label_file, data_dir, check_files=check_files, verify_images=verify_images,
+                skip_bad_samples=skip_bad_samples,
+            )
+        return load_official_dataset(
+            canonical, data_dir, check_files=check_files, verify_images=verify_images,
+            skip_bad_samples=skip_bad_samples, **kwargs,
+        )
+    path = Path(name_or_path)
+    if path.is_dir() and (path / METADATA_FILE).is_file():
+        _no_split(split, str(path))
+        return load_metadata_folder(
+            path, mos_range=mos_range, higher_is_better=higher_is_better, check_files=check_files,
+            verify_images=verify_images, skip_bad_samples=skip_bad_samples,
+        )
+    return load_hub_dataset(
+        name_or_path, split=split, cache_dir=cache_dir, image_column=image_column, mos_column=mos_column,
+        mos_range=mos_range, higher_is_better=higher_is_better, skip_bad_samples=skip_bad_samples, **kwargs,
+    )
+
+
+def _no_split(split, name):
+    if split not in (None, "all", "full"):
+        raise ValueError(
+            f"{name} is loaded whole; use paper_splits() or liqe_splits() for train/test indices (got split={split!r})."
+        )
+
+
+__all__ = [
+    "load_iqa_dataset",
+    "IQA_DATASETS",
+    "DatasetSpec",
+    "get_dataset_spec",
+    "dataset_metadata",
+    "dataset_mos_range",
+    "MOSRange",
+    "skipped_samples",
+    "BadSample",
+    "paper_splits",
+    "liqe_splits",
+    "subsample",
+    "normalize_mos",
+    "map_scene",
+    "map_distortion",
+    "FINE_TO_DISTORTION",
+    "load_liqe_dataset",
+    "load_official_dataset",
+    "load_metadata_folder",
+    "load_hub_dataset",
+    "convert_dataset",
+    "load_synthetic",
+    "build_synthetic",
+    "pseudo_mos",
+]

@@ -1,0 +1,383 @@
+"""Loaders for the official on-disk layouts of the six datasets of the paper (MOS, plus distortion where encoded).
+
+Layouts (relative to `data_dir`):
+
+- KonIQ-10k: `koniq10k_scores_and_distributions.csv` (`image_name`, `MOS` on 1-5) + `1024x768/` (or `512x384/`).
+- KADID-10k: `dmos.csv` (`dist_img`, `ref_img`, `dmos`, `var`) + `images/I01_03_02.png`.
+- LIVE release 2: `dmos_realigned.mat` (`dmos_new`, `orgs`) or `dmos.mat` (`dmos`, `orgs`), `refnames_all.mat`,
+  folders `jp2k/ jpeg/ wn/ gblur/ fastfading/` with `img<N>.bmp` (982 entries in that order, references skipped).
+- CSIQ: `csiq.DMOS.xlsx` (sheet `all_by_image`) or a CSV export `csiq.DMOS.csv` with columns `image`, `dst_idx`,
+  `dst_lev`, `dmos`; images `dst_imgs/<type>/<image>.<TYPE>.<level>.png`. Stored as 1 - DMOS like LIQE's files.
+- LIVE Challenge: `Data/AllImages_release.mat`, `Data/AllMOS_release.mat`, `Images/`; the 7 training images
+  `t1.bmp`..`t7.bmp` are left out (1162 images remain).
+- BID: `DatabaseGrades.xlsx` or `DatabaseGrades.csv` (image number, MOS) + `ImageDatabase/DatabaseImage%04d.JPG`.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .specs import (
+    IQARecords,
+    RowProblems,
+    build_dataset,
+    check_image,
+    get_dataset_spec,
+    make_metadata,
+    map_distortion,
+    parse_mos,
+)
+
+# KADID-10k distortion index -> LIQE's fine-grained name (checked against LIQE's kadid10k label files).
+KADID_DISTORTIONS = {
+    1: "gaussian blur", 2: "lens", 3: "motion", 4: "diffusion", 5: "shifting", 6: "color quantization",
+    7: "oversaturation", 8: "desaturation", 9: "jpeg2000 compression", 10: "jpeg compression", 11: "white noise",
+    12: "white with color", 13: "impulse", 14: "multiplicative", 15: "white noise with denoise", 16: "brighten",
+    17: "darken", 18: "shifting the mean", 19: "jitter", 20: "noneccentricity patch", 21: "pixelate",
+    22: "quantization", 23: "color blocking", 24: "sharpness", 25: "contrast",
+}
+
+# LIVE release 2: folders in the order of dmos.mat / refnames_all.mat, their sizes and distortion names.
+LIVE_FOLDERS = (
+    ("jp2k", 227, "jpeg2000 compression"),
+    ("jpeg", 233, "jpeg compression"),
+    ("wn", 174, "white noise"),
+    ("gblur", 174, "gaussian blur"),
+    ("fastfading", 174, "fastfading"),
+)
+
+# CSIQ dst_idx -> (folder, file-name tag, distortion name).
+CSIQ_DISTORTIONS = {
+    1: ("awgn", "AWGN", "white noise"),
+    2: ("jpeg", "JPEG", "jpeg compression"),
+    3: ("jpeg2000", "jpeg2000", "jpeg2000 compression"),
+    4: ("fnoise", "fnoise", "fnoise"),
+    5: ("blur", "BLUR", "gaussian blur"),
+    6: ("contrast", "contrast", "contrast"),
+}
+
+LIVEC_TRAINING_IMAGE = re.compile(r"^t\d+\.bmp$", re.IGNORECASE)
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise ValueError(f"{what} not found: {path}")
+    return path
+
+
+def _first_existing(root: Path, names, what: str) -> Path:
+    for name in names:
+        if (root / name).is_file():
+            return root / name
+    raise ValueError(f"{what} not found in {root} (looked for {', '.join(names)})")
+
+
+def _loadmat(path: Path, key_options):
+    from scipy.io import loadmat
+
+    try:
+        content = loadmat(str(path))
+    except Exception as err:
+        raise ValueError(f"{path}: cannot read MATLAB file ({type(err).__name__}: {err})") from None
+    for key in key_options:
+        if key in content:
+            return content[key]
+    raise ValueError(f"{path}: no variable {' or '.join(key_options)} (found {sorted(k for k in content if not k.startswith('__'))})")
+
+
+def _mat_strings(array) -> list[str]:
+    """A MATLAB cell array of strings (any shape) -> Python strings, in MATLAB's column-major order of a vector."""
+    out = []
+    for item in np.asarray(array, dtype=object).reshape(-1, order="F"):
+        while isinstance(item, np.ndarray):
+            item = item.reshape(-1)[0] if item.size else ""
+        out.append(str(item))
+    return out
+
+
+def _read_table(path: Path, sheet=None, required=()):
+    """Rows of a CSV or XLSX table: returns `(header, [(line_number, {column: value})])`.
+
+    The header is the first row that contains every `required` column name (case-insensitive).
+    """
+    if path.suffix.lower() in (".xlsx", ".xlsm"):
+        try:
+            import openpyxl
+        except ImportError:
+            raise ValueError(
+                f"Reading {path} needs openpyxl (`pip install openpyxl`), or export the sheet to CSV next to it."
+            ) from None
+        book = openpyxl.load_workbook(str(path), read_only=True, data_only=True)
+        ws = book[sheet] if sheet and sheet in book.sheetnames else book.active
+        raw_rows = [list(r) for r in ws.iter_rows(values_only=True)]
+        book.close()
+    else:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            raw_rows = list(csv.reader(handle))
+    header_at = None
+    for i, row in enumerate(raw_rows[:20]):
+        names = [str(c).strip().lower() if c is not None else "" for c in row]
+        if all(r in names for r in required):
+            header_at = i
+            break
+    if header_at is None:
+        raise ValueError(f"{path}: no header row with the columns {list(required)}")
+    header = [str(c).strip().lower() if c is not None else "" for c in raw_rows[header_at]]
+    rows = []
+    for i in range(header_at + 1, len(raw_rows)):
+        row = raw_rows[i]
+        if row is None or all(c is None or str(c).strip() == "" for c in row):
+            continue
+        rows.append((i + 1, {h: (row[j] if j < len(row) else None) for j, h in enumerate(header) if h}))
+    return header, rows
+
+
+def _int_cell(value):
+    if value is None:
+        raise ValueError("empty")
+    return int(float(str(value).strip()))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _koniq(root: Path, problems, check_files, verify_images, records, options):
+    csv_path = _require(root / "koniq10k_scores_and_distributions.csv", "KonIQ-10k score file")
+    folder = options.get("image_folder")
+    if folder is None:
+        folder = "1024x768" if (root / "1024x768").is_dir() or not (root / "512x384").is_dir() else "512x384"
+    spec = get_dataset_spec("koniq10k")
+    _, rows = _read_table(csv_path, required=("image_name", "mos"))
+    for line, row in rows:
+        name = str(row.get("image_name") or "").strip()
+        if not name:
+            problems.report(csv_path, line, "image_name", "empty image name")
+            continue
+        mos = parse_mos(row.get("mos"), problems, csv_path, line, (spec.mos_min, spec.mos_max))
+        if mos is None:
+            continue
+        path = root / folder / name
+        if check_image(path, problems, csv_path, line, check_files, verify_images):
+            records.add(path.resolve(), mos, [], None, name)
+    return csv_path
+
+
+def _kadid(root: Path, problems, check_files, verify_images, records, options):
+    csv_path = _require(root / "dmos.csv", "KADID-10k score file")
+    spec = get_dataset_spec("kadid10k")
+    _, rows = _read_table(csv_path, required=("dist_img", "dmos"))
+    for line, row in rows:
+        name = str(row.get("dist_img") or "").strip()
+        match = re.match(r"^(I\d+)_(\d+)_(\d+)\.\w+$", name)
+        if not match:
+            problems.report(csv_path, line, "dist_img", f"not a KADID name like I01_03_02.png: {name!r}")
+            continue
+        index = int(match.group(2))
+        if index not in KADID_DISTORTIONS:
+            problems.report(csv_path, line, "dist_img", f"unknown KADID distortion index {index:02d}")
+            continue
+        mos = parse_mos(row.get("dmos"), problems, csv_path, line, (spec.mos_min, spec.mos_max))
+        if mos is None:
+            continue
+        ref = str(row.get("ref_img") or "").strip()
+        content = os.path.splitext(ref)[0] if ref else match.group(1)
+        path = root / "images" / name
+        if check_image(path, problems, csv_path, line, check_files, verify_images):
+            records.add(path.resolve(), mos, [], map_distortion(KADID_DISTORTIONS[index]), content)
+    return csv_path
+
+
+def live_reference_map(root) -> dict:
+    """`{"jp2k/img1.bmp": "coinsinfountain", ...}` from `refnames_all.mat`, else from the folders' `info.txt`."""
+    root = Path(root)
+    refs = {}
+    mat = root / "refnames_all.mat"
+    if mat.is_file():
+        try:
+            names = _mat_strings(_loadmat(mat, ("refnames_all",)))
+        except ValueError:
+            names = []
+        if len(names) == sum(n for _, n, _ in LIVE_FOLDERS):
+            i = 0
+            for folder, count, _ in LIVE_FOLDERS:
+                for j in range(1, count + 1):
+                    refs[f"{folder}/img{j}.bmp"] = os.path.splitext(names[i])[0]
+                    i += 1
+            return refs
+    for folder, _, _ in LIVE_FOLDERS:
+        info = root / folder / "info.txt"
+        if not info.is_file():
+            continue
+        with open(info, encoding="utf-8", errors="replace") as handle:
+            for raw in handle:
+                parts = raw.split()
+                if len(parts) >= 2 and parts[1].lower().endswith(".bmp"):
+                    refs[f"{folder}/{parts[1]}"] = os.path.splitext(parts[0])[0]
+    return refs
+
+
+def _live(root: Path, problems, check_files, verify_images, records, options):
+    spec = get_dataset_spec("live")
+    use_realigned = options.get("live_realigned", True)
+    candidates = ("dmos_realigned.mat", "dmos.mat") if use_realigned else ("dmos.mat",)
+    mat_path = _first_existing(root, candidates, "LIVE DMOS file")
+    dmos = np.asarray(_loadmat(mat_path, ("dmos_new", "dmos")), dtype=float).reshape(-1)
+    orgs = np.asarray(_loadmat(mat_path, ("orgs",)), dtype=float).reshape(-1)
+    total = sum(n for _, n, _ in LIVE_FOLDERS)
+    if len(dmos) != total or len(orgs) != total:
+        raise ValueError(f"{mat_path}: expected {total} DMOS and orgs entries, found {len(dmos)} and {len(orgs)}")
+    refs = live_reference_map(root)
+    i = 0
+    for folder, count, fine in LIVE_FOLDERS:
+        for j in range(1, count + 1):
+            entry = i + 1
+            i += 1
+            if orgs[entry - 1] == 1:
+                continue  # a reference image listed inside the distortion folder
+            mos = parse_mos(dmos[entry - 1], problems, mat_path, entry, (spec.mos_min, spec.mos_max))
+            if mos is None:
+                continue
+            rel = f"{folder}/img{j}.bmp"
+            path = root / rel
+            if check_image(path, problems, mat_path, entry, check_files, verify_images):
+                records.add(path.resolve(), mos, [], map_distortion(fine), refs.get(rel, rel))
+    return mat_path
+
+
+def _csiq(root: Path, problems, check_files, verify_images, records, options):
+    table = _first_existing(root, ("csiq.DMOS.xlsx", "csiq.DMOS.csv", "csiq_dmos.csv"), "CSIQ DMOS table")
+    _, rows = _read_table(table, sheet="all_by_image", required=("image", "dst_idx", "dst_lev", "dmos"))
+    for line, row in rows:
+        try:
+            idx = _int_cell(row.get("dst_idx"))
+        except ValueError:
+            problems.report(table, line, "dst_idx", f"not an integer: {row.get('dst_idx')!r}")
+            continue
+        if idx not in CSIQ_DISTORTIONS:
+            problems.report(table, line, "dst_idx", f"unknown CSIQ distortion index {idx}")
+            continue
+        try:
+            level = _int_cell(row.get("dst_lev"))
+        except ValueError:
+            problems.report(table, line, "dst_lev", f"not an integer: {row.get('dst_lev')!r}")
+            continue
+        image = row.get("image")
+        image = str(int(image)) if isinstance(image, (int, float)) else str(image or "").strip()
+        if not image:
+            problems.report(table, line, "image", "empty image name")
+            continue
+        dmos = parse_mos(row.get("dmos"), problems, table, line, (0.0, 1.0))
+        if dmos is None:
+            continue
+        folder, tag, fine = CSIQ_DISTORTIONS[idx]
+        path = root / "dst_imgs" / folder / f"{image}.{tag}.{level}.png"
+        if check_image(path, problems, table, line, check_files, verify_images):
+            records.add(path.resolve(), 1.0 - dmos, [], map_distortion(fine), image)
+    return table
+
+
+def _livec(root: Path, problems, check_files, verify_images, records, options):
+    spec = get_dataset_spec("livec")
+    names_path = _require(root / "Data" / "AllImages_release.mat", "LIVE Challenge image list")
+    mos_path = _require(root / "Data" / "AllMOS_release.mat", "LIVE Challenge MOS file")
+    names = _mat_strings(_loadmat(names_path, ("AllImages_release",)))
+    mos_all = np.asarray(_loadmat(mos_path, ("AllMOS_release",)), dtype=float).reshape(-1)
+    if len(names) != len(mos_all):
+        raise ValueError(f"{mos_path}: {len(mos_all)} MOS values for {len(names)} images in {names_path}")
+    for entry, (name, value) in enumerate(zip(names, mos_all), start=1):
+        if LIVEC_TRAINING_IMAGE.match(name):
+            continue  # the 7 training images shown to subjects before the study
+        mos = parse_mos(value, problems, mos_path, entry, (spec.mos_min, spec.mos_max))
+        if mos is None:
+            continue
+        path = root / "Images" / name
+        if check_image(path, problems, names_path, entry, check_files, verify_images):
+            records.add(path.resolve(), mos, [], None, name)
+    return mos_path
+
+
+def _bid(root: Path, problems, check_files, verify_images, records, options):
+    spec = get_dataset_spec("bid")
+    places = [root, root / "ImageDatabase"]
+    names = ("DatabaseGrades.xlsx", "DatabaseGrades.csv")
+    table = next((p / n for p in places for n in names if (p / n).is_file()), None)
+    if table is None:
+        raise ValueError(f"BID grade table not found in {root} (looked for {', '.join(names)})")
+    image_dir = root / "ImageDatabase" if (root / "ImageDatabase").is_dir() else root
+    if table.suffix.lower() == ".csv":
+        with open(table, newline="", encoding="utf-8-sig") as handle:
+            raw_rows = list(csv.reader(handle))
+    else:
+        try:
+            import openpyxl
+        except ImportError:
+            raise ValueError(f"Reading {table} needs openpyxl (`pip install openpyxl`), or export it as CSV.") from None
+        book = openpyxl.load_workbook(str(table), read_only=True, data_only=True)
+        raw_rows = [list(r) for r in book.active.iter_rows(values_only=True)]
+        book.close()
+    for line, row in enumerate(raw_rows, start=1):
+        if not row or row[0] is None or str(row[0]).strip() == "":
+            continue
+        try:
+            number = _int_cell(row[0])
+        except ValueError:
+            if line == 1:
+                continue  # header row
+            problems.report(table, line, "image", f"not an image number: {row[0]!r}")
+            continue
+        if len(row) < 2:
+            problems.report(table, line, "mos", "missing MOS column")
+            continue
+        mos = parse_mos(row[1], problems, table, line, (spec.mos_min, spec.mos_max))
+        if mos is None:
+            continue
+        name = f"DatabaseImage{number:04d}.JPG"
+        path = image_dir / name
+        if check_image(path, problems, table, line, check_files, verify_images):
+            records.add(path.resolve(), mos, [], None, name)
+    return table
+
+
+OFFICIAL_LOADERS = {
+    "koniq10k": _koniq,
+    "kadid10k": _kadid,
+    "live": _live,
+    "csiq": _csiq,
+    "livec": _livec,
+    "bid": _bid,
+}
+
+
+def load_official_dataset(
+    name: str,
+    data_dir,
+    *,
+    check_files: bool = True,
+    verify_images: bool = False,
+    skip_bad_samples: bool = False,
+    **options,
+):
+    """Load `name` from its official release layout under `data_dir` (scene labels are empty there)."""
+    spec = get_dataset_spec(name)
+    if spec.name not in OFFICIAL_LOADERS:
+        raise ValueError(f"{spec.name!r} has no official on-disk layout.")
+    if data_dir is None:
+        raise ValueError(f"{spec.name}: `data_dir` (the dataset root) is required.")
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise ValueError(f"{spec.name}: data_dir {root} is not a folder.")
+    problems = RowProblems(skip_bad_samples)
+    records = IQARecords()
+    source_file = OFFICIAL_LOADERS[spec.name](root, problems, check_files, verify_images, records, options)
+    problems.warn(source_file)
+    meta = make_metadata(
+        spec.name, spec.mos_min, spec.mos_max, spec.higher_is_better,
+        source="official", spec=spec, skipped=problems.bad,
+        data_dir=str(root.resolve()), score_file=str(Path(source_file).resolve()),
+    )
+    return build_dataset(records, meta)

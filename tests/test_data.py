@@ -1,0 +1,519 @@
+"""Tests of mpiqe_hf.data: LIQE label files, official layouts (tiny fakes), folders, Hub-style datasets, the
+synthetic set and the split helpers. No network; images are generated in tmp_path."""
+
+import csv
+import hashlib
+import os
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+from PIL import Image
+from scipy.io import savemat
+
+from mpiqe_hf.configuration_mpiqe import DISTORTION_CLASSES, SCENE_CLASSES
+from mpiqe_hf.data import (
+    IQA_DATASETS,
+    dataset_metadata,
+    dataset_mos_range,
+    get_dataset_spec,
+    liqe_splits,
+    load_iqa_dataset,
+    paper_splits,
+    skipped_samples,
+    subsample,
+)
+from mpiqe_hf.data.synthetic import FAMILY_WEIGHTS, REFERENCES, pseudo_mos
+
+LIQE_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "liqe" / "IQA_Database"
+if not LIQE_ROOT.is_dir():
+    LIQE_ROOT = Path("/work/shared/data/liqe/IQA_Database")
+needs_liqe = pytest.mark.skipif(not LIQE_ROOT.is_dir(), reason="LIQE label files not available")
+
+COLUMNS = ["image", "mos", "mos_normalized", "scene", "distortion", "content_id"]
+
+
+def make_image(path, size=(8, 6), color=(120, 30, 200), fmt=None):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path, format=fmt)
+    return path
+
+
+def count_lines(path):
+    with open(path, encoding="utf-8") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+def labels(ds):
+    """The non-image columns (no decoding)."""
+    return ds.select_columns([c for c in COLUMNS if c != "image"]).to_list()
+
+
+def image_paths(ds):
+    return [d["path"] for d in ds.cast_column("image", datasets.Image(decode=False))["image"]]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# specs
+
+
+def test_dataset_specs():
+    assert set(IQA_DATASETS) == {"koniq10k", "kadid10k", "live", "csiq", "livec", "bid", "synthetic"}
+    for name in ("live", "csiq"):
+        assert get_dataset_spec(name).score_loss_weight == 0.1
+    for name in ("koniq10k", "kadid10k", "livec", "bid", "synthetic"):
+        assert get_dataset_spec(name).score_loss_weight == 0.5
+    for name in ("live", "csiq", "bid"):
+        assert get_dataset_spec(name).batch_size == 32
+    for name in ("koniq10k", "kadid10k", "livec", "synthetic"):
+        assert get_dataset_spec(name).batch_size == 64
+    assert get_dataset_spec("live").higher_is_better is False
+    assert (get_dataset_spec("koniq10k").mos_min, get_dataset_spec("koniq10k").mos_max) == (1.0, 5.0)
+    assert (get_dataset_spec("livec").mos_min, get_dataset_spec("livec").mos_max) == (0.0, 100.0)
+    assert (get_dataset_spec("bid").mos_min, get_dataset_spec("bid").mos_max) == (0.0, 5.0)
+    assert get_dataset_spec("KonIQ-10k").name == "koniq10k"
+    assert {n for n, s in IQA_DATASETS.items() if s.synthetic} == {"kadid10k", "live", "csiq", "synthetic"}
+    with pytest.raises(ValueError, match="Unknown IQA dataset"):
+        get_dataset_spec("tid2013")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# LIQE label files
+
+
+@needs_liqe
+@pytest.mark.parametrize(
+    "name, rel", [("koniq10k", "koniq-10k/splits2/koniq10k_all_clip.txt"), ("csiq", "CSIQ/splits2/csiq_all_clip.txt")]
+)
+def test_liqe_real_label_files(name, rel):
+    label_file = LIQE_ROOT / rel
+    ds = load_iqa_dataset(name, label_file=label_file, check_files=False)
+    assert len(ds) == count_lines(label_file)
+    assert ds.column_names == COLUMNS
+    rows = labels(ds)
+    assert {r["distortion"] for r in rows} <= set(DISTORTION_CLASSES)
+    assert {s for r in rows for s in r["scene"]} <= set(SCENE_CLASSES)
+    assert all(r["scene"] for r in rows)
+    assert all(0.0 <= r["mos_normalized"] <= 1.0 for r in rows)
+    if name == "csiq":
+        assert len({r["content_id"] for r in rows}) == 30
+        assert rows[0]["content_id"] == "shroom" and rows[0]["distortion"] == "noise"
+        assert rows[0]["mos_normalized"] == pytest.approx(rows[0]["mos"])
+    else:
+        assert len({r["content_id"] for r in rows}) == len(rows)
+        assert rows[0]["distortion"] == "overexposure" and rows[0]["scene"] == ["human"]
+        assert rows[0]["mos_normalized"] == pytest.approx((3.349057 - 1) / 4)
+    assert dataset_mos_range(ds) == (get_dataset_spec(name).mos_min, get_dataset_spec(name).mos_max,
+                                     get_dataset_spec(name).higher_is_better)
+
+
+@needs_liqe
+def test_liqe_live_is_dmos_and_kadid_folder():
+    live = load_iqa_dataset("live", label_file=LIQE_ROOT / "databaserelease2/splits2/live_all_clip.txt",
+                            check_files=False)
+    rows = labels(live)
+    worst = max(rows, key=lambda r: r["mos"])
+    best = min(rows, key=lambda r: r["mos"])
+    assert worst["mos_normalized"] < best["mos_normalized"]  # DMOS: lower is better
+    # KADID ships no _all_clip.txt: the database folder resolves to the union of split 1.
+    kadid = load_iqa_dataset("kadid10k", label_file=LIQE_ROOT / "kadid10k", check_files=False)
+    assert len(kadid) == 10125
+    assert len(set(kadid["content_id"])) == 81 and "I32" in set(kadid["content_id"])
+
+
+@needs_liqe
+@pytest.mark.parametrize("name, rel", [("koniq10k", "koniq-10k"), ("csiq", "CSIQ")])
+def test_liqe_splits_partition(name, rel):
+    ds = load_iqa_dataset(name, label_file=LIQE_ROOT / rel, check_files=False)
+    for where in (LIQE_ROOT / rel, LIQE_ROOT / rel / "splits2" / "1", name):
+        splits = liqe_splits(where, 1, ds)
+        train, val, test = (set(splits[s]) for s in ("train", "val", "test"))
+        assert len(train) == len(splits["train"]) and len(test) == len(splits["test"])
+        assert not (train & val) and not (train & test) and not (val & test)
+        assert train | val | test == set(range(len(ds)))
+        assert len(splits["test"]) == count_lines(LIQE_ROOT / rel / "splits2/1" / f"{get_dataset_spec(name).liqe_prefix}_test_clip.txt")
+
+
+def write_liqe(path, lines):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join("\t".join(fields) + "\n" for fields in lines))
+    return path
+
+
+def test_liqe_with_images_and_content_ids(tmp_path):
+    root = tmp_path / "kadid10k"
+    for name in ("I01_01_01.png", "I01_09_02.png", "I02_21_05.png"):
+        make_image(root / "images" / name)
+    label = write_liqe(tmp_path / "kadid10k_all_clip.txt", [
+        ["images/I01_01_01.png", "4.5", "gaussian blur", "animal", "invalid", "invalid"],
+        ["images/I01_09_02.png", "3.0", "jpeg2000 compression", "still-life", "plant", "invalid"],
+        ["images/I02_21_05.png", "1.0", "pixelate", "landscape", "invalid", "invalid"],
+    ])
+    ds = load_iqa_dataset("kadid10k", data_dir=root, label_file=label, verify_images=True)
+    rows = labels(ds)
+    assert [r["content_id"] for r in rows] == ["I01", "I01", "I02"]
+    assert [r["distortion"] for r in rows] == ["blur", "jpeg2000 compression", "spatial"]
+    assert rows[1]["scene"] == ["still_life", "plant"]
+    assert [r["mos_normalized"] for r in rows] == pytest.approx([0.875, 0.5, 0.0])
+    assert all(os.path.isabs(p) and os.path.isfile(p) for p in image_paths(ds))
+    assert ds[0]["image"].size == (8, 6)
+
+
+@pytest.mark.parametrize(
+    "fields, field",
+    [
+        (["images/I01_01_02.png", "4.5", "gaussian blur", "animal", "invalid"], "columns"),
+        (["images/I01_01_02.png", "nan", "gaussian blur", "animal", "invalid", "invalid"], "mos"),
+        (["images/I01_01_02.png", "7.5", "gaussian blur", "animal", "invalid", "invalid"], "mos"),
+        (["images/I01_01_02.png", "abc", "gaussian blur", "animal", "invalid", "invalid"], "mos"),
+        (["images/I01_01_02.png", "4.5", "gaussian blur", "spaceship", "invalid", "invalid"], "scene"),
+        (["images/I01_01_02.png", "4.5", "bokeh", "animal", "invalid", "invalid"], "distortion"),
+        (["images/missing.png", "4.5", "gaussian blur", "animal", "invalid", "invalid"], "image"),
+        (["images/I01_01_01.png", "4.5", "gaussian blur", "animal", "invalid", "invalid"], "path"),
+    ],
+)
+def test_liqe_bad_rows(tmp_path, fields, field):
+    root = tmp_path / "db"
+    make_image(root / "images" / "I01_01_01.png")
+    make_image(root / "images" / "I01_01_02.png")
+    good = ["images/I01_01_01.png", "4.0", "gaussian blur", "animal", "invalid", "invalid"]
+    label = write_liqe(tmp_path / "kadid10k_all_clip.txt", [good, fields])
+    with pytest.raises(ValueError) as info:
+        load_iqa_dataset("kadid10k", data_dir=root, label_file=label)
+    message = str(info.value)
+    assert str(label) in message and "line 2" in message and f"'{field}'" in message
+    with pytest.warns(UserWarning, match="Skipped 1 bad sample"):
+        ds = load_iqa_dataset("kadid10k", data_dir=root, label_file=label, skip_bad_samples=True)
+    assert len(ds) == 1
+    bad = skipped_samples(ds)
+    assert len(bad) == 1 and bad[0].line == 2 and bad[0].field == field and bad[0].file == str(label)
+
+
+def test_unreadable_image(tmp_path):
+    root = tmp_path / "db"
+    make_image(root / "images" / "I01_01_01.png")
+    (root / "images" / "I01_01_02.png").write_bytes(b"not an image at all")
+    label = write_liqe(tmp_path / "kadid10k_all_clip.txt", [
+        ["images/I01_01_01.png", "4.0", "gaussian blur", "animal", "invalid", "invalid"],
+        ["images/I01_01_02.png", "3.0", "gaussian blur", "animal", "invalid", "invalid"],
+    ])
+    assert len(load_iqa_dataset("kadid10k", data_dir=root, label_file=label)) == 2  # decoding is lazy by default
+    with pytest.raises(ValueError, match=r"line 2, field 'image': cannot decode"):
+        load_iqa_dataset("kadid10k", data_dir=root, label_file=label, verify_images=True)
+    with pytest.warns(UserWarning):
+        ds = load_iqa_dataset("kadid10k", data_dir=root, label_file=label, verify_images=True, skip_bad_samples=True)
+    assert len(ds) == 1
+
+
+# --------------------------------------------------------------------------------------------------------------
+# official layouts (tiny fakes)
+
+
+def test_official_koniq(tmp_path):
+    root = tmp_path / "koniq10k"
+    names = ["1001.jpg", "1002.jpg", "1003.jpg"]
+    for n in names:
+        make_image(root / "1024x768" / n, fmt="JPEG")
+    with open(root / "koniq10k_scores_and_distributions.csv", "w", newline="") as f:
+        w = csv.writer(f, quoting=csv.QUOTE_ALL)
+        w.writerow(["image_name", "c1", "c2", "c3", "c4", "c5", "c_total", "MOS", "SD", "MOS_zscore"])
+        for n, mos in zip(names, (3.2, 1.5, 4.1)):
+            w.writerow([n, 0, 1, 2, 3, 4, 10, mos, 0.5, 50.0])
+    ds = load_iqa_dataset("koniq10k", data_dir=root)
+    rows = labels(ds)
+    assert [r["mos"] for r in rows] == [3.2, 1.5, 4.1]
+    assert rows[0]["distortion"] is None and rows[0]["scene"] == [] and rows[0]["content_id"] == "1001.jpg"
+    assert ds[2]["image"].size == (8, 6)
+    os.remove(root / "1024x768" / "1002.jpg")
+    with pytest.raises(ValueError, match=r"koniq10k_scores_and_distributions.csv, line 3, field 'image'"):
+        load_iqa_dataset("koniq10k", data_dir=root)
+
+
+def test_official_kadid(tmp_path):
+    root = tmp_path / "kadid"
+    rows = [("I01_03_02.png", "I01.png", 3.5), ("I01_16_05.png", "I01.png", 2.0), ("I02_25_01.png", "I02.png", 4.8)]
+    with open(root.joinpath("dmos.csv") if root.mkdir() is None else None, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["dist_img", "ref_img", "dmos", "var"])
+        for d, r, m in rows:
+            make_image(root / "images" / d)
+            w.writerow([d, r, m, 0.1])
+    ds = load_iqa_dataset("kadid10k", data_dir=root)
+    got = labels(ds)
+    assert [r["distortion"] for r in got] == ["blur", "overexposure", "contrast"]
+    assert [r["content_id"] for r in got] == ["I01", "I01", "I02"]
+    assert [r["mos_normalized"] for r in got] == pytest.approx([0.625, 0.25, 0.95])
+
+
+def _live_fake(root: Path):
+    folders = [("jp2k", 227), ("jpeg", 233), ("wn", 174), ("gblur", 174), ("fastfading", 174)]
+    total = sum(n for _, n in folders)
+    dmos = np.zeros((1, total))
+    orgs = np.ones((1, total))
+    refs = np.empty((1, total), dtype=object)
+    refs[0, :] = "parrots.bmp"
+    picks = {0: ("jp2k", 1, "bikes.bmp", 40.0), 228: ("jpeg", 2, "bikes.bmp", 70.0), 460: ("wn", 1, "parrots.bmp", 10.0),
+             808: ("fastfading", 1, "house.bmp", 100.0)}
+    for i, (folder, j, ref, value) in picks.items():
+        orgs[0, i] = 0
+        dmos[0, i] = value
+        refs[0, i] = ref
+        make_image(root / folder / f"img{j}.bmp", fmt="BMP")
+    savemat(root / "dmos_realigned.mat", {"dmos_new": dmos, "orgs": orgs, "dmos_std": np.ones((1, total))})
+    savemat(root / "refnames_all.mat", {"refnames_all": refs})
+    return picks
+
+
+def test_official_live(tmp_path):
+    root = tmp_path / "databaserelease2"
+    root.mkdir()
+    _live_fake(root)
+    ds = load_iqa_dataset("live", data_dir=root)
+    rows = labels(ds)
+    assert [r["mos"] for r in rows] == [40.0, 70.0, 10.0, 100.0]
+    assert [r["distortion"] for r in rows] == ["jpeg2000 compression", "jpeg compression", "noise", "jpeg2000 compression"]
+    assert [r["content_id"] for r in rows] == ["bikes", "bikes", "parrots", "house"]
+    assert rows[2]["mos_normalized"] > rows[0]["mos_normalized"] > rows[3]["mos_normalized"]
+    assert [os.path.relpath(p, root) for p in image_paths(ds)] == ["jp2k/img1.bmp", "jpeg/img2.bmp", "wn/img1.bmp",
+                                                                   "fastfading/img1.bmp"]
+    # the LIQE loader finds LIVE's references through refnames_all.mat in data_dir
+    label = write_liqe(tmp_path / "live_all_clip.txt", [
+        ["jp2k/img1.bmp", "40.0", "jpeg2000 compression", "human", "invalid", "invalid"],
+        ["wn/img1.bmp", "10.0", "white noise", "animal", "invalid", "invalid"],
+    ])
+    liqe = load_iqa_dataset("live", data_dir=root, label_file=label)
+    assert liqe["content_id"] == ["bikes", "parrots"]
+    assert dataset_metadata(liqe)["live_references_found"] is True
+
+
+def test_official_csiq(tmp_path):
+    root = tmp_path / "CSIQ"
+    root.mkdir()
+    table = [("shroom", 1, "noise", 1, 0.031), ("1600", 5, "blur", 3, 0.4), ("shroom", 6, "contrast", 2, 0.2)]
+    with open(root / "csiq.DMOS.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "dst_idx", "dst_type", "dst_lev", "dmos_std", "dmos"])
+        for image, idx, kind, lev, dmos in table:
+            w.writerow([image, idx, kind, lev, 0.01, dmos])
+    make_image(root / "dst_imgs/awgn/shroom.AWGN.1.png")
+    make_image(root / "dst_imgs/blur/1600.BLUR.3.png")
+    make_image(root / "dst_imgs/contrast/shroom.contrast.2.png")
+    ds = load_iqa_dataset("csiq", data_dir=root)
+    rows = labels(ds)
+    assert [r["mos"] for r in rows] == pytest.approx([0.969, 0.6, 0.8])  # stored as 1 - DMOS, like LIQE's files
+    assert [r["distortion"] for r in rows] == ["noise", "blur", "contrast"]
+    assert [r["content_id"] for r in rows] == ["shroom", "1600", "shroom"]
+
+
+def test_official_livec(tmp_path):
+    root = tmp_path / "ChallengeDB_release"
+    names = ["t1.bmp", "t2.bmp", "10.bmp", "11.JPG", "12.bmp"]
+    mos = [50.0, 60.0, 30.5, 80.25, 5.0]
+    cell = np.empty((len(names), 1), dtype=object)
+    for i, n in enumerate(names):
+        cell[i, 0] = n
+    (root / "Data").mkdir(parents=True)
+    savemat(root / "Data" / "AllImages_release.mat", {"AllImages_release": cell})
+    savemat(root / "Data" / "AllMOS_release.mat", {"AllMOS_release": np.array([mos])})
+    for n in names[2:]:
+        make_image(root / "Images" / n, fmt="JPEG" if n.endswith("JPG") else "BMP")
+    ds = load_iqa_dataset("livec", data_dir=root)
+    rows = labels(ds)
+    assert [r["content_id"] for r in rows] == ["10.bmp", "11.JPG", "12.bmp"]  # training images t*.bmp left out
+    assert [r["mos_normalized"] for r in rows] == pytest.approx([0.305, 0.8025, 0.05])
+
+
+def test_official_bid(tmp_path):
+    root = tmp_path / "BID"
+    with open(make_image(root / "ImageDatabase" / "DatabaseImage0001.JPG", fmt="JPEG").parent / "x", "w"):
+        pass
+    make_image(root / "ImageDatabase" / "DatabaseImage0012.JPG", fmt="JPEG")
+    with open(root / "DatabaseGrades.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["Image Number", "Average Subjective Grade"])
+        w.writerow([1, 3.5])
+        w.writerow([12, 0.4])
+    ds = load_iqa_dataset("bid", data_dir=root)
+    assert [r["mos"] for r in labels(ds)] == [3.5, 0.4]
+    assert ds["content_id"] == ["DatabaseImage0001.JPG", "DatabaseImage0012.JPG"]
+    with open(root / "DatabaseGrades.csv", "a", newline="") as f:
+        csv.writer(f).writerow([13, 9.0])
+    with pytest.raises(ValueError, match=r"DatabaseGrades.csv, line 4, field 'mos'.*outside"):
+        load_iqa_dataset("bid", data_dir=root)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# metadata.csv folder and Hub-style datasets
+
+
+def write_metadata(folder, rows, header=("file_name", "mos", "scene", "distortion")):
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "metadata.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def test_metadata_folder(tmp_path):
+    folder = tmp_path / "my_iqa"
+    for n in ("a.png", "sub/b.png", "c.png"):
+        make_image(folder / n)
+    write_metadata(folder, [("a.png", 7, "animal|plant", "blur"), ("sub/b.png", 2, "", ""), ("c.png", 9.5, "night", "white noise")])
+    ds = load_iqa_dataset(str(folder))
+    rows = labels(ds)
+    assert ds.column_names == COLUMNS
+    assert rows[0]["scene"] == ["animal", "plant"] and rows[1]["scene"] == [] and rows[1]["distortion"] is None
+    assert rows[2]["distortion"] == "noise"
+    assert dataset_mos_range(ds) == (2.0, 9.5, True)  # from the data
+    assert [r["mos_normalized"] for r in rows] == pytest.approx([5 / 7.5, 0.0, 1.0])
+    ds = load_iqa_dataset(str(folder), mos_range=(0, 10), higher_is_better=False)
+    assert dataset_mos_range(ds) == (0.0, 10.0, False)
+    assert [r["mos_normalized"] for r in labels(ds)] == pytest.approx([0.3, 0.8, 0.05])
+    with pytest.raises(ValueError, match=r"metadata.csv, line 4, field 'mos'.*outside"):
+        load_iqa_dataset(str(folder), mos_range=(0, 9))
+
+
+@pytest.mark.parametrize("missing", ["file_name", "mos"])
+def test_metadata_missing_column(tmp_path, missing):
+    folder = tmp_path / "f"
+    make_image(folder / "a.png")
+    header = [c for c in ("file_name", "mos") if c != missing] + ["scene"]
+    write_metadata(folder, [("a.png", "animal")], header=header)
+    with pytest.raises(ValueError, match=rf"metadata.csv, line 1, field '{missing}'"):
+        load_iqa_dataset(str(folder))
+
+
+@pytest.mark.parametrize(
+    "row, field", [(("a.png", "nan", "", ""), "mos"), (("gone.png", 3, "", ""), "image"),
+                   (("a.png", 3, "animal;moon", ""), "scene"), (("a.png", 3, "", "sparkles"), "distortion")]
+)
+def test_metadata_bad_rows(tmp_path, row, field):
+    folder = tmp_path / "f"
+    make_image(folder / "a.png")
+    make_image(folder / "b.png")
+    write_metadata(folder, [("b.png", 1, "", ""), ("b.png", 4, "", ""), row])
+    with pytest.raises(ValueError, match=rf"metadata.csv, line 4, field '{field}'"):
+        load_iqa_dataset(str(folder))
+    with pytest.warns(UserWarning):
+        ds = load_iqa_dataset(str(folder), skip_bad_samples=True)
+    assert len(ds) == 2 and skipped_samples(ds)[0].line == 4
+
+
+def test_saved_dataset_with_image_and_mos(tmp_path):
+    paths = [str(make_image(tmp_path / "img" / f"{i}.png", color=(i * 40, 0, 0))) for i in range(4)]
+    raw = datasets.Dataset.from_dict(
+        {"picture": paths, "score": [10.0, 20.0, 30.0, 40.0], "scene": [["animal"], [], ["night", "human"], []]}
+    ).cast_column("picture", datasets.Image())
+    raw.save_to_disk(str(tmp_path / "saved"))
+    ds = load_iqa_dataset(str(tmp_path / "saved"), image_column="picture", mos_column="score", mos_range=(0, 50))
+    assert ds.column_names == COLUMNS and len(ds) == 4
+    rows = labels(ds)
+    assert [r["mos_normalized"] for r in rows] == pytest.approx([0.2, 0.4, 0.6, 0.8])
+    assert rows[2]["scene"] == ["night", "human"] and rows[0]["distortion"] is None
+    assert rows[1]["content_id"] == "1.png"  # save_to_disk embeds the bytes and keeps the base name
+    assert ds[3]["image"].getpixel((0, 0)) == (120, 0, 0)
+    assert dataset_mos_range(ds) == (0.0, 50.0, True)
+    dd = datasets.DatasetDict({"train": raw, "test": raw.select([0, 1])})
+    dd.save_to_disk(str(tmp_path / "saved_dict"))
+    test = load_iqa_dataset(str(tmp_path / "saved_dict"), split="test", image_column="picture", mos_column="score")
+    assert len(test) == 2 and dataset_mos_range(test) == (10.0, 20.0, True)
+    with pytest.raises(ValueError, match="field 'mos'"):
+        load_iqa_dataset(str(tmp_path / "saved"), image_column="picture")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# splits
+
+
+def test_paper_splits_by_content_and_reproducible():
+    content = [f"ref{i // 5}" for i in range(50)]  # 10 contents x 5 distortions
+    ds = datasets.Dataset.from_dict({"content_id": content})
+    splits = paper_splits(ds, num_repetitions=10, seed=3)
+    assert len(splits) == 10
+    for train, test in splits:
+        assert set(train).isdisjoint(test) and sorted(train + test) == list(range(50))
+        assert {content[i] for i in train}.isdisjoint({content[i] for i in test})
+        assert len({content[i] for i in train}) == 8
+    assert splits == paper_splits(ds, num_repetitions=10, seed=3)
+    assert splits[:3] == paper_splits(ds, num_repetitions=3, seed=3)
+    assert splits != paper_splits(ds, num_repetitions=10, seed=4)
+    assert len({tuple(t) for t, _ in splits}) > 1
+    authentic = datasets.Dataset.from_dict({"content_id": [str(i) for i in range(50)]})
+    train, test = paper_splits(authentic, num_repetitions=1)[0]
+    assert len(train) == 40 and len(test) == 10
+    mixed = paper_splits(ds, num_repetitions=1, by_content=False)[0]
+    assert len(mixed[0]) == 40
+
+
+def test_subsample():
+    indices = list(range(100, 200))
+    s20, s40, s60 = (subsample(indices, f, seed=1) for f in (0.2, 0.4, 0.6))
+    assert (len(s20), len(s40), len(s60)) == (20, 40, 60)
+    assert set(s20) <= set(s40) <= set(s60) <= set(indices)
+    assert s20 == subsample(indices, 0.2, seed=1) and s20 != subsample(indices, 0.2, seed=2)
+    with pytest.raises(ValueError):
+        subsample(indices, 0.0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# synthetic
+
+
+def _hashes(folder):
+    out = {}
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file():
+            out[str(path.relative_to(folder))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def test_synthetic_build_reproducible(tmp_path):
+    ds = load_iqa_dataset("synthetic", cache_dir=tmp_path / "a", seed=0)
+    n_refs = len(REFERENCES)
+    assert len(ds) == n_refs * (1 + len(DISTORTION_CLASSES) * 5)
+    assert ds.column_names == COLUMNS
+    rows = labels(ds)
+    assert {r["distortion"] for r in rows} == set(DISTORTION_CLASSES) | {None}
+    assert {r["content_id"] for r in rows} == set(REFERENCES)
+    assert {s for r in rows for s in r["scene"]} <= set(SCENE_CLASSES)
+    refs = [r for r in rows if r["distortion"] is None]
+    assert len(refs) == n_refs and all(r["mos"] == 5.0 and r["mos_normalized"] == 1.0 for r in refs)
+    assert min(r["mos"] for r in rows) >= 1.0
+    meta = dataset_metadata(ds)
+    assert meta["synthetic"] is True and meta["name"] == "synthetic"
+    img = ds[1]["image"]
+    assert min(img.size) == 256
+    folder = tmp_path / "a" / "synthetic" / "v1-0"
+    assert folder.is_dir() and not [p for p in folder.parent.iterdir() if p.name.startswith(".")]
+    from mpiqe_hf.data import build_synthetic
+
+    other = build_synthetic(tmp_path / "b", seed=0)
+    assert _hashes(folder) == _hashes(other)
+    # already built: reused, not rebuilt
+    stamp = os.path.getmtime(folder / "metadata.csv")
+    assert build_synthetic(tmp_path / "a", seed=0) == folder and os.path.getmtime(folder / "metadata.csv") == stamp
+    splits = paper_splits(ds, num_repetitions=2)
+    for train, test in splits:
+        assert {rows[i]["content_id"] for i in train}.isdisjoint({rows[i]["content_id"] for i in test})
+
+
+def test_synthetic_interrupted_build_leaves_no_cache(tmp_path, monkeypatch):
+    from mpiqe_hf.data import synthetic
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synthetic, "distort", boom)
+    with pytest.raises(KeyboardInterrupt):
+        synthetic.build_synthetic(tmp_path, seed=5)
+    assert list((tmp_path / "synthetic").iterdir()) == []
+
+
+def test_pseudo_mos():
+    assert pseudo_mos(None, 0) == 5.0
+    assert pseudo_mos("blur", 5) == pytest.approx(1 + 4 / 6)
+    assert pseudo_mos("color", 3) == pytest.approx(1 + 4 * (1 - 0.6 * 3 / 6))
+    assert set(FAMILY_WEIGHTS) == set(DISTORTION_CLASSES)
