@@ -314,7 +314,9 @@ class MPIQEPreTrainedModel(PreTrainedModel):
                 pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
             )
         except OSError as err:
-            if not allow_pickle and "cannot be loaded with `safetensors`" in str(err):
+            if not allow_pickle and "cannot be loaded with `safetensors`" in str(err) and _has_pickle_weights(
+                pretrained_model_name_or_path, kwargs
+            ):
                 raise OSError(
                     f"{pretrained_model_name_or_path} has no safetensors weights (model.safetensors). MP-IQE does not "
                     "read pickled weights (pytorch_model.bin) by default because loading a pickle can run arbitrary "
@@ -892,7 +894,7 @@ def clip_weights_digest(clip: nn.Module) -> str:
     for name in sorted(state):
         tensor = state[name].detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
 
@@ -922,6 +924,16 @@ def _adapter_info(pretrained_model_name_or_path, kwargs) -> dict | None:
         return None
     with open(config_file, encoding="utf-8") as file:
         return json.load(file).get(ADAPTER_CONFIG_KEY)
+
+
+def _has_pickle_weights(pretrained_model_name_or_path, kwargs) -> bool:
+    from transformers.utils import has_file
+
+    hub_kwargs = {key: kwargs[key] for key in ("revision", "token", "proxies", "cache_dir") if key in kwargs}
+    try:
+        return any(has_file(pretrained_model_name_or_path, name, **hub_kwargs) for name in _PICKLE_WEIGHT_FILES)
+    except Exception:  # the original error says enough
+        return False
 
 
 def _refuse_local_pickle(path, subfolder: str) -> None:
