@@ -1,15 +1,49 @@
 """PyTorch MP-IQE: multi-modal prompt learning on a frozen CLIP for blind image quality assessment."""
 
+import copy
+import hashlib
+import json
+import os
+import shutil
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import CLIPModel, PreTrainedModel
+from transformers import CLIPModel, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .configuration_mpiqe import DISTORTION_CLASSES, SCENE_CLASSES, MPIQEConfig
+
+
+logger = logging.get_logger(__name__)
+
+#: File of the adapter-only checkpoint: every weight except the frozen CLIP's.
+ADAPTER_WEIGHTS_NAME = "mpiqe_adapter.safetensors"
+#: Key of `config.json` that marks an adapter-only checkpoint (and what it needs to be rebuilt).
+ADAPTER_CONFIG_KEY = "mpiqe_adapter"
+#: Files of a Hub repo that hold weights as pickles (torch.load), refused unless `allow_pickle=True`.
+_PICKLE_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+_SAFE_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", ADAPTER_WEIGHTS_NAME)
+#: The files the pipeline needs next to the model files when it is loaded as remote code.
+_PIPELINE_FILES = ("pipeline_mpiqe.py", "image_processing_mpiqe.py")
+#: The task under which the saved config announces the remote-code pipeline (the Hub widget's task).
+REMOTE_PIPELINE_TASK = "image-classification"
+#: Keyword arguments of `from_pretrained` that say where and how to fetch files.
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+#: CLIP settings that must agree between an adapter's config and the base CLIP it is put on.
+_CLIP_FIT_FIELDS = {
+    "vision_config": (
+        "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size",
+        "num_channels", "hidden_act", "layer_norm_eps",
+    ),
+    "text_config": (
+        "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
+        "max_position_embeddings", "hidden_act", "layer_norm_eps", "bos_token_id", "eos_token_id",
+    ),
+    None: ("projection_dim",),
+}
 
 # Which config field decides the shape of each group of weights, to say what to fix when a checkpoint does not fit.
 _CONFIG_FIELDS_OF_WEIGHTS = (
@@ -243,34 +277,294 @@ class MPIQEPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["CLIPEncoderLayer", "CLIPTextEmbeddings", "CLIPVisionEmbeddings", "MPIQEDecoderLayer"]
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, allow_pickle: bool = False, **kwargs):
         """
-        [`PreTrainedModel.from_pretrained`], made strict: a checkpoint whose weights do not fit the config (missing,
-        unexpected or differently shaped tensors, e.g. after overriding `visual_prompt_length`) raises a `ValueError`
-        that names the weights and the config fields that decide them, instead of silently re-initialising them.
+        [`PreTrainedModel.from_pretrained`], made strict and safe:
+
+        - a checkpoint whose weights do not fit the config (missing, unexpected or differently shaped tensors, e.g.
+          after overriding `visual_prompt_length`) raises a `ValueError` that names the weights and the config fields
+          that decide them, instead of silently re-initialising them;
+        - only safetensors weights are read: a checkpoint that has only pickled weights (`pytorch_model.bin`) is
+          refused with an `OSError`, unless `allow_pickle=True` says that its source is trusted;
+        - an adapter-only checkpoint (see `save_pretrained(..., adapter_only=True)`) is recognised from its
+          `config.json`: its base CLIP is fetched from `config.base_model_name_or_path` at
+          `config.base_model_revision` and checked against the adapter before the learned weights are put on it.
+
+        Args:
+            pretrained_model_name_or_path (`str` or `os.PathLike`): Hub repo id or local folder.
+            allow_pickle (`bool`, *optional*, defaults to `False`): also accept pickled (`torch.load`) weights.
+            kwargs: as for [`PreTrainedModel.from_pretrained`] (`revision`, `token`, `cache_dir`, `config`,
+                config overrides, ...).
         """
+        adapter_info = _adapter_info(pretrained_model_name_or_path, kwargs)
+        if adapter_info is not None:
+            return cls._from_adapter(pretrained_model_name_or_path, adapter_info, allow_pickle=allow_pickle, **kwargs)
+
         wants_loading_info = kwargs.pop("output_loading_info", False)
         kwargs.setdefault("ignore_mismatched_sizes", True)
-        model, loading_info = super().from_pretrained(
-            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
-        )
+        if allow_pickle:
+            kwargs.setdefault("use_safetensors", None)
+        else:
+            if kwargs.get("use_safetensors") is False:
+                raise ValueError("`use_safetensors=False` reads pickled weights: pass `allow_pickle=True` as well.")
+            kwargs["use_safetensors"] = True
+            _refuse_local_pickle(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
+        try:
+            model, loading_info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+            )
+        except OSError as err:
+            if not allow_pickle and "cannot be loaded with `safetensors`" in str(err) and _has_pickle_weights(
+                pretrained_model_name_or_path, kwargs
+            ):
+                raise OSError(
+                    f"{pretrained_model_name_or_path} has no safetensors weights (model.safetensors). MP-IQE does not "
+                    "read pickled weights (pytorch_model.bin) by default because loading a pickle can run arbitrary "
+                    "code; pass `allow_pickle=True` if you trust this checkpoint."
+                ) from err
+            raise
         problems = [
             f"{name}: checkpoint {tuple(stored)} vs config {tuple(expected)}"
             for name, stored, expected in sorted(loading_info["mismatched_keys"])
         ]
         problems += [f"{name}: missing from the checkpoint" for name in sorted(loading_info["missing_keys"])]
         problems += [f"{name}: not used by this config" for name in sorted(loading_info["unexpected_keys"])]
-        if problems:
-            names = " ".join(problem.split(":")[0] for problem in problems)
-            fields = sorted({field for prefix, field in _CONFIG_FIELDS_OF_WEIGHTS if prefix in names})
-            raise ValueError(
-                f"The weights in {pretrained_model_name_or_path} do not fit the config (check {', '.join(fields)}): "
-                + "; ".join(problems[:10])
-                + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
-            )
+        _raise_for_weight_problems(pretrained_model_name_or_path, problems)
         # Loading swaps in new parameter objects, which would be trainable again.
         model.clip.requires_grad_(False)
         return (model, loading_info) if wants_loading_info else model
+
+    @classmethod
+    def _from_adapter(cls, pretrained_model_name_or_path, adapter_info, *, allow_pickle=False, **kwargs):
+        """Rebuilds a full model from an adapter-only checkpoint and the base CLIP it names."""
+        from safetensors.torch import load_file
+        from transformers.utils import cached_file
+
+        wants_loading_info = kwargs.pop("output_loading_info", False)
+        hub_kwargs = {key: kwargs.pop(key) for key in _HUB_KWARGS if key in kwargs}
+        dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
+        config = kwargs.pop("config", None)
+        for key in ("trust_remote_code", "_from_auto", "_commit_hash", "ignore_mismatched_sizes", "use_safetensors"):
+            kwargs.pop(key, None)
+        if not isinstance(config, PreTrainedConfig):
+            config, kwargs = cls.config_class.from_pretrained(
+                config or pretrained_model_name_or_path, return_unused_kwargs=True, **hub_kwargs, **kwargs
+            )
+        else:
+            config = copy.deepcopy(config)
+        if kwargs:
+            logger.warning(f"Ignoring arguments that do not apply to an adapter-only checkpoint: {sorted(kwargs)}.")
+        if hasattr(config, ADAPTER_CONFIG_KEY):
+            delattr(config, ADAPTER_CONFIG_KEY)
+        base_name = config.base_model_name_or_path
+        if not base_name:
+            raise ValueError(
+                f"{pretrained_model_name_or_path} is an adapter-only MP-IQE checkpoint but its config names no base "
+                "CLIP (`base_model_name_or_path`)."
+            )
+        base_kwargs = {key: hub_kwargs[key] for key in ("cache_dir", "force_download", "local_files_only", "token", "proxies") if key in hub_kwargs}
+        base = CLIPModel.from_pretrained(
+            base_name,
+            revision=config.base_model_revision,
+            use_safetensors=None if allow_pickle else True,
+            **base_kwargs,
+        )
+        mismatches = _clip_config_mismatches(config.clip_config, base.config)
+        if mismatches:
+            raise ValueError(
+                f"The base CLIP {base_name!r} (revision {config.base_model_revision or 'main'}) does not fit the "
+                f"adapter {pretrained_model_name_or_path}: " + "; ".join(mismatches)
+            )
+
+        model = cls(config)
+        model.clip.load_state_dict(base.state_dict())
+        del base
+        expected_digest = adapter_info.get("base_weights_sha256")
+        if expected_digest and clip_weights_digest(model.clip) != expected_digest:
+            raise ValueError(
+                f"The base CLIP {base_name!r} (revision {config.base_model_revision or 'main'}) has other weights "
+                f"than the CLIP the adapter {pretrained_model_name_or_path} was trained on (SHA-256 of the weights "
+                f"differs from {expected_digest[:12]}...): pin `base_model_revision` to the revision it was built on."
+            )
+
+        weights_name = adapter_info.get("weights_name", ADAPTER_WEIGHTS_NAME)
+        weights_file = cached_file(pretrained_model_name_or_path, weights_name, **hub_kwargs)
+        adapter_state = load_file(weights_file)
+        expected = {name for name in model.state_dict() if not name.startswith("clip.")}
+        own_state = model.state_dict()
+        problems = [
+            f"{name}: checkpoint {tuple(adapter_state[name].shape)} vs config {tuple(own_state[name].shape)}"
+            for name in sorted(expected & set(adapter_state))
+            if adapter_state[name].shape != own_state[name].shape
+        ]
+        problems += [f"{name}: missing from the checkpoint" for name in sorted(expected - set(adapter_state))]
+        problems += [f"{name}: not used by this config" for name in sorted(set(adapter_state) - expected)]
+        _raise_for_weight_problems(pretrained_model_name_or_path, problems)
+        model.load_state_dict(adapter_state, strict=False)
+        model.clip.requires_grad_(False)
+        if dtype is not None and dtype != "auto":
+            model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+        model.eval()
+        if wants_loading_info:
+            return model, {"missing_keys": set(), "unexpected_keys": set(), "mismatched_keys": set(), "error_msgs": []}
+        return model
+
+    def save_pretrained(self, save_directory, *args, adapter_only: bool = False, **kwargs):
+        """
+        [`PreTrainedModel.save_pretrained`], plus:
+
+        - next to `config.json` (with `auto_map`) and the model files, the pipeline's files are written and the
+          config announces the pipeline in `custom_pipelines`, so that `pipeline(model=repo, trust_remote_code=True)`
+          works where `mpiqe_hf` is not installed;
+        - `adapter_only=True` writes only the learned weights (prompts, image-token projection, multimodal encoder,
+          score head) to `mpiqe_adapter.safetensors`, and a `config.json` that names the base CLIP
+          (`base_model_name_or_path`, `base_model_revision`) and the SHA-256 of its weights. `from_pretrained`
+          fetches that CLIP and rebuilds the same model.
+        """
+        if not adapter_only:
+            if kwargs.get("safe_serialization") is False:
+                raise ValueError("MP-IQE checkpoints are written as safetensors only.")
+            kwargs.pop("safe_serialization", None)
+            self._announce_pipeline()
+            super().save_pretrained(save_directory, *args, **kwargs)
+            if kwargs.get("is_main_process", True):
+                _remove_files(save_directory, (ADAPTER_WEIGHTS_NAME,))
+                _copy_pipeline_files(save_directory)
+            return None
+
+        if args or kwargs.pop("push_to_hub", False):
+            raise ValueError("`adapter_only=True` takes no positional arguments and no `push_to_hub`; use `push_to_hub(..., adapter_only=True)`.")
+        is_main_process = kwargs.pop("is_main_process", True)
+        for key in ("max_shard_size", "safe_serialization", "variant", "token", "state_dict"):
+            if key == "state_dict" and kwargs.get(key) is not None:
+                raise ValueError("`state_dict` cannot be combined with `adapter_only=True`.")
+            kwargs.pop(key, None)
+        if kwargs:
+            raise TypeError(f"save_pretrained(adapter_only=True) got unexpected arguments {sorted(kwargs)}.")
+        if not self.config.base_model_name_or_path:
+            raise ValueError(
+                "An adapter-only checkpoint needs the base CLIP's name: set `config.base_model_name_or_path` (and "
+                "`config.base_model_revision`), or build the model with `MPIQEModel.from_clip`."
+            )
+        if os.path.isdir(self.config.base_model_name_or_path):
+            logger.warning(
+                f"The base CLIP is the local folder {self.config.base_model_name_or_path}: the adapter can only be "
+                "loaded where that folder exists. Build the model from a Hub id to share it."
+            )
+        if not is_main_process:
+            return None
+        from safetensors.torch import save_file
+        from transformers.dynamic_module_utils import custom_object_save
+
+        os.makedirs(save_directory, exist_ok=True)
+        config = copy.deepcopy(self.config)
+        setattr(
+            config,
+            ADAPTER_CONFIG_KEY,
+            {"weights_name": ADAPTER_WEIGHTS_NAME, "base_weights_sha256": clip_weights_digest(self.clip)},
+        )
+        config.custom_pipelines = _custom_pipelines()
+        if self._auto_class is not None:
+            custom_object_save(self, save_directory, config=config)
+        config.save_pretrained(save_directory)
+        state = {
+            name: tensor.detach().cpu().contiguous()
+            for name, tensor in self.state_dict().items()
+            if not name.startswith("clip.")
+        }
+        _remove_files(save_directory, _SAFE_WEIGHT_FILES + _PICKLE_WEIGHT_FILES)
+        save_file(state, os.path.join(save_directory, ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
+        _copy_pipeline_files(save_directory)
+        return None
+
+    def _announce_pipeline(self):
+        if os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(__file__)), _PIPELINE_FILES[0])):
+            self.config.custom_pipelines = _custom_pipelines()
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        commit_description: str | None = None,
+        private: bool | None = None,
+        token: bool | str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        max_shard_size: int | str | None = "50GB",
+        tags: list[str] | None = None,
+        adapter_only: bool = False,
+        image_processor=None,
+        evaluation_results: list[dict] | None = None,
+        model_card: bool = True,
+    ):
+        """
+        Uploads the model to the Hub in one commit: weights (`model.safetensors`, or `mpiqe_adapter.safetensors`
+        with `adapter_only=True`), `config.json` with `auto_map` and `custom_pipelines`, the remote-code files, a
+        `preprocessor_config.json` and a model card (`README.md`) filled with this model's settings and results.
+
+        Args:
+            repo_id (`str`): `"org/name"`; created if it does not exist.
+            image_processor ([`MPIQEImageProcessor`], *optional*): the processor to upload. When `None`, one with
+                default settings and `crop_size` = the CLIP image size is uploaded unless the repo already has a
+                `preprocessor_config.json`.
+            evaluation_results (`list[dict]`, *optional*): results for the card's `model-index`, each
+                `{"dataset": name, "dataset_id": hub id (optional), "split": (optional), "srcc": float,
+                "plcc": float, "krcc": (optional), "rmse": (optional)}`. Defaults to `config.evaluation_results`.
+            model_card (`bool`, defaults to `True`): write the card (needs the `mpiqe_hf` package installed).
+            the rest: as for [`PushToHubMixin.push_to_hub`].
+
+        Returns:
+            the `CommitInfo` of the commit.
+        """
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token if isinstance(token, str) else None)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        with tempfile.TemporaryDirectory() as work_dir:
+            if adapter_only:
+                self.save_pretrained(work_dir, adapter_only=True)
+            else:
+                self.save_pretrained(work_dir, max_shard_size=max_shard_size)
+            if image_processor is None:
+                try:
+                    has_processor = api.file_exists(repo_id, "preprocessor_config.json", revision=revision)
+                except Exception:  # a new branch, an unreachable file: write the default
+                    has_processor = False
+                if not has_processor:
+                    from .image_processing_mpiqe import MPIQEImageProcessor
+
+                    image_processor = MPIQEImageProcessor(crop_size=self.config.clip_config.vision_config.image_size)
+            if image_processor is not None:
+                if getattr(image_processor, "_auto_class", None) is None:
+                    image_processor.register_for_auto_class("AutoImageProcessor")
+                image_processor.save_pretrained(work_dir)
+            if model_card:
+                try:
+                    from mpiqe_hf.model_card import render_model_card
+                except ImportError:
+                    logger.warning("The model card is only written where the `mpiqe_hf` package is installed.")
+                else:
+                    card = render_model_card(
+                        self.config,
+                        repo_id=repo_id,
+                        evaluation_results=evaluation_results,
+                        tags=tags,
+                        adapter_only=adapter_only,
+                        image_processor=image_processor,
+                    )
+                    with open(os.path.join(work_dir, "README.md"), "w", encoding="utf-8") as file:
+                        file.write(card)
+            return api.upload_folder(
+                folder_path=work_dir,
+                repo_id=repo_id,
+                commit_message=commit_message or ("Upload MP-IQE adapter" if adapter_only else "Upload MP-IQE model"),
+                commit_description=commit_description,
+                revision=revision,
+                create_pr=create_pr,
+            )
 
     def _init_weights(self, module):
         """Initialises the modules MP-IQE adds; CLIP's own modules are initialised (or loaded) by CLIP."""
@@ -593,4 +887,106 @@ class MPIQEModel(MPIQEPreTrainedModel):
         return self.config.mos_max - score * span
 
 
-__all__ = ["MPIQEModel", "MPIQEPreTrainedModel", "MPIQEOutput"]
+def clip_weights_digest(clip: nn.Module) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of a CLIP's weights, in name order."""
+    digest = hashlib.sha256()
+    state = clip.state_dict()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def _clip_config_mismatches(expected, found) -> list[str]:
+    problems = []
+    for sub, fields in _CLIP_FIT_FIELDS.items():
+        want = getattr(expected, sub) if sub else expected
+        have = getattr(found, sub) if sub else found
+        for field in fields:
+            a, b = getattr(want, field, None), getattr(have, field, None)
+            if a != b:
+                problems.append(f"{sub + '.' if sub else ''}{field}: adapter {a!r} vs base {b!r}")
+    return problems
+
+
+def _adapter_info(pretrained_model_name_or_path, kwargs) -> dict | None:
+    """The adapter entry of the checkpoint's config, or `None` for a full checkpoint."""
+    config = kwargs.get("config")
+    if isinstance(config, PreTrainedConfig):
+        return getattr(config, ADAPTER_CONFIG_KEY, None)
+    from transformers.utils import cached_file
+
+    hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+    source = config if isinstance(config, (str, os.PathLike)) else pretrained_model_name_or_path
+    config_file = cached_file(source, "config.json", _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+    if config_file is None:
+        return None
+    with open(config_file, encoding="utf-8") as file:
+        return json.load(file).get(ADAPTER_CONFIG_KEY)
+
+
+def _has_pickle_weights(pretrained_model_name_or_path, kwargs) -> bool:
+    from transformers.utils import has_file
+
+    hub_kwargs = {key: kwargs[key] for key in ("revision", "token", "proxies", "cache_dir") if key in kwargs}
+    try:
+        return any(has_file(pretrained_model_name_or_path, name, **hub_kwargs) for name in _PICKLE_WEIGHT_FILES)
+    except Exception:  # the original error says enough
+        return False
+
+
+def _refuse_local_pickle(path, subfolder: str) -> None:
+    folder = os.path.join(os.fspath(path), subfolder)
+    if not os.path.isdir(folder):
+        return
+    has_safe = any(os.path.isfile(os.path.join(folder, name)) for name in _SAFE_WEIGHT_FILES)
+    pickles = [name for name in _PICKLE_WEIGHT_FILES if os.path.isfile(os.path.join(folder, name))]
+    if pickles and not has_safe:
+        raise OSError(
+            f"{folder} holds only pickled weights ({', '.join(pickles)}). MP-IQE does not read pickles by default "
+            "because loading one can run arbitrary code; pass `allow_pickle=True` if you trust this checkpoint, or "
+            "convert it with `MPIQEModel.from_pretrained(path, allow_pickle=True).save_pretrained(new_path)`."
+        )
+
+
+def _raise_for_weight_problems(source, problems: list[str]) -> None:
+    if not problems:
+        return
+    names = " ".join(problem.split(":")[0] for problem in problems)
+    fields = sorted({field for prefix, field in _CONFIG_FIELDS_OF_WEIGHTS if prefix in names})
+    raise ValueError(
+        f"The weights in {source} do not fit the config (check {', '.join(fields)}): "
+        + "; ".join(problems[:10])
+        + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+    )
+
+
+def _custom_pipelines() -> dict:
+    return {
+        REMOTE_PIPELINE_TASK: {
+            "impl": "pipeline_mpiqe.MPIQEImageClassificationPipeline",
+            "pt": ["AutoModel"],
+            "tf": [],
+            "type": "image",
+        }
+    }
+
+
+def _copy_pipeline_files(save_directory) -> None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in _PIPELINE_FILES:
+        source = os.path.join(here, name)
+        target = os.path.join(save_directory, name)
+        if os.path.isfile(source) and os.path.abspath(source) != os.path.abspath(target):
+            shutil.copyfile(source, target)
+
+
+def _remove_files(folder, names) -> None:
+    for name in names:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            os.remove(path)
+
+
+__all__ = ["MPIQEModel", "MPIQEPreTrainedModel", "MPIQEOutput", "ADAPTER_WEIGHTS_NAME", "clip_weights_digest"]

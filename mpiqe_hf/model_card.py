@@ -1,0 +1,279 @@
+"""The Hub model card of MP-IQE checkpoints: the one template, filled by `MPIQEModel.push_to_hub`.
+
+`MODEL_CARD.md` at the root of the project is this template rendered for the paper's KonIQ-10k setting
+(`python -m mpiqe_hf.model_card > MODEL_CARD.md`); a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+import sys
+
+import yaml
+
+__all__ = ["render_model_card", "example_card", "DEFAULT_BASE_MODEL", "CARD_TEMPLATE"]
+
+DEFAULT_BASE_MODEL = "openai/clip-vit-base-patch16"
+_REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+_WIDGET = [
+    {"src": "https://huggingface.co/datasets/mishig/sample_images/resolve/main/tiger.jpg", "example_title": "Tiger"},
+    {"src": "https://huggingface.co/datasets/mishig/sample_images/resolve/main/teapot.jpg", "example_title": "Teapot"},
+]
+
+CARD_TEMPLATE = string.Template(
+    """---
+$front_matter---
+
+# $title
+
+MP-IQE (multi-modal prompt learning for blind image quality assessment) predicts how good a photo looks, without a
+reference image. It keeps a CLIP model ($base_model) frozen and learns text prompts for 9 scene classes and 11
+distortion families, visual prompt tokens in $prompt_layers vision layers, and a small multimodal encoder that turns
+the image tokens, queried by the prompt features, into one quality score per crop.
+
+$summary
+
+## Intended use
+
+- Ranking and filtering photos by perceived quality, monitoring capture or compression pipelines, as a quality
+  signal in dataset curation.
+- Scores are relative to the training dataset's opinion scale ($scale). Compare scores of one checkpoint with each
+  other; do not compare them across checkpoints trained on different datasets.
+- Not for decisions about people, and not a replacement for a subjective test when the stakes are high.
+
+## How to load and score
+
+With the package (`pip install mpiqe_hf`):
+
+```python
+from transformers import pipeline
+import mpiqe_hf  # registers the "image-quality-assessment" task
+
+scorer = pipeline("image-quality-assessment", model="$repo_id")
+scorer("photo.jpg")
+# {'score': ..., 'quality': 'good', 'scene': 'landscape', 'distortion': 'blur'}
+scorer(["a.jpg", "b.png"], batch_size=8, top_k=3)  # adds scene/distortion/quality probabilities
+```
+
+Without it, from the remote code stored in this repository:
+
+```python
+from transformers import AutoImageProcessor, AutoModel, pipeline
+
+model = AutoModel.from_pretrained("$repo_id", trust_remote_code=True)
+processor = AutoImageProcessor.from_pretrained("$repo_id", trust_remote_code=True)
+pixel_values = processor("photo.jpg", return_tensors="pt")["pixel_values"]  # (1, crops, 3, H, W)
+score = model.to_native_scale(model(pixel_values).score)
+
+scorer = pipeline(model="$repo_id", trust_remote_code=True)  # image-classification form
+scorer("photo.jpg")  # [{'label': 'good', 'score': ...}, ...] over the five quality levels
+```
+
+From the command line: `mpiqe-score photos/ --model $repo_id --format csv --output scores.csv`.
+
+The Hub widget uses the `image-classification` task: the configuration announces the remote-code pipeline for that
+task, which answers with the five quality levels ($levels) as labels. The level is the fifth of the normalised
+score's range that holds the score; the label weights are a soft view of the score (a normal distribution of half
+a level's width around it), not calibrated probabilities.
+
+## Model details
+
+| | |
+|---|---|
+| Base model | $base_model (frozen) |
+| Checkpoint format | $checkpoint_format |
+| Text prompts | $text_prompt_length learned context vectors per family; $num_scenes scenes, $num_distortions distortions |
+| Visual prompts | $visual_prompt_length tokens in each of $prompt_layers layers |
+| Multimodal encoder | $decoder_layers pre-LN decoder layers, $decoder_heads heads |
+| Input | $num_crops crops of $crop_size x $crop_size per image ($crop_mode), averaged; smaller images are resized up |
+| Output | score on $scale ($direction), quality level, scene and dominant distortion |
+
+## Training recipe
+
+Following the MP-IQE paper: Adam, learning rate 3e-5, 5 warm-up epochs then cosine decay, 30 epochs, 8 random
+224 x 224 crops per image, batch size 64 (32 for LIVE, CSIQ and BID). The loss is
+L = L_scene + $distortion_loss_weight * L_distortion + $score_loss_weight * SmoothL1(score, MOS), with the MOS
+normalised to [0, 1]; the scene and distortion labels are LIQE's. Only the prompts, the image-token projection, the
+multimodal encoder and the score head are trained: CLIP stays frozen.
+
+## Evaluation protocol
+
+Each dataset is split 80% / 20% into training and test images, 10 times with different seeds (by reference image
+for the synthetic datasets LIVE, CSIQ and KADID, so that no content is shared); the reported numbers are the
+medians of the Spearman (SRCC) and Pearson (PLCC) correlations over the 10 test sets.
+
+$results_table
+
+## Limitations
+
+- Trained on one dataset's kind of images and distortions: quality judgements transfer imperfectly to other
+  content (cross-dataset SRCC in the paper is 0.78-0.94), and the score scale is that dataset's.
+- Scene and distortion outputs come from 9 and 11 fixed classes; an image's real distortion may be none of them.
+- Crops see the image at native resolution; very large images are only partly covered by the crops, and images
+  smaller than a crop are enlarged, which itself changes their quality.
+- CLIP's biases carry over; the model has not been audited for fairness across people or places.
+
+## Citation
+
+The MP-IQE paper (multi-modal prompt learning for blind image quality assessment), and LIQE (Zhang et al. 2023)
+for the scene and distortion vocabularies.
+"""
+)
+
+
+def _base_model(config) -> str:
+    name = config.base_model_name_or_path
+    if name and _REPO_ID_RE.match(str(name)) and not os.path.exists(str(name)):
+        return str(name)
+    return DEFAULT_BASE_MODEL
+
+
+def _normalise_results(evaluation_results) -> list[dict]:
+    results = []
+    for item in evaluation_results or []:
+        if "dataset" not in item or "srcc" not in item or "plcc" not in item:
+            raise ValueError(f"Each evaluation result needs 'dataset', 'srcc' and 'plcc', got {item!r}.")
+        results.append(dict(item))
+    return results
+
+
+def _model_index(name: str, results: list[dict]) -> list[dict]:
+    entries = []
+    for item in results:
+        dataset = {"name": item["dataset"], "type": item.get("dataset_id") or item["dataset"]}
+        if item.get("split"):
+            dataset["split"] = item["split"]
+        metrics = [
+            {"type": "spearmanr", "value": round(float(item["srcc"]), 4), "name": "SRCC"},
+            {"type": "pearsonr", "value": round(float(item["plcc"]), 4), "name": "PLCC"},
+        ]
+        for key, metric_type, label in (("krcc", "kendalltau", "KRCC"), ("rmse", "rmse", "RMSE")):
+            if item.get(key) is not None:
+                metrics.append({"type": metric_type, "value": round(float(item[key]), 4), "name": label})
+        entry = {"task": {"type": "image-classification", "name": "Image quality assessment"}, "dataset": dataset,
+                 "metrics": metrics}
+        if item.get("source"):
+            entry["source"] = {"name": item["source"], **({"url": item["source_url"]} if item.get("source_url") else {})}
+        entries.append(entry)
+    return [{"name": name, "results": entries}] if entries else []
+
+
+def render_model_card(
+    config,
+    repo_id: str = "org/mp-iqe",
+    evaluation_results: list[dict] | None = None,
+    tags: list[str] | None = None,
+    adapter_only: bool = False,
+    image_processor=None,
+    license: str = "mit",
+) -> str:
+    """
+    The model card (`README.md`) of an MP-IQE checkpoint, with YAML front matter: `library_name`, `pipeline_tag`
+    (`image-classification`, the widget's task), `license`, `tags`, `base_model`, `datasets`, `metrics`, a
+    `model-index` with SRCC/PLCC per evaluated dataset, and widget examples.
+
+    Args:
+        config ([`MPIQEConfig`]): the model's config (scale, prompts, base model).
+        repo_id (`str`): the repo the card is written for.
+        evaluation_results (`list[dict]`, *optional*): `{"dataset", "srcc", "plcc"}` (+ optional `dataset_id`,
+            `split`, `krcc`, `rmse`, `source`, `source_url`); defaults to `config.evaluation_results`.
+        tags (`list[str]`, *optional*): extra tags.
+        adapter_only (`bool`): whether the repo holds the adapter-only checkpoint.
+        image_processor (*optional*): the processor uploaded with the model, for the input description.
+    """
+    if evaluation_results is None:
+        evaluation_results = getattr(config, "evaluation_results", None)
+    results = _normalise_results(evaluation_results)
+    base_model = _base_model(config)
+    name = repo_id.split("/")[-1]
+    all_tags = ["image-quality-assessment", "iqa", "blind-iqa", "clip", "prompt-learning", "mp-iqe"]
+    all_tags += [tag for tag in tags or [] if tag not in all_tags]
+    front = {
+        "library_name": "transformers",
+        "pipeline_tag": "image-classification",
+        "license": license,
+        "tags": all_tags,
+        "base_model": base_model,
+        "datasets": sorted({item.get("dataset_id") or item["dataset"] for item in results}),
+        "metrics": ["spearmanr", "pearsonr"],
+        "widget": _WIDGET,
+        "model-index": _model_index(name, results),
+    }
+    if not front["datasets"]:
+        del front["datasets"]
+    if not front["model-index"]:
+        del front["model-index"]
+    front_matter = yaml.safe_dump(front, sort_keys=False, allow_unicode=True, width=1000)
+
+    if results:
+        rows = "\n".join(
+            f"| {item['dataset']} | {item.get('split') or 'test'} | {float(item['srcc']):.4f} | {float(item['plcc']):.4f} |"
+            for item in results
+        )
+        sources = sorted({item["source"] for item in results if item.get("source")})
+        note = f"\n\nSource: {'; '.join(sources)}." if sources else "\n\nMeasured on this checkpoint."
+        results_table = f"| Dataset | Split | SRCC | PLCC |\n|---|---|---|---|\n{rows}{note}"
+    else:
+        results_table = "No evaluation results were recorded for this checkpoint."
+
+    span = f"[{config.mos_min:g}, {config.mos_max:g}]"
+    summary = (
+        f"This checkpoint scores on {span}, "
+        + ("higher is better." if config.mos_higher_is_better else "lower is better (a DMOS scale).")
+    )
+    if adapter_only:
+        summary += (
+            f" The repository holds only the learned weights (`mpiqe_adapter.safetensors`); loading it fetches "
+            f"{config.base_model_name_or_path} at revision {config.base_model_revision or 'main'}."
+        )
+    vision = config.clip_config.vision_config
+    processor = image_processor
+    return CARD_TEMPLATE.substitute(
+        front_matter=front_matter,
+        title=f"MP-IQE: {name}",
+        base_model=f"`{base_model}`",
+        prompt_layers=config.visual_prompt_depth,
+        summary=summary,
+        scale=span,
+        direction="higher is better" if config.mos_higher_is_better else "lower is better",
+        repo_id=repo_id,
+        levels=", ".join(config.quality_levels),
+        checkpoint_format="adapter only (base CLIP fetched at load time)" if adapter_only else "full (safetensors)",
+        text_prompt_length=config.text_prompt_length,
+        num_scenes=len(config.scene_classes),
+        num_distortions=len(config.distortion_classes),
+        visual_prompt_length=config.visual_prompt_length,
+        decoder_layers=config.decoder_layers,
+        decoder_heads=config.decoder_heads,
+        num_crops=getattr(processor, "num_crops", 8),
+        crop_size=getattr(processor, "crop_size", vision.image_size),
+        crop_mode=f"{getattr(processor, 'crop_mode', 'grid')} crops",
+        distortion_loss_weight=config.distortion_loss_weight,
+        score_loss_weight=config.score_loss_weight,
+        results_table=results_table,
+    )
+
+
+def example_card() -> str:
+    """`MODEL_CARD.md`: the card rendered for the paper's KonIQ-10k setting, with the paper's reported numbers."""
+    from .configuration_mpiqe import MPIQEConfig
+
+    config = MPIQEConfig(mos_min=1.0, mos_max=5.0, base_model_name_or_path=DEFAULT_BASE_MODEL)
+    results = [
+        {
+            "dataset": "KonIQ-10k",
+            "dataset_id": "koniq-10k",
+            "split": "test",
+            "srcc": 0.898,
+            "plcc": 0.904,
+            "source": "MP-IQE paper, Table 1 (figures reported there, not measured on a checkpoint of this library; push_to_hub replaces them with the checkpoint's own results)",
+        }
+    ]
+    return render_model_card(config, repo_id="org/mp-iqe-koniq", evaluation_results=results)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(example_card())

@@ -1,0 +1,207 @@
+"""The `image-quality-assessment` pipeline of MP-IQE.
+
+This file is uploaded with the model as Hub remote code, so it only imports torch, numpy, Pillow, transformers and its
+sibling model files (relatively).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import Pipeline
+
+from .image_processing_mpiqe import load_image
+
+
+__all__ = ["ImageQualityAssessmentPipeline", "MPIQEImageClassificationPipeline", "quality_level_index", "OUTPUT_FORMATS"]
+
+#: `"quality"`: one dict per image with score, quality level, scene and distortion.
+#: `"classification"`: the image-classification form, a list of `{"label", "score"}` over the quality levels.
+OUTPUT_FORMATS = ("quality", "classification")
+
+
+def quality_level_index(normalized_score: float, num_levels: int) -> int:
+    """The band of `[0, 1]` split into `num_levels` equal bands that holds the score (clamped into `[0, 1]`)."""
+    value = min(max(float(normalized_score), 0.0), 1.0)
+    return min(int(math.floor(value * num_levels)), num_levels - 1)
+
+
+def _normal_cdf(value: float) -> float:
+    return 0.5 * (1.0 + math.erf(value / math.sqrt(2.0)))
+
+
+def quality_level_weights(normalized_score: float, num_levels: int) -> list[float]:
+    """
+    A soft view of the score over the quality levels, for the image-classification form: the mass that a normal
+    distribution centred on the (clamped) score, with a standard deviation of half a band and truncated to `[0, 1]`,
+    puts on each band. The largest weight is always on the band that holds the score. These are not calibrated
+    probabilities: the model predicts one score, not a distribution.
+    """
+    centre = min(max(float(normalized_score), 0.0), 1.0)
+    sigma = 0.5 / num_levels
+    edges = [_normal_cdf((index / num_levels - centre) / sigma) for index in range(num_levels + 1)]
+    masses = [max(edges[index + 1] - edges[index], 0.0) for index in range(num_levels)]
+    total = sum(masses) or 1.0
+    return [mass / total for mass in masses]
+
+
+class ImageQualityAssessmentPipeline(Pipeline):
+    """
+    Scores the quality of images with an [`MPIQEModel`].
+
+    Inputs: a path, an `http(s)://` URL, a `PIL.Image.Image`, encoded bytes, a numpy array or a torch tensor, or a list
+    of them (batched with `batch_size`). Keyword arguments (at construction or per call):
+
+    - `top_k` (`int`): also return the `top_k` most probable scenes and distortions (softmax of the model's
+      logits) and the quality-level weights, as lists of `{"label", "score"}` under `"scene_scores"`,
+      `"distortion_scores"` and `"quality_scores"`. In the classification form it limits the number of labels.
+    - `output_format` (`"quality"` (default) or `"classification"`).
+    - `num_crops` (`int`): crops per image (defaults to the image processor's).
+    - `return_normalized_score` (`bool`): also return `"normalized_score"`, the model's score on `[0, 1]`.
+    - `timeout` (`float`): seconds to wait for an image URL.
+
+    Output per image, `output_format="quality"`:
+    `{"score": float on the model's native MOS scale, "quality": one of config.quality_levels, "scene": the most
+    likely scene, "distortion": the dominant distortion}` (`scene`/`distortion` are `None` for a model without
+    those prompts). With `output_format="classification"`: `[{"label": quality level, "score": weight}, ...]`,
+    best first, as the image-classification pipeline returns it.
+    """
+
+    _load_processor = False
+    _load_image_processor = True
+    _load_feature_extractor = False
+    _load_tokenizer = False
+    _load_video_processor = False
+
+    default_output_format = "quality"
+
+    def _sanitize_parameters(
+        self,
+        top_k: int | None = None,
+        output_format: str | None = None,
+        num_crops: int | None = None,
+        return_normalized_score: bool | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ):
+        if kwargs:
+            raise TypeError(f"{type(self).__name__} got unexpected arguments {sorted(kwargs)}.")
+        preprocess_params, postprocess_params = {}, {}
+        if num_crops is not None:
+            if isinstance(num_crops, bool) or not isinstance(num_crops, int) or num_crops < 1:
+                raise ValueError(f"`num_crops` must be a positive int, got {num_crops!r}.")
+            preprocess_params["num_crops"] = num_crops
+        if timeout is not None:
+            preprocess_params["timeout"] = timeout
+        if top_k is not None:
+            if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+                raise ValueError(f"`top_k` must be a positive int, got {top_k!r}.")
+            postprocess_params["top_k"] = top_k
+        if output_format is not None:
+            if output_format not in OUTPUT_FORMATS:
+                raise ValueError(f"`output_format` must be one of {OUTPUT_FORMATS}, got {output_format!r}.")
+            postprocess_params["output_format"] = output_format
+        if return_normalized_score is not None:
+            postprocess_params["return_normalized_score"] = bool(return_normalized_score)
+        return preprocess_params, {}, postprocess_params
+
+    def __call__(self, inputs: Any = None, **kwargs: Any):
+        """Scores one image (returns its result) or a list of images (returns a list of results)."""
+        if inputs is None:
+            inputs = kwargs.pop("images", None)
+        if inputs is None:
+            raise ValueError("No image was given.")
+        if isinstance(inputs, tuple):
+            inputs = list(inputs)
+        return super().__call__(inputs, **kwargs)
+
+    # -- steps ---------------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _decode(image: Any, timeout: float | None) -> Any:
+        if isinstance(image, str) and image.startswith(("http://", "https://")):
+            from transformers.image_utils import load_image as load_url
+
+            image = load_url(image, timeout=timeout)
+        if isinstance(image, (np.ndarray, torch.Tensor)):
+            return image
+        if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview, dict, Image.Image)) or hasattr(
+            image, "read"
+        ):
+            return load_image(image)
+        raise ValueError(f"Cannot score an input of type {type(image).__name__}.")
+
+    def preprocess(self, image: Any, num_crops: int | None = None, timeout: float | None = None):
+        decoded = self._decode(image, timeout)
+        features = self.image_processor(decoded, num_crops=num_crops, return_tensors="pt")
+        return {"pixel_values": features["pixel_values"].to(self.dtype or torch.float32)}
+
+    def _forward(self, model_inputs):
+        outputs = self.model(pixel_values=model_inputs["pixel_values"])
+        result = {"normalized_score": outputs.score, "native_score": self.model.to_native_scale(outputs.score)}
+        if outputs.scene_logits is not None:
+            result["scene_logits"] = outputs.scene_logits
+        if outputs.distortion_logits is not None:
+            result["distortion_logits"] = outputs.distortion_logits
+        return result
+
+    def postprocess(
+        self,
+        model_outputs,
+        top_k: int | None = None,
+        output_format: str | None = None,
+        return_normalized_score: bool = False,
+    ):
+        config = self.model.config
+        output_format = output_format or self.default_output_format
+        normalized = float(model_outputs["normalized_score"].reshape(-1)[0].float())
+        levels = list(config.quality_levels)
+        weights = quality_level_weights(normalized, len(levels))
+        level = levels[quality_level_index(normalized, len(levels))]
+        quality_scores = sorted(
+            ({"label": name, "score": weight} for name, weight in zip(levels, weights)),
+            key=lambda item: (-item["score"], item["label"] != level),
+        )
+        if output_format == "classification":
+            return quality_scores[: top_k or len(levels)]
+
+        result = {
+            "score": float(model_outputs["native_score"].reshape(-1)[0].float()),
+            "quality": level,
+            "scene": None,
+            "distortion": None,
+        }
+        if return_normalized_score:
+            result["normalized_score"] = normalized
+        families = (("scene", "scene_logits", config.scene_classes), ("distortion", "distortion_logits", config.distortion_classes))
+        for key, logits_key, names in families:
+            logits = model_outputs.get(logits_key)
+            if logits is None:
+                continue
+            probabilities = torch.softmax(logits.reshape(-1).float(), dim=-1)
+            result[key] = names[int(probabilities.argmax())]
+            if top_k:
+                values, indices = probabilities.topk(min(top_k, len(names)))
+                result[f"{key}_scores"] = [
+                    {"label": names[int(index)], "score": float(value)} for value, index in zip(values, indices)
+                ]
+        if top_k:
+            result["quality_scores"] = quality_scores[:top_k]
+        return result
+
+
+class MPIQEImageClassificationPipeline(ImageQualityAssessmentPipeline):
+    """
+    The same pipeline answering in the image-classification form by default: the one a saved MP-IQE config announces
+    in `custom_pipelines` under the `image-classification` task, so that
+    `pipeline("image-classification", model=repo, trust_remote_code=True)` (the Hub widget's task) and
+    `pipeline(model=repo, trust_remote_code=True)` work without `mpiqe_hf` installed. Pass
+    `output_format="quality"` for the full dict.
+    """
+
+    default_output_format = "classification"

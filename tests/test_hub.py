@@ -1,0 +1,253 @@
+"""Push MP-IQE to the local Hub-protocol server and pull it back: the package's classes, `AutoModel` with remote code
+in a child process that cannot import `mpiqe_hf`, the adapter-only form, the model card, and the Hub's errors."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import yaml
+from hub_server import hub_endpoint  # noqa: F401  (the fixture)
+from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+from transformers import CLIPModel, CLIPTokenizer
+
+from conftest import MPIQEModelTester, tiny_tokenizer_vocab
+from mpiqe_hf import MPIQEConfig, MPIQEImageProcessor, MPIQEModel
+from mpiqe_hf.modeling_mpiqe import ADAPTER_WEIGHTS_NAME
+
+RESULTS = [{"dataset": "Synthetic-IQA", "dataset_id": "user/synthetic-iqa", "split": "test", "srcc": 0.5, "plcc": 0.625}]
+
+# Run first in the child: drop the editable-install finder of `mpiqe_hf` (and any sys.path entry holding the
+# package), then prove that the package cannot be imported.
+HIDE_PACKAGE = textwrap.dedent(
+    """
+    import importlib.util, os, sys
+    sys.meta_path[:] = [f for f in sys.meta_path if not str(getattr(f, "__module__", "")).startswith("__editable__")]
+    sys.path_hooks[:] = [h for h in sys.path_hooks if "__editable__" not in repr(h)]
+    sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p or os.getcwd(), "mpiqe_hf"))]
+    sys.path_importer_cache.clear()
+    try:
+        import mpiqe_hf
+    except ImportError:
+        print("MPIQE_HF_HIDDEN")
+    else:
+        raise SystemExit("mpiqe_hf is importable in the child: " + mpiqe_hf.__file__)
+    """
+)
+
+
+def _scores(model, pixel_values):
+    with torch.no_grad():
+        return model(pixel_values).score
+
+
+def _front_matter(text):
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+@pytest.fixture
+def tester():
+    return MPIQEModelTester()
+
+
+def test_push_pull_and_remote_code_without_the_package(hub_endpoint, tester, tmp_path):
+    model = tester.model(mos_min=1.0, mos_max=5.0)
+    processor = MPIQEImageProcessor(crop_size=30, num_crops=2)
+    commit = model.push_to_hub("user/mp-iqe-tiny", image_processor=processor, evaluation_results=RESULTS)
+    assert commit.oid == hub_endpoint.head("user/mp-iqe-tiny")
+
+    files = hub_endpoint.files("user/mp-iqe-tiny")
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "configuration_mpiqe.py",
+            "modeling_mpiqe.py", "image_processing_mpiqe.py", "pipeline_mpiqe.py"} <= set(files)
+    assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)
+    config = json.loads(files["config.json"])
+    assert config["auto_map"] == {"AutoConfig": "configuration_mpiqe.MPIQEConfig", "AutoModel": "modeling_mpiqe.MPIQEModel"}
+    assert config["custom_pipelines"]["image-classification"]["impl"] == "pipeline_mpiqe.MPIQEImageClassificationPipeline"
+    preprocessor = json.loads(files["preprocessor_config.json"])
+    assert preprocessor["auto_map"] == {"AutoImageProcessor": "image_processing_mpiqe.MPIQEImageProcessor"}
+    card = _front_matter(files["README.md"].decode())
+    assert card["pipeline_tag"] == "image-classification" and card["library_name"] == "transformers"
+    assert card["base_model"] == "openai/clip-vit-base-patch16"  # the tiny model names no base: the default
+    metrics = {m["name"]: m["value"] for m in card["model-index"][0]["results"][0]["metrics"]}
+    assert metrics == {"SRCC": 0.5, "PLCC": 0.625} and card["datasets"] == ["user/synthetic-iqa"]
+
+    pixel_values = tester.pixel_values(batch_size=2, num_crops=2)
+    expected = _scores(model, pixel_values)
+    pulled = MPIQEModel.from_pretrained("user/mp-iqe-tiny")
+    assert torch.allclose(_scores(pulled, pixel_values), expected, atol=1e-5, rtol=0)
+    assert MPIQEConfig.from_pretrained("user/mp-iqe-tiny").mos_max == 5.0
+    assert MPIQEImageProcessor.from_pretrained("user/mp-iqe-tiny").num_crops == 2
+
+    # A second push without a processor keeps the uploaded one.
+    model.push_to_hub("user/mp-iqe-tiny", commit_message="again")
+    assert json.loads(hub_endpoint.files("user/mp-iqe-tiny")["preprocessor_config.json"])["num_crops"] == 2
+
+    torch.save(pixel_values, tmp_path / "pixels.pt")
+    image = tmp_path / "image.png"
+    from PIL import Image
+
+    Image.new("RGB", (45, 33), (120, 40, 200)).save(image)
+    script = HIDE_PACKAGE + textwrap.dedent(
+        f"""
+        import json, torch
+        from transformers import AutoImageProcessor, AutoModel, pipeline
+        model = AutoModel.from_pretrained("user/mp-iqe-tiny", trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
+        with torch.no_grad():
+            scores = model(torch.load({str(tmp_path / "pixels.pt")!r})).score
+        processor = AutoImageProcessor.from_pretrained("user/mp-iqe-tiny", trust_remote_code=True)
+        pixels = processor({str(image)!r}, return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            native = model.to_native_scale(model(pixels).score)
+        widget = pipeline(model="user/mp-iqe-tiny", trust_remote_code=True)
+        full = pipeline("image-classification", model="user/mp-iqe-tiny", trust_remote_code=True, output_format="quality")
+        print("RESULT", json.dumps({{"scores": scores.tolist(), "native": native.tolist(),
+                                    "widget": widget({str(image)!r}), "full": full({str(image)!r})}}))
+        assert "mpiqe_hf" not in sys.modules
+        """
+    )
+    env = hub_endpoint.subprocess_env()
+    env.pop("PYTHONPATH", None)
+    out = subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "MPIQE_HF_HIDDEN" in out.stdout
+    child = json.loads(out.stdout.split("RESULT ", 1)[1])
+    assert torch.allclose(torch.tensor(child["scores"]), expected, atol=1e-5, rtol=0)
+
+    from transformers import pipeline
+
+    local = pipeline("image-quality-assessment", model="user/mp-iqe-tiny")
+    mine = local(str(image))
+    assert child["native"][0] == pytest.approx(mine["score"], abs=1e-5)
+    assert child["full"]["score"] == pytest.approx(mine["score"], abs=1e-5)
+    assert child["full"]["quality"] == mine["quality"] and child["full"]["scene"] == mine["scene"]
+    assert [entry["label"] for entry in child["widget"]][0] == mine["quality"]
+    assert len(child["widget"]) == 5
+    assert hub_endpoint.errors == []
+
+
+def test_hub_errors_are_the_hubs(hub_endpoint, tester):
+    with pytest.raises(OSError, match="is not a local folder and is not a valid model identifier") as info:
+        MPIQEModel.from_pretrained("user/not-there")
+    assert isinstance(info.value.__cause__, RepositoryNotFoundError)
+
+    tester.model().push_to_hub("user/mp-iqe-errs", model_card=False)
+    with pytest.raises(OSError, match="is not a valid git identifier") as info:
+        MPIQEModel.from_pretrained("user/mp-iqe-errs", revision="v9")
+    assert isinstance(info.value.__cause__, RevisionNotFoundError)
+
+    # a repo with a config but no weights: the missing file is named
+    hub_endpoint.api.create_repo("user/config-only")
+    hub_endpoint.api.upload_file(path_or_fileobj=tester.config().to_json_string().encode(), path_in_repo="config.json",
+                                 repo_id="user/config-only")
+    with pytest.raises(OSError, match="does not appear to have a file named model.safetensors"):
+        MPIQEModel.from_pretrained("user/config-only")
+
+
+def test_pickle_weights_are_refused_unless_allowed(tester, tmp_path):
+    model = tester.model()
+    model.config.save_pretrained(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(OSError, match="allow_pickle=True"):
+        MPIQEModel.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="allow_pickle"):
+        MPIQEModel.from_pretrained(tmp_path, use_safetensors=False)
+    loaded = MPIQEModel.from_pretrained(tmp_path, allow_pickle=True)
+    pixel_values = tester.pixel_values()
+    assert torch.equal(_scores(loaded, pixel_values), _scores(model, pixel_values))
+
+
+def _push_tiny_clip(tester, repo_id, seed, **text_overrides):
+    torch.manual_seed(seed)
+    clip_config = tester.clip_config()
+    for key, value in text_overrides.items():
+        setattr(clip_config.vision_config, key, value)
+    clip = CLIPModel(clip_config)
+    clip.push_to_hub(repo_id)
+    CLIPTokenizer(vocab=tiny_tokenizer_vocab(), merges=[]).push_to_hub(repo_id)
+    return clip
+
+
+def test_adapter_only_checkpoint(hub_endpoint, tester, tmp_path):
+    _push_tiny_clip(tester, "user/tiny-clip", seed=7)
+    base_sha = hub_endpoint.head("user/tiny-clip")
+    model = MPIQEModel.from_clip("user/tiny-clip", revision=base_sha, visual_prompt_depth=2, window_size=3,
+                                 decoder_heads=4, decoder_intermediate_size=37, mos_min=1.0, mos_max=5.0).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                param.normal_(std=0.3)
+    pixel_values = tester.pixel_values()
+    expected = _scores(model, pixel_values)
+
+    model.save_pretrained(tmp_path / "adapter", adapter_only=True)
+    saved = {p.name for p in (tmp_path / "adapter").iterdir()}
+    assert ADAPTER_WEIGHTS_NAME in saved and "model.safetensors" not in saved
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "adapter" / ADAPTER_WEIGHTS_NAME, "pt") as weights:
+        assert weights.keys() and not any(key.startswith("clip.") for key in weights.keys())
+    local = MPIQEModel.from_pretrained(tmp_path / "adapter")
+    assert torch.allclose(_scores(local, pixel_values), expected, atol=1e-5, rtol=0)
+
+    model.push_to_hub("user/mp-iqe-adapter", adapter_only=True)
+    model.push_to_hub("user/mp-iqe-full")
+    files = hub_endpoint.files("user/mp-iqe-adapter")
+    assert ADAPTER_WEIGHTS_NAME in files and "model.safetensors" not in files
+    assert len(files[ADAPTER_WEIGHTS_NAME]) < len(hub_endpoint.files("user/mp-iqe-full")["model.safetensors"])
+    config = json.loads(files["config.json"])
+    assert (config["base_model_name_or_path"], config["base_model_revision"]) == ("user/tiny-clip", base_sha)
+    assert _front_matter(files["README.md"].decode())["base_model"] == "user/tiny-clip"
+    full = MPIQEModel.from_pretrained("user/mp-iqe-full")
+    adapter = MPIQEModel.from_pretrained("user/mp-iqe-adapter")
+    assert not hasattr(adapter.config, "mpiqe_adapter")
+    assert torch.allclose(_scores(adapter, pixel_values), _scores(full, pixel_values), atol=1e-6, rtol=0)
+    assert torch.allclose(_scores(adapter, pixel_values), expected, atol=1e-5, rtol=0)
+
+    # Re-saving the rebuilt model gives a full checkpoint again.
+    adapter.save_pretrained(tmp_path / "rebuilt")
+    assert (tmp_path / "rebuilt" / "model.safetensors").exists()
+    assert "mpiqe_adapter" not in json.loads((tmp_path / "rebuilt" / "config.json").read_text())
+
+    # New weights on the base's main branch: an adapter that is not pinned notices.
+    unpinned = tmp_path / "unpinned"
+    model.config.base_model_revision = None
+    model.save_pretrained(unpinned, adapter_only=True)
+    assert torch.allclose(_scores(MPIQEModel.from_pretrained(unpinned), pixel_values), expected, atol=1e-5, rtol=0)
+    _push_tiny_clip(tester, "user/tiny-clip", seed=8)
+    with pytest.raises(ValueError, match="other weights"):
+        MPIQEModel.from_pretrained(unpinned)
+
+    # A base CLIP of another shape is refused with the settings that differ.
+    _push_tiny_clip(tester, "user/other-clip", seed=7, num_hidden_layers=3)
+    model.config.base_model_name_or_path = "user/other-clip"
+    model.save_pretrained(tmp_path / "wrong-base", adapter_only=True)
+    with pytest.raises(ValueError, match="vision_config.num_hidden_layers: adapter 2 vs base 3"):
+        MPIQEModel.from_pretrained(tmp_path / "wrong-base")
+
+
+def test_adapter_needs_a_base_name(tester, tmp_path):
+    with pytest.raises(ValueError, match="base_model_name_or_path"):
+        tester.model().save_pretrained(tmp_path, adapter_only=True)
+
+
+def test_model_card_file_is_the_rendered_template():
+    from pathlib import Path
+
+    from mpiqe_hf.model_card import example_card
+
+    text = (Path(__file__).resolve().parent.parent / "MODEL_CARD.md").read_text()
+    assert text == example_card(), "MODEL_CARD.md is stale: run `python -m mpiqe_hf.model_card > MODEL_CARD.md`"
+    front = _front_matter(text)
+    assert front["pipeline_tag"] == "image-classification"
+    assert front["base_model"] == "openai/clip-vit-base-patch16"
+    assert {"library_name", "license", "tags", "datasets", "metrics", "model-index", "widget"} <= set(front)
+    names = {m["name"] for m in front["model-index"][0]["results"][0]["metrics"]}
+    assert {"SRCC", "PLCC"} <= names
+    for section in ("## Intended use", "## How to load and score", "## Training recipe", "## Evaluation protocol",
+                    "## Limitations"):
+        assert section in text

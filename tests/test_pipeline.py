@@ -1,0 +1,111 @@
+"""The image-quality-assessment pipeline on a tiny model."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import pipeline
+
+from mpiqe_hf import PIPELINE_TASK, ImageQualityAssessmentPipeline, MPIQEImageProcessor, load_image
+from mpiqe_hf.pipeline_mpiqe import quality_level_index, quality_level_weights
+
+KEYS = {"score", "quality", "scene", "distortion"}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from conftest import MPIQEModelTester
+
+    folder = tmp_path_factory.mktemp("pipe-model")
+    MPIQEModelTester().model(mos_min=0.0, mos_max=100.0, mos_higher_is_better=False).save_pretrained(folder)
+    MPIQEImageProcessor(crop_size=30, num_crops=2).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pipe-images")
+    rng = np.random.default_rng(3)
+    paths = []
+    for index, size in enumerate([(40, 30), (64, 48), (30, 90)]):
+        path = folder / f"img{index}.png"
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def test_inputs_batching_and_native_scale(checkpoint, images):
+    scorer = pipeline(PIPELINE_TASK, model=str(checkpoint))
+    assert isinstance(scorer, ImageQualityAssessmentPipeline)
+    one = scorer(images[0], return_normalized_score=True)
+    assert set(one) == KEYS | {"normalized_score"}
+    assert one["score"] == pytest.approx(100.0 - 100.0 * one["normalized_score"], abs=1e-4)  # a DMOS scale
+    assert one["quality"] == scorer.model.config.quality_levels[quality_level_index(one["normalized_score"], 5)]
+    assert one["scene"] in scorer.model.config.scene_classes
+    assert one["distortion"] in scorer.model.config.distortion_classes
+
+    # paths, PIL images and a list, batched or not: the same numbers
+    pil = [load_image(path) for path in images]
+    batched = scorer(pil, batch_size=2)
+    single = [scorer(image) for image in images]
+    assert [set(item) for item in batched] == [KEYS] * 3
+    assert [item["score"] for item in batched] == pytest.approx([item["score"] for item in single], rel=1e-6, abs=1e-5)
+
+    # the same as the model
+    processor = MPIQEImageProcessor.from_pretrained(checkpoint)
+    with torch.no_grad():
+        expected = scorer.model.to_native_scale(scorer.model(processor(pil, return_tensors="pt")["pixel_values"]).score)
+    assert [item["score"] for item in batched] == pytest.approx(expected.tolist(), rel=1e-6, abs=1e-5)
+
+
+def test_top_k_and_classification_form(checkpoint, images):
+    scorer = pipeline(PIPELINE_TASK, model=str(checkpoint), top_k=3)
+    result = scorer(images[1])
+    assert set(result) == KEYS | {"scene_scores", "distortion_scores", "quality_scores"}
+    for key in ("scene_scores", "distortion_scores", "quality_scores"):
+        scores = [item["score"] for item in result[key]]
+        assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+    assert result["scene_scores"][0]["label"] == result["scene"]
+    assert result["quality_scores"][0]["label"] == result["quality"]
+
+    labels = scorer([images[1], images[2]], output_format="classification", top_k=5)
+    assert len(labels) == 2
+    for item in labels:
+        assert [set(entry) for entry in item] == [{"label", "score"}] * 5
+        assert sum(entry["score"] for entry in item) == pytest.approx(1.0)
+    assert labels[0][0]["label"] == result["quality"]
+    with pytest.raises(ValueError, match="output_format"):
+        scorer(images[0], output_format="json")
+    with pytest.raises(ValueError, match="top_k"):
+        scorer(images[0], top_k=0)
+
+
+def test_num_crops_and_bad_input(checkpoint, images):
+    scorer = pipeline(PIPELINE_TASK, model=str(checkpoint))
+    assert scorer(images[2], num_crops=1)["score"] != pytest.approx(scorer(images[2], num_crops=3)["score"], abs=1e-7)
+    with pytest.raises(ValueError, match="no such file"):
+        scorer("/nonexistent/picture.png")
+
+
+def test_url_inputs_go_through_transformers_loader(checkpoint, images, monkeypatch):
+    import transformers.image_utils
+
+    seen = []
+
+    def fake_load(url, timeout=None):
+        seen.append((url, timeout))
+        return Image.open(images[0])
+
+    monkeypatch.setattr(transformers.image_utils, "load_image", fake_load)
+    scorer = pipeline(PIPELINE_TASK, model=str(checkpoint))
+    from_url = scorer("https://example.invalid/a.png", timeout=3.0)
+    assert seen == [("https://example.invalid/a.png", 3.0)]
+    assert from_url["score"] == pytest.approx(scorer(images[0])["score"], abs=1e-6)
+
+
+@pytest.mark.parametrize("score, level", [(-0.3, 0), (0.0, 0), (0.19, 0), (0.2, 1), (0.5, 2), (0.79, 3), (0.8, 4), (1.0, 4), (7.0, 4)])
+def test_quality_bands(score, level):
+    assert quality_level_index(score, 5) == level
+    weights = quality_level_weights(score, 5)
+    assert sum(weights) == pytest.approx(1.0)
+    assert max(range(5), key=lambda index: weights[index]) == level or weights[level] == pytest.approx(max(weights))
