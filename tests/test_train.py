@@ -20,7 +20,6 @@ from mpiqe_hf.data import load_iqa_dataset
 from mpiqe_hf.training import EpochShuffleSampler, IQATrainingDataset, collate_iqa_batch, evaluate_model
 
 from conftest import MPIQEModelTester
-from test_modeling import _save_tiny_clip_with_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,20 +32,6 @@ def _load_script(name):
 
 
 train_script = _load_script("train")
-
-
-@pytest.fixture(scope="session")
-def tiny_clip(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny_clip")
-    _save_tiny_clip_with_tokenizer(MPIQEModelTester(), directory)
-    return str(directory)
-
-
-@pytest.fixture(scope="session")
-def synthetic_cache(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("mpiqe_cache")
-    load_iqa_dataset("synthetic", cache_dir=cache)
-    return str(cache)
 
 
 def write_blur_folder(folder, contents=4, levels=4, size=40, seed=0, bad_rows=()):
