@@ -85,7 +85,7 @@ def plcc(predictions, targets, logistic: bool = False) -> float:
     if logistic:
         try:
             mapped = logistic_4(x, *fit_logistic(x, y))
-        except (RuntimeError, ValueError) as err:
+        except (RuntimeError, ValueError, TypeError) as err:  # TypeError: fewer points than the 4 parameters
             warnings.warn(f"Logistic fit failed ({err}); reporting the raw PLCC.", RuntimeWarning, stacklevel=2)
             mapped = x
         if np.all(mapped == mapped[0]):

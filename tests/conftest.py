@@ -90,3 +90,25 @@ class MPIQEModelTester:
 @pytest.fixture
 def tester():
     return MPIQEModelTester()
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    """A local folder with a tiny random CLIPModel and its CLIPTokenizer, usable as `clip_model_name_or_path`."""
+    from transformers import CLIPModel, CLIPTokenizer
+
+    directory = tmp_path_factory.mktemp("tiny_clip")
+    torch.manual_seed(7)
+    CLIPModel(MPIQEModelTester().clip_config()).save_pretrained(directory)
+    CLIPTokenizer(vocab=tiny_tokenizer_vocab(), merges=[]).save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="session")
+def synthetic_cache(tmp_path_factory):
+    """A cache folder holding the embedded synthetic dataset, built once per test session."""
+    from mpiqe_hf.data import load_iqa_dataset
+
+    cache = tmp_path_factory.mktemp("mpiqe_cache")
+    load_iqa_dataset("synthetic", cache_dir=cache)
+    return str(cache)

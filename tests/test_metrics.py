@@ -60,3 +60,9 @@ def test_compute_metrics_keys_and_values():
 def test_errors(metric, pred, target, match):
     with pytest.raises(ValueError, match=match):
         metric(pred, target)
+
+
+def test_logistic_plcc_with_fewer_points_than_parameters_falls_back_to_raw():
+    with pytest.warns(RuntimeWarning, match="Logistic fit failed"):
+        value = plcc([0.1, 0.5, 0.2], [1.0, 3.0, 2.0], logistic=True)
+    assert value == pytest.approx(plcc([0.1, 0.5, 0.2], [1.0, 3.0, 2.0]))
