@@ -579,7 +579,9 @@ class MPIQEPreTrainedModel(PreTrainedModel):
             if module.visual_prompts is not None:
                 init.normal_(module.visual_prompts, mean=0.0, std=std)
         elif isinstance(module, nn.Linear):
-            init.normal_(module.weight, mean=0.0, std=0.02)
+            # Xavier, as torch's own multi-head attention: with N(0, 0.02) the value and output projections in
+            # series start so small that the score ignores the image for hundreds of steps.
+            init.xavier_uniform_(module.weight)
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.LayerNorm):
