@@ -3,9 +3,8 @@ What the text-side savings are worth: encoding the 20 class prompts cut to the l
 them to CLIP's 77 positions, and scoring one image (8 crops) with the eval-mode text cache against recomputing the
 text features on every call.
 
-The model has ViT-B/16 sizes and random weights; without a tokenizer its class names stand in as byte-level ids,
-which are longer than CLIP's BPE tokens (a 30-token prompt instead of about 13), so the truncation gain measured here
-is a lower bound.
+The model has ViT-B/16 sizes and random weights; without a tokenizer each word of a class name stands in as one
+token, a little shorter than CLIP's BPE (which splits "jpeg2000" into five tokens).
 
     python benchmarks/bench_text.py
 """

@@ -69,12 +69,19 @@ def peak_memory_of_training_step(args):
         torch.cuda.reset_peak_memory_stats(device)
         training_step(model, optimizer, pixel_values, labels)
         return torch.cuda.max_memory_allocated(device)
-    import resource
-
-    # ru_maxrss is the peak of the whole process; the step's own share is what it adds on top of the built model.
-    resident_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM is the peak resident size of this address space (ru_maxrss would carry the parent's peak across exec);
+    # the step's own share is what it adds on top of the built model.
+    peak_before = _peak_resident_bytes()
     training_step(model, optimizer, pixel_values, labels)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - resident_before
+    return _peak_resident_bytes() - peak_before
+
+
+def _peak_resident_bytes():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("/proc/self/status has no VmHWM: peak memory is measured on Linux only")
 
 
 def main():

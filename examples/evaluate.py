@@ -118,7 +118,7 @@ def dataset_source(args, trained):
     return name, source
 
 
-def test_indices(ds, name, label_file, protocol, split_index, split_seed):
+def test_indices(ds, name, label_file, protocol, split_index, split_seed, split_by_image=False):
     if protocol == "auto":
         protocol = "liqe" if label_file else "paper"
     if protocol == "liqe":
@@ -128,7 +128,7 @@ def test_indices(ds, name, label_file, protocol, split_index, split_seed):
         source = label_path if label_path.is_dir() else label_path.parent
         source = canonical_dataset_name(name) if source.name == "splits2" else source
         return liqe_splits(source, split_index, dataset=ds)["test"]
-    return paper_splits(ds, seed=split_seed)[split_index - 1][1]
+    return paper_splits(ds, seed=split_seed, by_content=False if split_by_image else None)[split_index - 1][1]
 
 
 def write_scatter(path, groups, title):
@@ -180,7 +180,9 @@ def main(argv=None):
             protocol = args.split_protocol
             if protocol == "auto" and trained.get("split_protocol") in ("paper", "liqe"):
                 protocol = trained["split_protocol"]
-            indices = test_indices(ds, name, label_file, protocol, split_index, seed)
+            indices = test_indices(
+                ds, name, label_file, protocol, split_index, seed, split_by_image=trained.get("split_by_image", False)
+            )
         if args.max_eval_samples is not None:
             indices = indices[: args.max_eval_samples]
 

@@ -85,6 +85,9 @@ def parse_args(argv=None):
                            " auto: liqe with --label_file, none with --validation_dir, paper otherwise.")
     data.add_argument("--split_index", type=int, default=1, help="Which of the 10 splits (1..10).")
     data.add_argument("--split_seed", type=int, default=0, help="Seed of the paper splits (see paper_splits).")
+    data.add_argument("--split_by_image", action="store_true",
+                      help="Paper splits at random over images even for synthetic datasets, whose splits are "
+                           "otherwise disjoint by reference content (the test images' contents are never trained on).")
     data.add_argument("--train_fraction", type=float, default=1.0,
                       help="Use this fraction of the training split (0.2/0.4/0.6 for the data-efficiency study).")
     data.add_argument("--max_train_samples", type=int, default=None, help="Truncate the training split (debugging).")
@@ -181,6 +184,11 @@ def _truncate(indices, limit, seed):
     return sorted(rng.choice(np.asarray(indices), size=limit, replace=False).tolist())
 
 
+def _by_content(args):
+    """`paper_splits`' `by_content`: decided by the data (synthetic datasets repeat contents) unless overridden."""
+    return False if args.split_by_image else None
+
+
 def load_splits(args):
     """Returns `(train_ds, train_idx, eval_ds, eval_idx, test_ds, test_idx, protocol)`; test may be None."""
     if args.train_dir is not None:
@@ -197,7 +205,9 @@ def load_splits(args):
             train_idx, eval_idx = list(range(len(train_ds))), list(range(len(eval_ds)))
             test = (None, None)
         else:
-            train_idx, eval_idx = paper_splits(train_ds, seed=args.split_seed)[args.split_index - 1]
+            train_idx, eval_idx = paper_splits(train_ds, seed=args.split_seed, by_content=_by_content(args))[
+                args.split_index - 1
+            ]
             eval_ds, test = train_ds, (None, None)
     else:
         name = args.dataset_name or "synthetic"
@@ -220,7 +230,9 @@ def load_splits(args):
             train_idx, eval_idx = parts["train"], parts["val"]
             test = (train_ds, parts["test"])
         elif protocol == "paper":
-            train_idx, eval_idx = paper_splits(train_ds, seed=args.split_seed)[args.split_index - 1]
+            train_idx, eval_idx = paper_splits(train_ds, seed=args.split_seed, by_content=_by_content(args))[
+                args.split_index - 1
+            ]
             test = (None, None)
         else:
             raise ValueError("--split_protocol none needs --train_dir and --validation_dir.")

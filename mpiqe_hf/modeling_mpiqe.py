@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import shutil
+import zlib
 from dataclasses import dataclass
 
 import torch
@@ -106,8 +107,16 @@ def build_prompt_token_ids(class_token_ids, context_length, bos_token_id, eos_to
 
 
 def placeholder_class_token_ids(class_names, vocab_size):
-    """Byte-level token ids for a model built without a tokenizer (random CLIP); `from_clip` stores real ones."""
-    return [[byte % vocab_size for byte in name.encode("utf-8")] for name in class_names]
+    """
+    Stand-in token ids for a model built without a tokenizer (a random CLIP): one id per word plus one for the
+    final ".", about as many tokens as CLIP's BPE gives, derived from the words' CRC-32 so that they are the same in
+    every process. `from_clip` stores the real tokenisation instead.
+    """
+    return [
+        [zlib.crc32(word.encode("utf-8")) % vocab_size for word in name.replace("_", " ").split()]
+        + [zlib.crc32(b".") % vocab_size]
+        for name in class_names
+    ]
 
 
 class MPIQEPromptLearner(nn.Module):
@@ -264,6 +273,108 @@ class MPIQEScoreHead(nn.Module):
     def forward(self, query_states: torch.Tensor) -> torch.Tensor:
         pooled = query_states.mean(dim=1)
         return self.out_proj(self.dropout(self.activation(self.dense(pooled)))).squeeze(-1)
+
+
+def clip_weights_digest(clip: nn.Module) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of a CLIP's weights, in name order."""
+    digest = hashlib.sha256()
+    state = clip.state_dict()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def _clip_config_mismatches(expected, found) -> list[str]:
+    problems = []
+    for sub, fields in _CLIP_FIT_FIELDS.items():
+        want = getattr(expected, sub) if sub else expected
+        have = getattr(found, sub) if sub else found
+        for field in fields:
+            a, b = getattr(want, field, None), getattr(have, field, None)
+            if a != b:
+                problems.append(f"{sub + '.' if sub else ''}{field}: adapter {a!r} vs base {b!r}")
+    return problems
+
+
+def _adapter_info(pretrained_model_name_or_path, kwargs) -> dict | None:
+    """The adapter entry of the checkpoint's config, or `None` for a full checkpoint."""
+    config = kwargs.get("config")
+    if isinstance(config, PreTrainedConfig):
+        return getattr(config, ADAPTER_CONFIG_KEY, None)
+    from transformers.utils import cached_file
+
+    hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+    source = config if isinstance(config, (str, os.PathLike)) else pretrained_model_name_or_path
+    config_file = cached_file(source, "config.json", _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+    if config_file is None:
+        return None
+    with open(config_file, encoding="utf-8") as file:
+        return json.load(file).get(ADAPTER_CONFIG_KEY)
+
+
+def _has_pickle_weights(pretrained_model_name_or_path, kwargs) -> bool:
+    from transformers.utils import has_file
+
+    hub_kwargs = {key: kwargs[key] for key in ("revision", "token", "proxies", "cache_dir") if key in kwargs}
+    try:
+        return any(has_file(pretrained_model_name_or_path, name, **hub_kwargs) for name in _PICKLE_WEIGHT_FILES)
+    except Exception:  # the original error says enough
+        return False
+
+
+def _refuse_local_pickle(path, subfolder: str) -> None:
+    folder = os.path.join(os.fspath(path), subfolder)
+    if not os.path.isdir(folder):
+        return
+    has_safe = any(os.path.isfile(os.path.join(folder, name)) for name in _SAFE_WEIGHT_FILES)
+    pickles = [name for name in _PICKLE_WEIGHT_FILES if os.path.isfile(os.path.join(folder, name))]
+    if pickles and not has_safe:
+        raise OSError(
+            f"{folder} holds only pickled weights ({', '.join(pickles)}). MP-IQE does not read pickles by default "
+            "because loading one can run arbitrary code; pass `allow_pickle=True` if you trust this checkpoint, or "
+            "convert it with `MPIQEModel.from_pretrained(path, allow_pickle=True).save_pretrained(new_path)`."
+        )
+
+
+def _raise_for_weight_problems(source, problems: list[str]) -> None:
+    if not problems:
+        return
+    names = " ".join(problem.split(":")[0] for problem in problems)
+    fields = sorted({field for prefix, field in _CONFIG_FIELDS_OF_WEIGHTS if prefix in names})
+    raise ValueError(
+        f"The weights in {source} do not fit the config (check {', '.join(fields)}): "
+        + "; ".join(problems[:10])
+        + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+    )
+
+
+def _custom_pipelines() -> dict:
+    return {
+        REMOTE_PIPELINE_TASK: {
+            "impl": "pipeline_mpiqe.MPIQEImageClassificationPipeline",
+            "pt": ["AutoModel"],
+            "tf": [],
+            "type": "image",
+        }
+    }
+
+
+def _copy_pipeline_files(save_directory) -> None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in _PIPELINE_FILES:
+        source = os.path.join(here, name)
+        target = os.path.join(save_directory, name)
+        if os.path.isfile(source) and os.path.abspath(source) != os.path.abspath(target):
+            shutil.copyfile(source, target)
+
+
+def _remove_files(folder, names) -> None:
+    for name in names:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            os.remove(path)
 
 
 class MPIQEPreTrainedModel(PreTrainedModel):
@@ -887,108 +998,6 @@ class MPIQEModel(MPIQEPreTrainedModel):
         if self.config.mos_higher_is_better:
             return self.config.mos_min + score * span
         return self.config.mos_max - score * span
-
-
-def clip_weights_digest(clip: nn.Module) -> str:
-    """SHA-256 over the names, dtypes, shapes and bytes of a CLIP's weights, in name order."""
-    digest = hashlib.sha256()
-    state = clip.state_dict()
-    for name in sorted(state):
-        tensor = state[name].detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
-
-
-def _clip_config_mismatches(expected, found) -> list[str]:
-    problems = []
-    for sub, fields in _CLIP_FIT_FIELDS.items():
-        want = getattr(expected, sub) if sub else expected
-        have = getattr(found, sub) if sub else found
-        for field in fields:
-            a, b = getattr(want, field, None), getattr(have, field, None)
-            if a != b:
-                problems.append(f"{sub + '.' if sub else ''}{field}: adapter {a!r} vs base {b!r}")
-    return problems
-
-
-def _adapter_info(pretrained_model_name_or_path, kwargs) -> dict | None:
-    """The adapter entry of the checkpoint's config, or `None` for a full checkpoint."""
-    config = kwargs.get("config")
-    if isinstance(config, PreTrainedConfig):
-        return getattr(config, ADAPTER_CONFIG_KEY, None)
-    from transformers.utils import cached_file
-
-    hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
-    source = config if isinstance(config, (str, os.PathLike)) else pretrained_model_name_or_path
-    config_file = cached_file(source, "config.json", _raise_exceptions_for_missing_entries=False, **hub_kwargs)
-    if config_file is None:
-        return None
-    with open(config_file, encoding="utf-8") as file:
-        return json.load(file).get(ADAPTER_CONFIG_KEY)
-
-
-def _has_pickle_weights(pretrained_model_name_or_path, kwargs) -> bool:
-    from transformers.utils import has_file
-
-    hub_kwargs = {key: kwargs[key] for key in ("revision", "token", "proxies", "cache_dir") if key in kwargs}
-    try:
-        return any(has_file(pretrained_model_name_or_path, name, **hub_kwargs) for name in _PICKLE_WEIGHT_FILES)
-    except Exception:  # the original error says enough
-        return False
-
-
-def _refuse_local_pickle(path, subfolder: str) -> None:
-    folder = os.path.join(os.fspath(path), subfolder)
-    if not os.path.isdir(folder):
-        return
-    has_safe = any(os.path.isfile(os.path.join(folder, name)) for name in _SAFE_WEIGHT_FILES)
-    pickles = [name for name in _PICKLE_WEIGHT_FILES if os.path.isfile(os.path.join(folder, name))]
-    if pickles and not has_safe:
-        raise OSError(
-            f"{folder} holds only pickled weights ({', '.join(pickles)}). MP-IQE does not read pickles by default "
-            "because loading one can run arbitrary code; pass `allow_pickle=True` if you trust this checkpoint, or "
-            "convert it with `MPIQEModel.from_pretrained(path, allow_pickle=True).save_pretrained(new_path)`."
-        )
-
-
-def _raise_for_weight_problems(source, problems: list[str]) -> None:
-    if not problems:
-        return
-    names = " ".join(problem.split(":")[0] for problem in problems)
-    fields = sorted({field for prefix, field in _CONFIG_FIELDS_OF_WEIGHTS if prefix in names})
-    raise ValueError(
-        f"The weights in {source} do not fit the config (check {', '.join(fields)}): "
-        + "; ".join(problems[:10])
-        + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
-    )
-
-
-def _custom_pipelines() -> dict:
-    return {
-        REMOTE_PIPELINE_TASK: {
-            "impl": "pipeline_mpiqe.MPIQEImageClassificationPipeline",
-            "pt": ["AutoModel"],
-            "tf": [],
-            "type": "image",
-        }
-    }
-
-
-def _copy_pipeline_files(save_directory) -> None:
-    here = os.path.dirname(os.path.abspath(__file__))
-    for name in _PIPELINE_FILES:
-        source = os.path.join(here, name)
-        target = os.path.join(save_directory, name)
-        if os.path.isfile(source) and os.path.abspath(source) != os.path.abspath(target):
-            shutil.copyfile(source, target)
-
-
-def _remove_files(folder, names) -> None:
-    for name in names:
-        path = os.path.join(folder, name)
-        if os.path.isfile(path):
-            os.remove(path)
 
 
 __all__ = ["MPIQEModel", "MPIQEPreTrainedModel", "MPIQEOutput", "ADAPTER_WEIGHTS_NAME", "clip_weights_digest"]
