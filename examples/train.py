@@ -161,6 +161,14 @@ def parse_args(argv=None):
             parser.error("--checkpointing_steps must be 'epoch' or a positive integer.")
     if args.skip_bad_samples:
         args.verify_images = True
+    if args.with_tracking and args.report_to not in ("all", "none"):
+        from accelerate.utils import is_tensorboard_available, is_wandb_available
+
+        available = {"tensorboard": is_tensorboard_available(), "wandb": is_wandb_available()}
+        requested = [name.strip() for name in args.report_to.split(",")]
+        missing = [name for name in requested if name in available and not available[name]]
+        if missing:
+            parser.error(f"--report_to {args.report_to}: {', '.join(missing)} is not installed (pip install it).")
     return args
 
 
