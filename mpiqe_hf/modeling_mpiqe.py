@@ -826,10 +826,12 @@ class MPIQEModel(MPIQEPreTrainedModel):
 
     def _text_features(self):
         """
-        Scene features, distortion features and the prepared decoder queries. They depend on the prompts only, so in
-        eval mode without gradients they are computed once and reused until any of their weights change.
+        Scene features, distortion features and the prepared decoder queries. They depend on the prompts only, so
+        without gradients they are computed once and reused until any of their weights change: in eval mode, and in
+        training mode too when no dropout acts on them (then both modes compute the same values).
         """
-        cacheable = not self.training and not torch.is_grad_enabled()
+        text_dropout = self.config.clip_config.text_config.attention_dropout or self.config.decoder_dropout
+        cacheable = not torch.is_grad_enabled() and (not self.training or not text_dropout)
         if cacheable:
             key = self._text_state_key()
             if key == self._text_cache_key:

@@ -34,17 +34,34 @@ def test_text_features_are_encoded_once_in_eval(tester, monkeypatch):
     torch.testing.assert_close(first, third, atol=0, rtol=0)
 
 
-def test_training_mode_and_gradients_never_use_the_cache(tester, monkeypatch):
+def test_gradients_never_use_the_cache(tester, monkeypatch):
     model = tester.model()
     calls = count_prompt_encodings(model, monkeypatch)
     pixel_values = tester.pixel_values()
-    model(pixel_values)  # eval, gradients on: prompts must stay in the graph
-    model.train()
     with torch.no_grad():
         model(pixel_values)
+    model(pixel_values)  # eval, gradients on: prompts must stay in the graph
+    model.train()
     model(pixel_values).score.sum().backward()
     assert len(calls) == 3
     assert model.scene_prompt_learner.context.grad is not None
+
+
+def test_training_mode_without_gradients_caches_only_without_dropout(tester, monkeypatch):
+    pixel_values = tester.pixel_values()
+    for dropout, expected_calls in ((0.0, 1), (0.1, 2)):
+        model = tester.model(decoder_dropout=dropout).train()
+        calls = count_prompt_encodings(model, monkeypatch)
+        with torch.no_grad():
+            model(pixel_values)
+            model(pixel_values)
+        assert len(calls) == expected_calls, dropout
+        monkeypatch.undo()
+    model = tester.model()
+    with torch.no_grad():
+        in_eval = model(pixel_values).score
+        in_training = model.train()(pixel_values).score
+    torch.testing.assert_close(in_eval, in_training, atol=0, rtol=0)
 
 
 def test_cache_follows_optimizer_steps(tester):
