@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from _common import describe_machine, print_table, time_side_by_side
+from bench_training import scoring_forward, training_step
 from mpiqe_hf import MPIQEConfig, MPIQEImageProcessor, MPIQEModel
 
 
@@ -82,18 +83,14 @@ def main():
     pixel_values = torch.randn(args.batch_size, 8, 3, 224, 224, device=device, dtype=dtype)
     mos = torch.rand(args.batch_size, device=device)
 
-    def train_step():
-        model.train()
-        model(pixel_values, mos=mos).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    def score():
-        model.eval()
-        with torch.inference_mode():
-            model(pixel_values)
-
-    timings = time_side_by_side({"train": train_step, "score": score}, repeats=2, device=device)
+    timings = time_side_by_side(
+        {
+            "train": lambda: training_step(model, optimizer, pixel_values, {"mos": mos}),
+            "score": lambda: scoring_forward(model, pixel_values),
+        },
+        repeats=2,
+        device=device,
+    )
     model_rows = [
         ["training", f"{args.batch_size / timings['train']:.1f}"],
         ["scoring", f"{args.batch_size / timings['score']:.1f}"],
