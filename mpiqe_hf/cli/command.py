@@ -227,6 +227,7 @@ class _Run:
     def execute(self) -> int:
         from accelerate import PartialState
 
+        from .. import MPIQEImageProcessor
         from .scoring import build_scorer, load_processor, resolve_device, resolve_dtype
 
         args = self.args
@@ -242,11 +243,14 @@ class _Run:
             device = state.device
         output = self._output(inputs.key_column, state.num_processes)
 
-        with state.main_process_first():
+        with state.main_process_first():  # one download from the Hub, then the others read the cache
             scorer = build_scorer(args.backend, args.model, args.revision, args.allow_pickle, device, dtype)
-            processor = load_processor(args.model, args.revision, scorer.config) if state.is_main_process else None
+            processor = load_processor(args.model, args.revision)
         if processor is None:
-            processor = load_processor(args.model, args.revision, scorer.config)
+            size = scorer.config.clip_config.vision_config.image_size
+            processor = MPIQEImageProcessor(crop_size={"height": size, "width": size})
+            _say(f"{args.model} has no preprocessor_config.json; using the default image processor ({size} x {size} "
+                 "crops)")
 
         if output is not None and state.is_main_process:
             if args.overwrite:
@@ -282,14 +286,11 @@ class _Run:
                 output.fold_parts()
 
         if status != EXIT_OK:
-            kept = f"; they are in {args.output}" if output is not None and state.num_processes == 1 else (
-                f"; they are in {args.output} and its part files" if output is not None else ""
-            )
-            print(
-                f"mpiqe-score: interrupted after {counts['scored'] + counts['failed']} new row(s){kept}"
-                + ("; run the same command with --resume to finish" if output is not None else ""),
-                file=sys.stderr,
-            )
+            message = f"interrupted after {counts['scored'] + counts['failed']} new row(s)"
+            if output is not None:
+                where = args.output if state.num_processes == 1 else f"{args.output} and its part files"
+                message += f"; they are in {where}; run the same command with --resume to finish"
+            print(f"mpiqe-score: {message}", file=sys.stderr, flush=True)
             return status
 
         from accelerate.utils import gather_object

@@ -94,22 +94,14 @@ def load_model(name: str, revision: str | None, allow_pickle: bool):
         raise UsageError(f"cannot load the model {name!r}: {_first_line(err)}") from err
 
 
-def load_processor(name: str, revision: str | None, config):
-    """The checkpoint's image processor, or the default one at CLIP's image size (said on stderr)."""
-    import sys
-
+def load_processor(name: str, revision: str | None):
+    """The checkpoint's [`MPIQEImageProcessor`], or `None` when it has no `preprocessor_config.json`."""
     from ..image_processing_mpiqe import MPIQEImageProcessor
 
     try:
         return MPIQEImageProcessor.from_pretrained(name, revision=revision)
     except OSError:
-        size = config.clip_config.vision_config.image_size
-        print(
-            f"mpiqe-score: {name} has no preprocessor_config.json; using the default image processor "
-            f"({size} x {size} crops).",
-            file=sys.stderr,
-        )
-        return MPIQEImageProcessor(crop_size={"height": size, "width": size})
+        return None
 
 
 def _first_line(err: BaseException) -> str:
