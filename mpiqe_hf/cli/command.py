@@ -162,9 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 @dataclass
 class _Inputs:
-    """What to score: `sources[i]` keyed `keys[i]` (map-style), or a stream (`streaming`)."""
+    """What to score: `sources[i]` keyed `keys[i]`, or the rows of a streamed dataset (`stream`)."""
 
-    key_column: str
     keys: Sequence[Any] = ()
     sources: Sequence[Any] = ()
     stream: Any = None
@@ -186,21 +185,25 @@ class _Run:
             for argument, reason in problems:
                 _say(f"{argument}: {reason}")
             if args.paths_from is not None:
-                files += read_path_list(args.paths_from)
+                files = list(dict.fromkeys(files + read_path_list(args.paths_from)))  # each path once, in order
             if not files:
                 raise UsageError("no image files to score")
-            return _Inputs("path", keys=files, sources=files, problems=len(problems))
+            return _Inputs(keys=files, sources=files, problems=len(problems))
 
         from .inputs import ColumnView, load_input_dataset, prepare_dataset_columns
 
         dataset = load_input_dataset(args.dataset, args.dataset_config, args.split, args.streaming, args.revision)
         dataset = prepare_dataset_columns(dataset, args.dataset, args.image_column, args.id_column)
         if args.streaming:
-            return _Inputs(args.id_column, stream=dataset)
+            return _Inputs(stream=dataset)
         keys = dataset[args.id_column] if args.id_column else range(len(dataset))
-        return _Inputs(args.id_column or "index", keys=keys, sources=ColumnView(dataset, args.image_column))
+        return _Inputs(keys=keys, sources=ColumnView(dataset, args.image_column))
 
-    def _output(self, key_column: str, world_size: int):
+    def _key_column(self) -> str:
+        args = self.args
+        return "path" if args.dataset is None else (args.id_column or "index")
+
+    def _output(self, world_size: int):
         from .writers import ScoreOutput, format_from_extension
 
         args = self.args
@@ -209,7 +212,7 @@ class _Run:
                 raise UsageError("several processes write one file: pass --output")
             return None
         fmt = args.format or format_from_extension(args.output)
-        output = ScoreOutput(args.output, fmt, [key_column, *RESULT_COLUMNS])
+        output = ScoreOutput(args.output, fmt, [self._key_column(), *RESULT_COLUMNS])
         if output.has_results() and not (args.resume or args.overwrite):
             raise UsageError(
                 f"{output.describe_existing()} already holds results; pass --resume to score only the images not in "
@@ -233,15 +236,14 @@ class _Run:
         args = self.args
         device = resolve_device(args.device)
         dtype, dtype_reason = resolve_dtype(args.dtype, device)
-        inputs = self._inputs()
-
         state = PartialState(cpu=device.type == "cpu")
         if state.num_processes > 1 and device.type == "cuda":
             if device.index is not None:
                 raise UsageError(f"--device {args.device}: with several processes each one takes its own GPU; "
                                  "pass --device cuda")
             device = state.device
-        output = self._output(inputs.key_column, state.num_processes)
+        output = self._output(state.num_processes)
+        inputs = self._inputs()
 
         with state.main_process_first():  # one download from the Hub, then the others read the cache
             scorer = build_scorer(args.backend, args.model, args.revision, args.allow_pickle, device, dtype)
@@ -256,7 +258,7 @@ class _Run:
             if args.overwrite:
                 output.remove()
             else:
-                output.fold_parts()
+                output.recover()
         state.wait_for_everyone()
         from .writers import ScoredSoFar
 
@@ -274,7 +276,7 @@ class _Run:
         counts = {"scored": 0, "failed": 0}
         status = EXIT_OK
         try:
-            self._score(loader, scorer, writer, inputs.key_column, total, state, counts)
+            self._score(loader, scorer, writer, total, state, counts)
         except KeyboardInterrupt:
             status = EXIT_INTERRUPTED
         except Terminated:
@@ -347,7 +349,7 @@ class _Run:
 
         args = self.args
         if output is None:
-            columns = [self._key_column_name(), *RESULT_COLUMNS]
+            columns = [self._key_column(), *RESULT_COLUMNS]
             fmt = args.format or "table"
             if fmt == "csv":
                 return CSVWriter(sys.stdout, columns, header=True)
@@ -363,11 +365,7 @@ class _Run:
             return output.open_for_append()
         return output.open_part(state.process_index)
 
-    def _key_column_name(self) -> str:
-        args = self.args
-        return "path" if args.dataset is None else (args.id_column or "index")
-
-    def _score(self, loader, scorer, writer, key_column: str, total, state, counts) -> None:
+    def _score(self, loader, scorer, writer, total, state, counts) -> None:
         import torch
         from tqdm.auto import tqdm
 
@@ -375,6 +373,7 @@ class _Run:
 
         args = self.args
         config = scorer.config
+        key_column = self._key_column()
         show = (args.progress if args.progress is not None else sys.stderr.isatty()) and state.is_main_process
         pending_keys: list[Any] = []
         pending_pixels: list[torch.Tensor] = []

@@ -276,6 +276,12 @@ class ScoreOutput:
             _truncate_partial_line(path)
         return JSONLWriter(open(path, "a", encoding="utf-8"), self.columns)
 
+    def recover(self) -> None:
+        """Before reading an output left by an earlier run: drops its unfinished last line, folds its part files."""
+        if self.format != "parquet" and os.path.exists(self.path):
+            _truncate_partial_line(self.path)
+        self.fold_parts()
+
     def fold_parts(self) -> None:
         """
         Moves the rows of the part files into the output and removes the part files. Rows whose key the output
