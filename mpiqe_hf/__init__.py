@@ -4,7 +4,8 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_mpiqe import DISTORTION_CLASSES, QUALITY_LEVELS, SCENE_CLASSES, MPIQEConfig
-from .image_processing_mpiqe import MPIQEImageProcessor, load_image
+from .image_processing_mpiqe import MPIQEImageProcessor
+from .image_utils_mpiqe import load_image
 from .modeling_mpiqe import MPIQEModel, MPIQEOutput, MPIQEPreTrainedModel
 from .pipeline_mpiqe import ImageQualityAssessmentPipeline, MPIQEImageClassificationPipeline
 
