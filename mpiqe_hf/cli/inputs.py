@@ -165,6 +165,12 @@ class LoadedBatch:
     pixel_values: torch.Tensor | None = None  # (len(keys), num_crops, 3, height, width)
     failures: list[tuple[Any, str]] = field(default_factory=list)  # (key, message)
 
+    def pin_memory(self) -> "LoadedBatch":
+        """Called by the DataLoader with `pin_memory=True` (CUDA), so that the copy to the GPU can overlap."""
+        if self.pixel_values is not None:
+            self.pixel_values = self.pixel_values.pin_memory()
+        return self
+
 
 class _Cropper:
     def __init__(self, processor, num_crops: int | None):
