@@ -229,9 +229,11 @@ class _Run:
 
     def execute(self) -> int:
         from accelerate import PartialState
+        from accelerate.utils import gather_object
 
         from .. import MPIQEImageProcessor
         from .scoring import build_scorer, load_processor, resolve_device, resolve_dtype
+        from .writers import ScoredSoFar
 
         args = self.args
         device = resolve_device(args.device)
@@ -260,8 +262,6 @@ class _Run:
             else:
                 output.recover()
         state.wait_for_everyone()
-        from .writers import ScoredSoFar
-
         before = output.scored_so_far() if output is not None else ScoredSoFar(set(), 0)
 
         num_workers = self._default_workers(state) if args.num_workers is None else args.num_workers
@@ -282,8 +282,7 @@ class _Run:
         except Terminated:
             status = EXIT_TERMINATED
         finally:
-            if writer is not None:
-                writer.close()
+            writer.close()
             if output is not None and state.num_processes == 1:
                 output.fold_parts()
 
@@ -294,8 +293,6 @@ class _Run:
                 message += f"; they are in {where}; run the same command with --resume to finish"
             print(f"mpiqe-score: {message}", file=sys.stderr, flush=True)
             return status
-
-        from accelerate.utils import gather_object
 
         totals = gather_object([counts]) if state.num_processes > 1 else [counts]
         if output is not None:
