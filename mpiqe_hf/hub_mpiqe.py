@@ -19,7 +19,7 @@ import re
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import CLIPModel, PreTrainedConfig
-from transformers.utils import cached_file, logging
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file, logging
 
 from .configuration_mpiqe import MPIQEConfig
 
@@ -107,6 +107,14 @@ def _clip_config_mismatches(expected, found) -> list[str]:
                     f"{getattr(have, field, None)!r}"
                 )
     return problems
+
+
+def _remove_files(folder, names) -> None:
+    """A folder holds one form: the files of the other one, left by an earlier save, would be loaded instead."""
+    for name in names:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            os.remove(path)
 
 
 @contextlib.contextmanager
@@ -292,7 +300,10 @@ class MPIQECheckpointMixin:
         `config.json` and the model files for remote code.
         """
         if not adapter_only:
-            return super().save_pretrained(save_directory, *args, **kwargs)
+            super().save_pretrained(save_directory, *args, **kwargs)
+            if kwargs.get("is_main_process", True):
+                _remove_files(save_directory, (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME))
+            return None
         if args:
             raise TypeError("save_pretrained(adapter_only=True) takes no positional arguments besides the folder.")
         if not kwargs.pop("is_main_process", True):
@@ -336,6 +347,7 @@ class MPIQECheckpointMixin:
             if not name.startswith("clip.")
         }
         save_file(state, os.path.join(save_directory, ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
+        _remove_files(save_directory, (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME))
         return None
 
     def push_to_hub(

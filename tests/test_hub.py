@@ -257,10 +257,14 @@ def test_adapter_checkpoint(hub_endpoint, tester, tmp_path):
     for repo in ("user/mp-iqe-adapter", "user/mp-iqe-full"):
         assert torch.allclose(torch.tensor(child[repo]), expected, atol=1e-5, rtol=0), repo
 
-    # Re-saving the rebuilt model gives a full checkpoint again.
+    # Re-saving the rebuilt model gives a full checkpoint again; a folder holds one form at a time.
     adapter.save_pretrained(tmp_path / "rebuilt")
     assert (tmp_path / "rebuilt" / "model.safetensors").exists()
     assert not (tmp_path / "rebuilt" / ADAPTER_CONFIG_NAME).exists()
+    adapter.save_pretrained(tmp_path / "rebuilt", adapter_only=True)
+    assert not (tmp_path / "rebuilt" / "model.safetensors").exists()
+    adapter.save_pretrained(tmp_path / "rebuilt")
+    assert not {ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME} & {p.name for p in (tmp_path / "rebuilt").iterdir()}
 
     # New weights on the base's main branch: an adapter that is not pinned notices.
     unpinned = tmp_path / "unpinned"
