@@ -5,6 +5,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_mpiqe import DISTORTION_CLASSES, QUALITY_LEVELS, SCENE_CLASSES, MPIQEConfig
 from .image_processing_mpiqe import MPIQEImageProcessor, load_image
+from .data import IQADatasetInfo, iqa_info, load_iqa_dataset
 from .modeling_mpiqe import MPIQEModel, MPIQEOutput, MPIQEPreTrainedModel
 from .pipeline_mpiqe import ImageQualityAssessmentPipeline, MPIQEImageClassificationPipeline
 
@@ -29,6 +30,9 @@ __all__ = [
     "MPIQEConfig",
     "MPIQEImageProcessor",
     "load_image",
+    "load_iqa_dataset",
+    "iqa_info",
+    "IQADatasetInfo",
     "MPIQEModel",
     "MPIQEOutput",
     "MPIQEPreTrainedModel",

@@ -15,8 +15,8 @@ from scipy.io import savemat
 from mpiqe_hf.configuration_mpiqe import DISTORTION_CLASSES, SCENE_CLASSES
 from mpiqe_hf.data import (
     IQA_DATASETS,
-    dataset_metadata,
     dataset_mos_range,
+    iqa_info,
     get_dataset_spec,
     liqe_splits,
     load_iqa_dataset,
@@ -47,8 +47,13 @@ def count_lines(path):
 
 
 def labels(ds):
-    """The non-image columns (no decoding)."""
-    return ds.select_columns([c for c in COLUMNS if c != "image"]).to_list()
+    """The non-image columns (no decoding), with the ClassLabel ints turned back into names (None for no label)."""
+    scenes, distortions = ds.features["scene"].feature, ds.features["distortion"]
+    rows = ds.select_columns([c for c in COLUMNS if c != "image"]).to_list()
+    for row in rows:
+        row["scene"] = scenes.int2str(row["scene"])
+        row["distortion"] = distortions.int2str(row["distortion"]) if row["distortion"] >= 0 else None
+    return rows
 
 
 def image_paths(ds):
@@ -120,7 +125,7 @@ def test_liqe_live_is_dmos_and_kadid_folder():
     # KADID ships no _all_clip.txt: the database folder resolves to the union of split 1.
     kadid = load_iqa_dataset("kadid10k", label_file=LIQE_ROOT / "kadid10k", check_files=False)
     assert len(kadid) == 10125
-    assert len(set(kadid["content_id"])) == 81 and "I32" in set(kadid["content_id"])
+    assert len(kadid.unique("content_id")) == 81 and "I32" in kadid.unique("content_id")
 
 
 @needs_liqe
@@ -201,7 +206,7 @@ def test_unreadable_image(tmp_path):
         ["images/I01_01_02.png", "3.0", "gaussian blur", "animal", "invalid", "invalid"],
     ])
     assert len(load_iqa_dataset("kadid10k", data_dir=root, label_file=label)) == 2  # decoding is lazy by default
-    with pytest.raises(ValueError, match=r"line 2, field 'image': cannot decode"):
+    with pytest.raises(ValueError, match=r"line 2, field 'image': Cannot load .*I01_01_02.png"):
         load_iqa_dataset("kadid10k", data_dir=root, label_file=label, verify_images=True)
     with pytest.warns(UserWarning):
         ds = load_iqa_dataset("kadid10k", data_dir=root, label_file=label, verify_images=True, skip_bad_samples=True)
@@ -286,7 +291,7 @@ def test_official_live(tmp_path):
     ])
     liqe = load_iqa_dataset("live", data_dir=root, label_file=label)
     assert liqe["content_id"] == ["bikes", "parrots"]
-    assert dataset_metadata(liqe)["live_references_found"] is True
+    assert iqa_info(liqe).live_references_found is True
 
 
 def test_official_csiq(tmp_path):
@@ -392,9 +397,9 @@ def test_metadata_missing_column(tmp_path, missing):
 )
 def test_metadata_bad_rows(tmp_path, row, field):
     folder = tmp_path / "f"
-    make_image(folder / "a.png")
-    make_image(folder / "b.png")
-    write_metadata(folder, [("b.png", 1, "", ""), ("b.png", 4, "", ""), row])
+    for name in ("a.png", "b.png", "c.png"):
+        make_image(folder / name)
+    write_metadata(folder, [("b.png", 1, "", ""), ("c.png", 4, "", ""), row])
     with pytest.raises(ValueError, match=rf"metadata.csv, line 4, field '{field}'"):
         load_iqa_dataset(str(folder))
     with pytest.warns(UserWarning):
@@ -482,8 +487,8 @@ def test_synthetic_build_reproducible(tmp_path):
     refs = [r for r in rows if r["distortion"] is None]
     assert len(refs) == n_refs and all(r["mos"] == 5.0 and r["mos_normalized"] == 1.0 for r in refs)
     assert min(r["mos"] for r in rows) >= 1.0
-    meta = dataset_metadata(ds)
-    assert meta["synthetic"] is True and meta["name"] == "synthetic"
+    info = iqa_info(ds)
+    assert info.split_protocol == "by_content" and info.name == "synthetic" and info.seed == 0
     img = ds[1]["image"]
     assert min(img.size) == 256
     folder = tmp_path / "a" / "synthetic" / "v1-0"
