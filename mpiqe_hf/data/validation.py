@@ -272,6 +272,7 @@ def finalize_dataset(
         remove_columns=[c for c in raw.column_names if c not in ("source_file", "source_line", "image")],
         features=parsed_features,
         num_proc=_auto_num_proc(num_proc, len(raw), verify_images),
+        load_from_cache_file=False,  # the files may have changed since a cached check: look again
         desc="Checking images" if verify_images else "Checking rows",
     )
 
