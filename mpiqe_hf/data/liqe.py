@@ -237,7 +237,7 @@ def liqe_splits(label_dir_or_db, k: int = 1, dataset: Optional[datasets.Dataset]
             raise ValueError(f"LIQE split file not found: {file}")
         rows, wrong = read_liqe_file(file)
         if wrong:
-            raise ValueError(f"Bad split file:\n" + "\n".join(f"  {b}" for b in wrong))
+            raise ValueError("Bad split file:\n" + "\n".join(f"  {b}" for b in wrong))
         indices = []
         for number, rel in zip(rows["source_line"], rows["image"]):
             rel = rel.replace("\\", "/")

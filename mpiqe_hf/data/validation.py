@@ -139,7 +139,7 @@ def _check_rows(
             default_content = str(image).strip() if image is not None else None
         else:
             path = (image or {}).get("path")
-            default_content = path
+            default_content = path or f"row-{batch['source_line'][i] - 1}"
         mos, reason = parse_mos(batch["mos"][i], mos_range)
         if reason:
             record_problem(problems, "mos", reason)
