@@ -689,6 +689,15 @@ def test_checks_are_not_cached(tmp_path):
         load_iqa_dataset("kadid10k", data_dir=root, label_file=label, verify_images=True)
 
 
+def test_folder_with_split_named_subfolders(tmp_path):
+    folder = tmp_path / "f"
+    make_image(folder / "train" / "a.png")
+    make_image(folder / "test" / "b.png")
+    write_metadata(folder, [("train/a.png", 3.0), ("test/b.png", 2.0)], header=("file_name", "mos"))
+    ds = load_iqa_dataset(str(folder))
+    assert ds["mos"][:] == [3.0, 2.0] and image_paths(ds) == [str(folder / "train/a.png"), str(folder / "test/b.png")]
+
+
 def test_absolute_path_inside_the_folder_is_accepted(tmp_path):
     folder = tmp_path / "f"
     make_image(folder / "a.png")
@@ -733,5 +742,6 @@ def test_liqe_problems_reported_together(tmp_path):
     with pytest.raises(ValueError) as caught:
         load_iqa_dataset("kadid10k", data_dir=root, label_file=label)
     message = str(caught.value)
+    assert message.startswith("2 bad sample(s)")  # two rows, four problems
     for where in ("line 2, field 'columns'", "line 3, field 'path'", "line 3, field 'mos'", "line 3, field 'distortion'"):
         assert where in message

@@ -52,8 +52,8 @@ def load_metadata_folder(
 ) -> datasets.Dataset:
     """Load a folder holding `metadata.csv` (`file_name`, `mos`, optional `scene`, `distortion`, `content_id`).
 
-    The table is read by `datasets.load_dataset("imagefolder", data_dir=folder)` (every column as text, so that a
-    bad value is reported instead of changing the column's type); `file_name` is relative to the folder and must
+    The table is read by `datasets.load_dataset("imagefolder", data_files=<folder>/metadata.csv)` (every column as
+    text, so that a bad value is reported instead of changing the column's type); `file_name` is relative to the folder and must
     stay inside it. `scene` holds zero or more scene names separated by `|` (`;` is accepted too). `distortion` is a
     class of `DISTORTION_CLASSES` or a LIQE fine-grained name, empty for none. The native MOS range is `mos_range`
     when given (rows outside it are bad), else inferred from the data (see docs/data.md for the implausible-MOS rule).
@@ -71,7 +71,8 @@ def load_metadata_folder(
         if required not in header:
             raise ValueError(f"{meta_path}, line 1, field '{required}': required column missing (found {header}).")
     text = datasets.Features({column: datasets.Value("string") for column in header if column})
-    raw = datasets.load_dataset("imagefolder", data_dir=str(folder), features=text, split="train")
+    # data_files, not data_dir: imagefolder would read `train/`, `test/` subfolders as splits of their own.
+    raw = datasets.load_dataset("imagefolder", data_files={"train": str(meta_path)}, features=text, split="train")
     if len(raw) != len(lines):
         raise ValueError(f"{meta_path}: {len(raw)} rows read but {len(lines)} records found; check the CSV quoting.")
     raw = raw.rename_column("file_name", "image")

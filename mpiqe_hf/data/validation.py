@@ -305,13 +305,14 @@ def finalize_dataset(
     for i, problems in extra.items():
         bad.extend(BadSample(files[i], int(lines[i]), field, reason) for field, reason in problems)
     bad.sort(key=lambda b: (b.file, b.line))
+    num_bad = len({(b.file, b.line) for b in bad})
     if bad and not skip_bad_samples:
         raise ValueError(
-            f"{len(bad)} bad sample(s) in {source} (pass skip_bad_samples=True to leave them out):\n"
+            f"{num_bad} bad sample(s) in {source} (pass skip_bad_samples=True to leave them out):\n"
             + format_problems(bad)
         )
     if bad:
-        message = f"Skipped {len(bad)} bad sample(s) while loading {source}:\n" + format_problems(bad)
+        message = f"Skipped {num_bad} bad sample(s) while loading {source}:\n" + format_problems(bad)
         logger.warning(message)
         warnings.warn(message, stacklevel=4)
         keep = np.flatnonzero(~bad_rows & ~np.isin(np.arange(len(parsed)), list(extra)))
