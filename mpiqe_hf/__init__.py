@@ -5,7 +5,6 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_mpiqe import DISTORTION_CLASSES, QUALITY_LEVELS, SCENE_CLASSES, MPIQEConfig
 from .image_processing_mpiqe import MPIQEImageProcessor, load_image
-from .data import IQADatasetInfo, iqa_info, load_iqa_dataset
 from .modeling_mpiqe import MPIQEModel, MPIQEOutput, MPIQEPreTrainedModel
 from .pipeline_mpiqe import ImageQualityAssessmentPipeline, MPIQEImageClassificationPipeline
 
@@ -25,6 +24,18 @@ PIPELINE_REGISTRY.register_pipeline(
 MPIQEConfig.register_for_auto_class()
 MPIQEModel.register_for_auto_class("AutoModel")
 MPIQEImageProcessor.register_for_auto_class("AutoImageProcessor")
+
+# The data helpers import `datasets` (seconds at start-up), which scoring never needs: they load on first access.
+_DATA_EXPORTS = ("load_iqa_dataset", "iqa_info", "IQADatasetInfo")
+
+
+def __getattr__(name):
+    if name in _DATA_EXPORTS:
+        from . import data
+
+        return getattr(data, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "MPIQEConfig",

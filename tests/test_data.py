@@ -542,7 +542,14 @@ def small_folder(folder, rows=None, header=("file_name", "mos", "scene", "distor
 
 
 def test_top_level_export():
+    import subprocess
+    import sys
+
     import mpiqe_hf
+
+    # the export is lazy: importing the package for scoring does not import `datasets`
+    code = "import sys, mpiqe_hf; assert 'datasets' not in sys.modules; from mpiqe_hf import load_iqa_dataset"
+    subprocess.run([sys.executable, "-c", code], check=True)
     from mpiqe_hf import IQADatasetInfo as Exported
     from mpiqe_hf import iqa_info as exported_info
     from mpiqe_hf import load_iqa_dataset as exported
