@@ -696,6 +696,15 @@ def test_checks_are_not_cached(tmp_path):
         load_iqa_dataset("kadid10k", data_dir=root, label_file=label, verify_images=True)
 
 
+def test_metadata_bom_crlf_and_padded_header(tmp_path):
+    folder = tmp_path / "f"
+    for name in ("a.png", "b.png"):
+        make_image(folder / name)
+    (folder / "metadata.csv").write_bytes("file_name, mos ,scene\r\na.png,3.0,night\r\nb.png,2,\r\n".encode("utf-8-sig"))
+    rows = labels(load_iqa_dataset(str(folder)))
+    assert [r["mos"] for r in rows] == [3.0, 2.0] and rows[0]["scene"] == ["night"]
+
+
 def test_folder_with_split_named_subfolders(tmp_path):
     folder = tmp_path / "f"
     make_image(folder / "train" / "a.png")

@@ -26,7 +26,7 @@ def metadata_record_lines(path: Path) -> tuple[list[str], list[int]]:
     """
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
-        header = [c.strip() for c in next(reader, [])]
+        header = next(reader, [])
         starts = []
         start = reader.line_num + 1
         for record in reader:
@@ -67,17 +67,21 @@ def load_metadata_folder(
         higher_is_better = spec.higher_is_better
     mos_range = resolve_mos_range(mos_range, meta_path)
     header, lines = metadata_record_lines(meta_path)
+    columns = {name: name.strip() for name in header if name.strip()}
     for required in REQUIRED_COLUMNS:
-        if required not in header:
-            raise ValueError(f"{meta_path}, line 1, field '{required}': required column missing (found {header}).")
-    text = datasets.Features({column: datasets.Value("string") for column in header if column})
+        if required not in columns.values():
+            raise ValueError(
+                f"{meta_path}, line 1, field '{required}': required column missing (found {list(columns.values())})."
+            )
+    text = datasets.Features({name: datasets.Value("string") for name in columns})
     # data_files, not data_dir: imagefolder would read `train/`, `test/` subfolders as splits of their own.
     raw = datasets.load_dataset("imagefolder", data_files={"train": str(meta_path)}, features=text, split="train")
     if len(raw) != len(lines):
         raise ValueError(f"{meta_path}: {len(raw)} rows read but {len(lines)} records found; check the CSV quoting.")
+    raw = raw.rename_columns({name: stripped for name, stripped in columns.items() if name != stripped})
     raw = raw.rename_column("file_name", "image")
     raw = raw.add_column("source_line", lines).add_column("source_file", [str(meta_path)] * len(raw))
-    content_repeats = "content_id" in header and len(raw.unique("content_id")) < len(raw)
+    content_repeats = "content_id" in columns.values() and len(raw.unique("content_id")) < len(raw)
     info = IQADatasetInfo(
         name=name or (spec.name if spec else folder.name),
         mos_min=mos_range[0] if mos_range else float("nan"),
