@@ -278,6 +278,7 @@ class IQADatasetInfoCarrier(datasets.DatasetInfo):
 
 def with_iqa_info(ds: datasets.Dataset, info: IQADatasetInfo, description: str = "") -> datasets.Dataset:
     """The rows of `ds` (unformatted) in a dataset whose `info` carries `info` (read it back with [`iqa_info`])."""
+    # A new Dataset holds the table only, not a selection over it: bake a select/shuffle in first (no copy otherwise).
     table = ds.flatten_indices() if ds._indices is not None else ds
     carrier = IQADatasetInfoCarrier(description=description or ds.info.description, features=ds.features, iqa=info)
     return datasets.Dataset(table.data, info=carrier, split=ds.split)
