@@ -494,3 +494,25 @@ def test_collect_files_order_and_duplicates(image_folder):
     assert len(set(files)) == len(files) == 5  # four valid + the corrupt .jpg, the explicit duplicate dropped
     assert files == sorted(files)
     assert problems == [(str(image_folder / "x*.bmp"), "the pattern matches no files")]
+
+
+def test_text_features_are_computed_once_per_run(capsys, tiny_checkpoint, many_images, monkeypatch):
+    calls = []
+    original = MPIQEModel.get_text_features
+
+    def counted(self):
+        calls.append(1)
+        return original(self)
+
+    forwards = []
+    forward = MPIQEModel.forward
+
+    def checked_forward(self, pixel_values, *args, text_features=None, **kwargs):
+        forwards.append(text_features is not None)
+        return forward(self, pixel_values, *args, text_features=text_features, **kwargs)
+
+    monkeypatch.setattr(MPIQEModel, "get_text_features", counted)
+    monkeypatch.setattr(MPIQEModel, "forward", checked_forward)
+    code, _, _ = _run(capsys, [str(many_images), "-m", tiny_checkpoint, "-f", "jsonl", "-b", "4", "--num-workers", "0"])
+    assert code == 0
+    assert len(calls) == 1 and forwards == [True] * 6  # 24 images in 6 batches, one text pass

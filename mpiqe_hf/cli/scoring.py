@@ -47,15 +47,12 @@ class TorchScorer:
         self.device = device
         self.dtype = dtype
         with torch.inference_mode():
-            # TODO(merge): MPIQEModel.get_text_features lands with the model branch; drop this fallback then.
-            self.text_kwargs = (
-                {"text_features": self.model.get_text_features()} if hasattr(self.model, "get_text_features") else {}
-            )
+            self.text_features = self.model.get_text_features()
 
     def __call__(self, pixel_values: torch.Tensor) -> ScoreBatch:
         with torch.inference_mode():
             pixel_values = pixel_values.to(self.device, self.dtype, non_blocking=True)
-            output = self.model(pixel_values, **self.text_kwargs)
+            output = self.model(pixel_values, text_features=self.text_features)
             normalized = output.score.float()
             return ScoreBatch(
                 score=_to_numpy(self.model.to_native_scale(normalized)),
@@ -73,21 +70,10 @@ def build_scorer(backend: str, model_name: str, revision: str | None, allow_pick
 
 
 def load_model(name: str, revision: str | None, allow_pickle: bool):
-    """An [`MPIQEModel`]; a checkpoint of another model type is refused before its weights are read."""
-    from transformers import PretrainedConfig
-
-    from ..configuration_mpiqe import MPIQEConfig
+    """An [`MPIQEModel`]; `from_pretrained` refuses a checkpoint of another model type, naming it, before reading
+    its weights."""
     from ..modeling_mpiqe import MPIQEModel
 
-    try:
-        config_dict, _ = PretrainedConfig.get_config_dict(name, revision=revision)
-    except OSError:
-        config_dict = None  # no config.json (or no such model): from_pretrained says what is wrong
-    if config_dict is not None and config_dict.get("model_type") != MPIQEConfig.model_type:
-        raise UsageError(
-            f"{name} is a {config_dict.get('model_type')!r} model, not MP-IQE (model_type "
-            f"{MPIQEConfig.model_type!r}); mpiqe-score needs an MP-IQE checkpoint"
-        )
     try:
         return MPIQEModel.from_pretrained(name, revision=revision, allow_pickle=allow_pickle)
     except (OSError, ValueError, RuntimeError) as err:
