@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ __all__ = [
 PIPELINE_TASK = "image-quality-assessment"
 #: The task under which saved checkpoints announce the remote-code pipeline: the Hub widget's task.
 REMOTE_PIPELINE_TASK = "image-classification"
+
+#: What an input that cannot be decoded does: `"raise"` a `ValueError` naming it, or `"return"` an error entry.
+ERROR_MODES = ("raise", "return")
 
 #: `"quality"`: one dict per image with score, quality level, scene and distortion.
 #: `"classification"`: the image-classification form, a list of `{"label", "score"}` over the quality levels.
@@ -64,6 +67,13 @@ def quality_level_weights(normalized_score: float, num_levels: int) -> list[floa
     return [mass / total for mass in masses]
 
 
+class _NumberedInput(NamedTuple):
+    """An item of a list input with its position, so that an error can name it."""
+
+    position: int
+    image: Any
+
+
 class ImageQualityAssessmentPipeline(Pipeline):
     """
     Scores the quality of images with an [`MPIQEModel`].
@@ -78,6 +88,10 @@ class ImageQualityAssessmentPipeline(Pipeline):
     - `num_crops` (`int`): crops per image (defaults to the image processor's).
     - `return_normalized_score` (`bool`): also return `"normalized_score"`, the model's score on `[0, 1]`.
     - `timeout` (`float`): seconds to wait for an image URL.
+    - `errors` (`"raise"` (default) or `"return"`): an input that cannot be decoded raises a `ValueError` naming it
+      (its position in a list, and its path or kind), or, with `"return"`, gets an entry with its `"error"` message
+      (and `None` for the score, quality, scene and distortion; `{"error": ...}` in the classification form) while
+      the other inputs are scored.
 
     Output per image, `output_format="quality"`:
     `{"score": float on the model's native MOS scale, "quality": one of config.quality_levels, "scene": the most
@@ -112,6 +126,7 @@ class ImageQualityAssessmentPipeline(Pipeline):
         num_crops: int | None = None,
         return_normalized_score: bool | None = None,
         timeout: float | None = None,
+        errors: str | None = None,
         **kwargs: Any,
     ):
         if kwargs:
@@ -123,6 +138,10 @@ class ImageQualityAssessmentPipeline(Pipeline):
             preprocess_params["num_crops"] = num_crops
         if timeout is not None:
             preprocess_params["timeout"] = timeout
+        if errors is not None:
+            if errors not in ERROR_MODES:
+                raise ValueError(f"`errors` must be one of {ERROR_MODES}, got {errors!r}.")
+            preprocess_params["errors"] = errors
         if top_k is not None:
             if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
                 raise ValueError(f"`top_k` must be a positive int, got {top_k!r}.")
@@ -143,6 +162,8 @@ class ImageQualityAssessmentPipeline(Pipeline):
             raise ValueError("No image was given.")
         if isinstance(inputs, tuple):
             inputs = list(inputs)
+        if isinstance(inputs, list):
+            inputs = [_NumberedInput(index, image) for index, image in enumerate(inputs)]
         return super().__call__(inputs, **kwargs)
 
     # -- steps ---------------------------------------------------------------------------------------------------------
@@ -161,16 +182,35 @@ class ImageQualityAssessmentPipeline(Pipeline):
             return load_image(image)
         raise ValueError(f"Cannot score an input of type {type(image).__name__}.")
 
-    def preprocess(self, image: Any, num_crops: int | None = None, timeout: float | None = None):
-        decoded = self._decode(image, timeout)
+    def preprocess(self, image: Any, num_crops: int | None = None, timeout: float | None = None, errors: str = "raise"):
+        position = None
+        if isinstance(image, _NumberedInput):
+            position, image = image
+        dtype = self.dtype or torch.float32
+        try:
+            decoded = self._decode(image, timeout)
+        except ValueError as err:
+            message = str(err) if position is None else f"input {position}: {err}"
+            if errors == "raise":
+                raise ValueError(message) from err
+            # A stand-in of the right shape keeps the batch whole; its score is dropped in `postprocess`.
+            crops = num_crops or self.image_processor.num_crops
+            size = self.image_processor.crop_size
+            stand_in = torch.zeros(1, crops, 3, size["height"], size["width"], dtype=dtype)
+            return {"pixel_values": stand_in, "error": message}
         features = self.image_processor(decoded, num_crops=num_crops, return_tensors="pt")
-        return {"pixel_values": features["pixel_values"].to(self.dtype or torch.float32)}
+        result = {"pixel_values": features["pixel_values"].to(dtype)}
+        if errors == "return":
+            result["error"] = None
+        return result
 
     def _forward(self, model_inputs):
         if self._text_features is None:
             self._text_features = self.model.get_text_features()
         outputs = self.model(pixel_values=model_inputs["pixel_values"], text_features=self._text_features)
         result = {"normalized_score": outputs.score, "native_score": self.model.to_native_scale(outputs.score)}
+        if "error" in model_inputs:
+            result["error"] = model_inputs["error"]
         if outputs.scene_logits is not None:
             result["scene_logits"] = outputs.scene_logits
         if outputs.distortion_logits is not None:
@@ -186,6 +226,11 @@ class ImageQualityAssessmentPipeline(Pipeline):
     ):
         config = self.model.config
         output_format = output_format or self.default_output_format
+        error = model_outputs.get("error")
+        if error is not None:
+            if output_format == "classification":
+                return {"error": error}
+            return {"score": None, "quality": None, "scene": None, "distortion": None, "error": error}
         normalized = float(model_outputs["normalized_score"].reshape(-1)[0].float())
         levels = list(config.quality_levels)
         weights = quality_level_weights(normalized, len(levels))
@@ -205,6 +250,8 @@ class ImageQualityAssessmentPipeline(Pipeline):
         }
         if return_normalized_score:
             result["normalized_score"] = normalized
+        if "error" in model_outputs:
+            result["error"] = None
         families = (("scene", "scene_logits", config.scene_classes), ("distortion", "distortion_logits", config.distortion_classes))
         for key, logits_key, names in families:
             logits = model_outputs.get(logits_key)
