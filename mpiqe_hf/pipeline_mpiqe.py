@@ -282,10 +282,15 @@ class MPIQEImageClassificationPipeline(ImageQualityAssessmentPipeline):
 
 
 def register_pipeline() -> None:
-    """Registers the `image-quality-assessment` task with transformers: `pipeline(PIPELINE_TASK, model=...)`."""
+    """Registers the `image-quality-assessment` task with transformers: `pipeline(PIPELINE_TASK, model=...)`.
+
+    The task loads its model with `MPIQEModel.from_pretrained`, which refuses another model type before loading any
+    weights."""
+    from .modeling_mpiqe import MPIQEModel
+
     if PIPELINE_TASK not in PIPELINE_REGISTRY.get_supported_tasks():
         PIPELINE_REGISTRY.register_pipeline(
-            PIPELINE_TASK, pipeline_class=ImageQualityAssessmentPipeline, pt_model=AutoModel, type="image"
+            PIPELINE_TASK, pipeline_class=ImageQualityAssessmentPipeline, pt_model=MPIQEModel, type="image"
         )
 
 
