@@ -22,13 +22,19 @@ depends on `(data_seed, epoch)` only.
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional, Sequence
 
 import datasets
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
+from .data import liqe_splits, load_iqa_dataset, paper_splits, subsample
+from .data.specs import canonical_dataset_name
 from .image_processing_mpiqe import MPIQEImageProcessor, load_image
 from .metrics import compute_metrics
 
@@ -279,7 +285,274 @@ def evaluate_model(model, dataloader, accelerator=None) -> dict:
     return metrics
 
 
+CLIP_IQA_PROMPTS = ("Good photo.", "Bad photo.")
+
+
+@torch.no_grad()
+def predict_clip_iqa(clip, tokenizer, dataloader, accelerator=None) -> dict:
+    """
+    The zero-shot CLIP-IQA baseline (Wang et al. 2023) on the crops of `dataloader`: each crop's softmax over its
+    cosine similarities (times CLIP's logit scale) with the antonym prompts "Good photo." and "Bad photo."; an image's
+    score is P(good) averaged over its crops. `clip` is a `CLIPModel` (MP-IQE's frozen `model.clip`, so the baseline
+    uses the same CLIP). Returns the same dict as [`predict`].
+    """
+    device = accelerator.device if accelerator is not None else next(clip.parameters()).device
+    encoded = tokenizer(list(CLIP_IQA_PROMPTS), padding=True, return_tensors="pt").to(device)
+    text = F.normalize(clip.get_text_features(**encoded).pooler_output.float(), dim=-1)
+    indices, scores, targets, skipped = [], [], [], []
+    for batch in dataloader:
+        skipped.extend(batch["skipped"])
+        pixel_values = batch["pixel_values"].to(device)
+        batch_size, num_crops = pixel_values.shape[:2]
+        image = clip.get_image_features(pixel_values=pixel_values.flatten(0, 1)).pooler_output.float()
+        logits = clip.logit_scale.exp() * F.normalize(image, dim=-1) @ text.T
+        score = logits.softmax(dim=-1)[:, 0].view(batch_size, num_crops).mean(dim=1)
+        mos, index = batch["mos"].to(device), batch["index"].to(device)
+        if accelerator is not None:
+            score, mos, index = accelerator.gather_for_metrics((score, mos, index))
+        indices.append(index.cpu())
+        scores.append(score.cpu())
+        targets.append(mos.cpu())
+    return {
+        "index": torch.cat(indices).numpy(),
+        "score": torch.cat(scores).numpy().astype(np.float64),
+        "mos": torch.cat(targets).numpy().astype(np.float64),
+        "skipped": skipped,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data arguments and splits (shared by examples/train.py and examples/evaluate.py)
+# ---------------------------------------------------------------------------------------------------------------------
+
+SPLIT_PROTOCOLS = ("paper", "liqe", "none")
+
+
+@dataclass
+class DataArguments:
+    """Where the images and scores come from and which split is used; `training_args.json` records them."""
+
+    dataset_name: Optional[str] = field(default=None, metadata={"help": (
+        "Built-in name (koniq10k, kadid10k, live, csiq, livec, bid, synthetic), a folder with metadata.csv, a "
+        "save_to_disk folder or a Hub dataset. Default: synthetic (the embedded set).")})
+    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset configuration."})
+    dataset_split: Optional[str] = field(default=None, metadata={"help": "Split of a Hub dataset (e.g. train)."})
+    data_dir: Optional[str] = field(default=None, metadata={"help": "Image root of a built-in dataset."})
+    label_file: Optional[str] = field(default=None, metadata={"help": (
+        "A LIQE label file (*_clip.txt) or LIQE database folder: LIQE's MOS, scene and distortion labels. It does "
+        "not change the split; --split_protocol liqe selects LIQE's splits2/<k>.")})
+    train_dir: Optional[str] = field(default=None, metadata={"help": "Folder with metadata.csv and training images."})
+    validation_dir: Optional[str] = field(default=None, metadata={"help": "Folder with metadata.csv for validation."})
+    cache_dir: Optional[str] = field(default=None, metadata={"help": "Cache of the synthetic set and Hub downloads."})
+    split_protocol: Optional[str] = field(default=None, metadata={"choices": list(SPLIT_PROTOCOLS), "help": (
+        "paper (default): the paper's random 80/20 split, 10 repetitions (content-disjoint for synthetic datasets); "
+        "liqe: LIQE's splits2/<k> 70/10/20 train/val/test (needs --label_file); none: train on all of --train_dir, "
+        "validate on --validation_dir (the default when --validation_dir is given).")})
+    split_index: int = field(default=1, metadata={"help": "Which of the 10 splits (1..10)."})
+    split_seed: int = field(default=0, metadata={"help": "Seed of the paper splits (see paper_splits)."})
+    split_by_image: bool = field(default=False, metadata={"help": (
+        "Paper splits at random over images even for synthetic datasets, whose splits are otherwise disjoint by "
+        "reference content.")})
+    train_fraction: float = field(default=1.0, metadata={"help": (
+        "Use this fraction of the training part (0.2/0.4/0.6: Table 5's data-efficiency study).")})
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the training part."})
+    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the evaluated part."})
+    mos_range: Optional[list[float]] = field(default=None, metadata={"help": (
+        "LO HI: native MOS range of --train_dir/--validation_dir folders (default: from the data).")})
+    lower_is_better: bool = field(default=False, metadata={"help": "Folder MOS are DMOS (lower = better)."})
+    skip_bad_samples: bool = field(default=False, metadata={"help": (
+        "Leave out bad rows (missing or undecodable images, bad MOS, unknown labels), report them and go on.")})
+    verify_images: bool = field(default=True, metadata={"help": (
+        "Decode every image once before starting, so that all bad files are reported together (--no_verify_images "
+        "to skip). An image that still fails later is dropped with a warning and counted.")})
+    max_image_size: Optional[int] = field(default=None, metadata={"help": (
+        "Downscale images whose longer side exceeds this (px) before cropping (BID's reach 2,816 px); off by "
+        "default, as in the paper.")})
+    dataloader_num_workers: int = field(default=min(4, os.cpu_count() or 1))
+
+    def __post_init__(self):
+        if self.train_dir is not None and self.dataset_name is not None:
+            raise ValueError("Give either --dataset_name or --train_dir, not both.")
+        if not 1 <= self.split_index <= 10:
+            raise ValueError(f"--split_index must be in 1..10, got {self.split_index}.")
+        if not 0.0 < self.train_fraction <= 1.0:
+            raise ValueError(f"--train_fraction must be in (0, 1], got {self.train_fraction}.")
+        if self.mos_range is not None and len(self.mos_range) != 2:
+            raise ValueError(f"--mos_range takes two numbers LO HI, got {self.mos_range}.")
+        if self.max_image_size is not None and self.max_image_size < 1:
+            raise ValueError(f"--max_image_size must be positive, got {self.max_image_size}.")
+
+    @property
+    def resolved_split_protocol(self) -> str:
+        """The protocol in force: `split_protocol`, else `none` with a --validation_dir for training, else `paper`."""
+        if self.split_protocol is not None:
+            return self.split_protocol
+        return "none" if self.train_dir is not None and self.validation_dir is not None else "paper"
+
+
+@dataclass
+class SplitPlan:
+    """The parts of a split: training, validation (model selection) and, with LIQE's splits, test."""
+
+    protocol: str
+    description: str
+    train_ds: datasets.Dataset
+    train_idx: list
+    eval_ds: datasets.Dataset
+    eval_idx: list
+    test_ds: Optional[datasets.Dataset] = None
+    test_idx: Optional[list] = None
+
+    @property
+    def held_out(self):
+        """`(dataset, indices, name)` of the part a trained model is scored on: LIQE's test part, else validation."""
+        if self.test_idx is not None:
+            return self.test_ds, self.test_idx, "test"
+        return self.eval_ds, self.eval_idx, "validation" if self.protocol == "none" else "held-out 20 %"
+
+
+def load_source(name, data_args: DataArguments, verify_images: Optional[bool] = None, **extra):
+    """`load_iqa_dataset` with the options of `data_args` (folder options only for metadata.csv folders)."""
+    kwargs = dict(cache_dir=data_args.cache_dir, skip_bad_samples=data_args.skip_bad_samples,
+                  verify_images=data_args.verify_images if verify_images is None else verify_images)
+    if name is not None and os.path.isdir(name) and os.path.isfile(os.path.join(name, "metadata.csv")):
+        kwargs.update(mos_range=data_args.mos_range, higher_is_better=not data_args.lower_is_better)
+    else:
+        kwargs.update(data_dir=data_args.data_dir, label_file=data_args.label_file, split=data_args.dataset_split)
+        if data_args.dataset_config_name is not None:
+            kwargs["name"] = data_args.dataset_config_name
+    kwargs.update(extra)
+    return load_iqa_dataset(name, **kwargs)
+
+
+def _truncate(indices, limit, seed):
+    if limit is None or limit >= len(indices):
+        return list(indices)
+    rng = np.random.default_rng([int(seed), 104729])
+    return sorted(rng.choice(np.asarray(indices), size=limit, replace=False).tolist())
+
+
+def _liqe_parts(data_args: DataArguments, name: str, dataset):
+    if data_args.label_file is None:
+        raise ValueError("--split_protocol liqe needs --label_file (LIQE's splits2/<k> files).")
+    label_path = Path(data_args.label_file)
+    source = label_path if label_path.is_dir() else label_path.parent
+    source = canonical_dataset_name(name) if source.name == "splits2" else source
+    return liqe_splits(source, data_args.split_index, dataset=dataset)
+
+
+def load_split_sources(data_args: DataArguments, verify_images: Optional[bool] = None):
+    """`(dataset, validation dataset or None)`: the data `plan_split` splits (load once, split many times)."""
+    name = data_args.train_dir or data_args.dataset_name or "synthetic"
+    validation = None
+    if data_args.resolved_split_protocol == "none":
+        if data_args.validation_dir is None:
+            raise ValueError("--split_protocol none needs --train_dir and --validation_dir.")
+        validation = load_source(data_args.validation_dir, data_args, verify_images)
+    return load_source(name, data_args, verify_images), validation
+
+
+def plan_split(data_args: DataArguments, seed: int = 0, loaded=None) -> SplitPlan:
+    """Splits the data of `data_args` (loaded here, or `loaded` from [`load_split_sources`]) by the protocol in force
+    (see `DataArguments.split_protocol`); `seed` draws the `--max_*_samples` truncations."""
+    protocol = data_args.resolved_split_protocol
+    by_content = False if data_args.split_by_image else None
+    name = data_args.train_dir or data_args.dataset_name or "synthetic"
+    train_ds, validation_ds = loaded if loaded is not None else load_split_sources(data_args)
+    eval_ds, test_ds, test_idx = train_ds, None, None
+    k = data_args.split_index
+    if protocol == "none":
+        eval_ds = validation_ds
+        train_idx, eval_idx = list(range(len(train_ds))), list(range(len(eval_ds)))
+        description = f"none: all of {name} for training, all of {data_args.validation_dir} for validation"
+    elif protocol == "liqe":
+        parts = _liqe_parts(data_args, name, train_ds)
+        train_idx, eval_idx, test_ds, test_idx = parts["train"], parts["val"], train_ds, parts["test"]
+        description = f"liqe: LIQE's splits2/{k} of {name} (train/val/test 70/10/20)"
+    elif protocol == "paper":
+        if data_args.validation_dir is not None and data_args.train_dir is not None:
+            raise ValueError("--validation_dir is only used with --split_protocol none; drop one of them.")
+        train_idx, eval_idx = paper_splits(train_ds, seed=data_args.split_seed, by_content=by_content)[k - 1]
+        description = (f"paper: random 80/20 split {k} of 10 of {name} (seed {data_args.split_seed}"
+                       + (", by image" if data_args.split_by_image else "") + ")")
+    else:
+        raise ValueError(f"Unknown split protocol {protocol!r}; choose from {SPLIT_PROTOCOLS}.")
+    if data_args.train_fraction < 1.0:
+        train_idx = subsample(train_idx, data_args.train_fraction, seed=data_args.split_seed)
+        description += f", {data_args.train_fraction:.0%} of the training part"
+    train_idx = _truncate(train_idx, data_args.max_train_samples, seed)
+    eval_idx = _truncate(eval_idx, data_args.max_eval_samples, seed)
+    if test_idx is not None:
+        test_idx = _truncate(test_idx, data_args.max_eval_samples, seed)
+    return SplitPlan(protocol, description, train_ds, train_idx, eval_ds, eval_idx, test_ds, test_idx)
+
+
+def label_coverage(dataset: datasets.Dataset, indices: Sequence[int]) -> dict:
+    """How many rows of `indices` carry a scene label and a distortion label: `{"scene": n, "distortion": m}`."""
+    columns = dataset.select_columns(["scene", "distortion"]).select(list(indices))
+    encoder = LabelEncoder(dataset.features, [], [])
+    scene = sum(any(encoder._name(v, encoder.scene_names) is not None for v in scenes or [])
+                for scenes in columns["scene"])
+    distortion = sum(encoder._name(v, encoder.distortion_names) is not None for v in columns["distortion"])
+    return {"scene": int(scene), "distortion": int(distortion)}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Model sources
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class ModelSourceUnavailable(RuntimeError):
+    """A model the run needs can be neither found locally nor downloaded; the message says what to do instead."""
+
+
+def check_model_source(name_or_path: str, what: str, alternatives: Sequence[str] = (), revision=None):
+    """
+    Fails in seconds, with one message, when `name_or_path` (a Hub id) is neither a local folder, nor in the local
+    Hugging Face cache, nor reachable on the Hub: before any output is written, instead of after the retries of a
+    download. `what` names the model ("the CLIP model"); `alternatives` are extra suggestions.
+    """
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    path = Path(name_or_path)
+    if path.is_dir():
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+            raise ModelSourceUnavailable(f"{what} folder {path} holds no config.json.")
+        return
+    if path.suffix or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise ModelSourceUnavailable(f"{what} {name_or_path!r}: no such folder.")
+    for filename in ("config.json", "adapter_config.json"):
+        if isinstance(try_to_load_from_cache(name_or_path, filename, revision=revision), str):
+            return
+    if constants.HF_HUB_OFFLINE:
+        reason = "it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+    else:
+        try:
+            HfApi().model_info(name_or_path, revision=revision, timeout=10)
+            return
+        except (RepositoryNotFoundError, GatedRepoError) as err:
+            reason = f"the Hub refuses it ({type(err).__name__}: {str(err).splitlines()[0]})"
+        except Exception as err:  # no network: httpx errors, timeouts, proxies
+            reason = f"it is not in the local Hugging Face cache and the Hub cannot be reached ({type(err).__name__})"
+    suggestions = [
+        f"download it once where the Hub is reachable (`hf download {name_or_path}`) and run with HF_HUB_OFFLINE=1",
+        "pass a local folder that holds it",
+        *alternatives,
+    ]
+    raise ModelSourceUnavailable(f"Cannot load {what} {name_or_path!r}: {reason}. Instead: " + "; or ".join(suggestions)
+                                 + ".")
+
+
 __all__ = [
+    "DataArguments",
+    "SplitPlan",
+    "plan_split",
+    "load_split_sources",
+    "load_source",
+    "label_coverage",
+    "ModelSourceUnavailable",
+    "check_model_source",
     "IGNORE_INDEX",
     "LabelEncoder",
     "IQATransform",
@@ -289,4 +562,6 @@ __all__ = [
     "collate_iqa_batch",
     "predict",
     "evaluate_model",
+    "predict_clip_iqa",
+    "CLIP_IQA_PROMPTS",
 ]

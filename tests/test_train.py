@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _load_script(name):
     spec = importlib.util.spec_from_file_location(f"mpiqe_example_{name}", ROOT / "examples" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and HfArgumentParser resolve the annotations through it
     spec.loader.exec_module(module)
     return module
 
