@@ -355,7 +355,7 @@ def main(argv=None):
                   f"of {len(plan.train_idx)}); lambda_1 {config.distortion_loss_weight}, lambda_2 "
                   f"{config.score_loss_weight}; native MOS range {tuple(mos_range)}.")
     if model_args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     crop_size = config.clip_config.vision_config.image_size
     image_processor = MPIQEImageProcessor(crop_size={"height": crop_size, "width": crop_size},
                                           num_crops=model_args.eval_num_crops or model_args.num_crops)

@@ -104,9 +104,10 @@ def test_train_on_embedded_synthetic_saves_loadable_model(tiny_clip, synthetic_c
 
 
 def test_resume_from_checkpoint_continues_exactly(tiny_clip, synthetic_cache, tmp_path):
-    # 12 samples in batches of 4 = 3 steps per epoch: the run crosses an epoch boundary (and its evaluation), and the
-    # checkpoint after step 2 is in the middle of epoch 0.
-    common = ["--cache_dir", synthetic_cache, "--max_train_samples", "12", "--max_eval_samples", "6"]
+    # 12 images x 2 crops in batches of 8 crops = 3 steps per epoch: the run crosses an epoch boundary (and its
+    # evaluation), and the checkpoint after step 2 is in the middle of epoch 0.
+    common = ["--cache_dir", synthetic_cache, "--max_train_samples", "12", "--max_eval_samples", "6",
+              "--per_device_train_batch_size", "8"]
     straight = tmp_path / "straight"
     train_script.main(tiny_args(tiny_clip, straight, *common, "--checkpointing_steps", "2", steps=4))
     resumed = tmp_path / "resumed"
@@ -136,6 +137,12 @@ def test_resume_from_checkpoint_continues_exactly(tiny_clip, synthetic_cache, tm
     straight_results = json.loads((straight / "all_results.json").read_text())
     assert resumed_results["step"] == straight_results["step"] == 4
     assert resumed_results["srcc"] == pytest.approx(straight_results["srcc"], abs=1e-6)
+    # resuming the finished run from its last checkpoint trains nothing more
+    again = train_script.main(tiny_args(tiny_clip, straight, *common, "--resume_from_checkpoint", "latest",
+                                        "--checkpointing_steps", "1", steps=4))
+    assert again["step"] == 4 and sorted(p.name for p in straight.glob("step_*")) == ["step_2", "step_4"]
+    after = trainable_state(straight)
+    assert all(torch.equal(after[name], a[name]) for name in a)
 
 
 def test_train_on_metadata_folders(tiny_clip, tmp_path):
@@ -262,3 +269,162 @@ def test_accelerate_launch_subprocess(tiny_clip, synthetic_cache, tmp_path):
     assert json.loads((out / "all_results.json").read_text())["step"] == 2
     assert list(out.rglob("events.out.tfevents.*")), "no TensorBoard event file"
     MPIQEModel.from_pretrained(out)
+
+
+def test_warmup_longer_than_the_run_is_clamped(tiny_clip, synthetic_cache, tmp_path, caplog):
+    # 5 warm-up epochs of 3 steps would be 15 steps of a 6-step run: clamped to the paper's 5/30 of it, 1 step
+    out = tmp_path / "run"
+    with caplog.at_level("WARNING"):
+        train_script.main(tiny_args(tiny_clip, out, "--cache_dir", synthetic_cache, "--max_train_samples", "12",
+                                    "--max_eval_samples", "4", "--per_device_train_batch_size", "8", steps=6,
+                                    warmup_steps=None))
+    assert "Warm-up clamped to 1 steps" in caplog.text and "(15 steps)" in caplog.text
+    recorded = json.loads((out / "training_args.json").read_text())
+    assert recorded["num_warmup_steps"] == 1
+
+
+def test_offline_without_clip_fails_fast_with_one_message(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from mpiqe_hf.training import ModelSourceUnavailable
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    out = tmp_path / "never"
+    with pytest.raises(ModelSourceUnavailable) as raised:
+        train_script.main(["--output_dir", str(out), "--clip_model_name_or_path", "openai/clip-vit-base-patch16"])
+    message = str(raised.value)
+    assert "'openai/clip-vit-base-patch16'" in message and "HF_HUB_OFFLINE" in message
+    assert "--clip_config_name tiny" in message and "local folder" in message and "\n" not in message
+    assert not out.exists()
+    with pytest.raises(ModelSourceUnavailable, match="no such folder"):
+        train_script.main(["--output_dir", str(out), "--clip_model_name_or_path", str(tmp_path / "nowhere")])
+    assert not out.exists()
+
+
+def test_missing_labels_turn_loss_terms_off_loudly(tiny_clip, tmp_path, caplog):
+    # the blur folder has distortion labels but no scene labels
+    train_dir = write_blur_folder(tmp_path / "train", contents=3, seed=1)
+    out = tmp_path / "run"
+    with caplog.at_level("WARNING"):
+        results = train_script.main(tiny_args(tiny_clip, out, "--train_dir", str(train_dir), steps=1))
+    assert "no scene labels: the scene loss is OFF" in caplog.text and "distortion loss is OFF" not in caplog.text
+    assert results["loss_terms"] == {"scene": False, "distortion": True, "score": True}
+    recorded = json.loads((out / "training_args.json").read_text())
+    assert recorded["loss_terms"]["scene"] is False and recorded["split_protocol"] == "paper"
+    assert recorded["split_description"].startswith("paper: random 80/20 split 1 of 10")
+
+
+def test_undecodable_image_during_training_is_dropped_and_counted(tiny_clip, tmp_path):
+    train_dir = write_blur_folder(tmp_path / "train", contents=3, levels=3, seed=1)
+    val_dir = write_blur_folder(tmp_path / "val", contents=1, levels=3, seed=2)
+    (train_dir / "images" / "c1_l1.png").write_bytes(b"garbage")  # found only when decoded: verification is off
+    results = train_script.main(tiny_args(
+        tiny_clip, tmp_path / "run", "--train_dir", str(train_dir), "--validation_dir", str(val_dir),
+        "--no_verify_images", "--num_train_epochs", "1", steps=None))
+    # 9 images x 2 crops = 18 samples, the bad image's 2 visits dropped
+    assert results["dropped_samples"] == 2 and all("c1_l1.png" in e for e in results["dropped_sample_errors"])
+    assert results["step"] == results["steps_per_epoch"] == 5
+
+
+def test_fine_tune_a_trained_model_and_config_overrides(tiny_clip, synthetic_cache, tmp_path):
+    source = tmp_path / "source"
+    train_script.main(tiny_args(tiny_clip, source, "--cache_dir", synthetic_cache, "--max_train_samples", "8",
+                                "--max_eval_samples", "4", "--config_overrides", "text_prompt_length=3,"
+                                "score_loss_weight=0.25", steps=1))
+    trained = MPIQEModel.from_pretrained(source)
+    assert trained.config.text_prompt_length == 3 and trained.config.score_loss_weight == 0.25
+    with pytest.raises(ValueError, match="no_such_field"):
+        train_script.config_overrides("no_such_field=1", trained.config.clip_config)
+    # fine-tune on a folder scored 0..100: the trained prompts are the start, the score range is the new data's
+    folder = write_blur_folder(tmp_path / "mine", contents=3, seed=4)
+    out = tmp_path / "tuned"
+    train_script.main(tiny_args(tiny_clip, out, "--model_name_or_path", str(source), "--train_dir", str(folder),
+                                "--mos_range", "0", "100", "--learning_rate", "0", steps=1))
+    tuned = MPIQEModel.from_pretrained(out)
+    assert (tuned.config.mos_min, tuned.config.mos_max) == (0.0, 100.0) and tuned.config.text_prompt_length == 3
+    before, after = trainable_state(source), trainable_state(out)
+    assert all(torch.equal(before[name], after[name]) for name in before)
+
+
+def test_flips_and_downscaling_of_training_crops(tmp_path):
+    folder = write_blur_folder(tmp_path / "data", contents=1, levels=2, size=40)
+    ds = load_iqa_dataset(str(folder))
+    config = MPIQEModelTester().config()
+    classes = dict(scene_classes=config.scene_classes, distortion_classes=config.distortion_classes)
+    processor = MPIQEImageProcessor(crop_size=30, num_crops=1)
+    plain = IQATransform(ds, processor, random_crops=True, crops_per_sample=16, **classes)
+    flipping = IQATransform(ds, processor, random_crops=True, crops_per_sample=16, horizontal_flip=True, **classes)
+    a = iqa_split(ds, [0], plain)[0]["pixel_values"]
+    b = iqa_split(ds, [0], flipping)[0]["pixel_values"]
+    same = [torch.equal(x, y) for x, y in zip(a, b)]
+    flipped = [torch.equal(x.flip(-1), y) for x, y in zip(a, b)]
+    assert all(s or f for s, f in zip(same, flipped)) and 0 < sum(flipped) < 16
+    sizes = []
+    original = processor.preprocess
+
+    def recording(images, *args, **kwargs):
+        sizes.append(images.size)
+        return original(images, *args, **kwargs)
+
+    processor.preprocess = recording
+    iqa_split(ds, [0], IQATransform(ds, processor, random_crops=True, max_image_size=32, **classes))[0]
+    iqa_split(ds, [0], IQATransform(ds, processor, random_crops=True, **classes))[0]
+    assert sizes == [(32, 32), (40, 40)]
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    tester = MPIQEModelTester()
+    pixel_values, mos = tester.pixel_values(), torch.tensor([0.2, 0.7])
+    calls = []
+
+    def gradients(checkpointing):
+        model = tester.model().train()
+        if checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            for module in model.modules():
+                if getattr(module, "gradient_checkpointing", False):
+                    inner = module._gradient_checkpointing_func
+                    module._gradient_checkpointing_func = lambda *a, inner=inner, **k: calls.append(1) or inner(*a, **k)
+        model(pixel_values=pixel_values, mos=mos).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = gradients(False)
+    checkpointed = gradients(True)
+    assert len(calls) >= tester.vision_layers and plain.keys() == checkpointed.keys()
+    for name in plain:
+        assert torch.allclose(plain[name], checkpointed[name], atol=1e-6), name
+
+
+def test_two_cpu_processes_with_torchrun(tiny_clip, synthetic_cache, tmp_path):
+    """torchrun starts two processes; Accelerate runs them as one MULTI_CPU job over gloo."""
+    common = ["--cache_dir", synthetic_cache, "--max_train_samples", "12", "--max_eval_samples", "6",
+              "--per_device_train_batch_size", "3", "--num_train_epochs", "1", "--checkpointing_steps", "1"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+
+    def launch(out, *extra):
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                   str(ROOT / "examples" / "train.py"), *tiny_args(tiny_clip, out, *common, *extra, steps=None)]
+        completed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        return completed.stdout + completed.stderr
+
+    straight = tmp_path / "straight"
+    output = launch(straight)
+    results = json.loads((straight / "all_results.json").read_text())
+    # 12 images x 2 crops, 3 crops per process and step, 2 processes: ceil(24 / 6) = 4 optimizer steps
+    assert results["num_processes"] == 2 and results["batches_per_process"] == [4, 4]
+    assert results["steps_per_epoch"] == 4 and results["step"] == 4 and results["total_train_batch_size"] == 6
+    assert output.count("***** Running training *****") == 1  # the main process reports, the other one is silent
+    for k in range(1, 5):
+        checkpoint = straight / f"step_{k}"
+        assert len(list(checkpoint.glob("model*.safetensors"))) == 1
+        assert sorted(p.name for p in checkpoint.glob("random_states_*")) == ["random_states_0.pkl",
+                                                                              "random_states_1.pkl"]
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(straight / "step_2", resumed / "step_2")
+    launch(resumed, "--resume_from_checkpoint", "latest")
+    assert json.loads((resumed / "all_results.json").read_text())["step"] == 4
+    a, b = trainable_state(straight), trainable_state(resumed)
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6, rtol=0), name
