@@ -35,7 +35,8 @@ from PIL import Image
 
 from .data import liqe_splits, load_iqa_dataset, paper_splits, subsample
 from .data.specs import canonical_dataset_name
-from .image_processing_mpiqe import MPIQEImageProcessor, load_image
+from .image_processing_mpiqe import MPIQEImageProcessor
+from .image_utils_mpiqe import load_image
 from .metrics import compute_metrics
 
 logger = logging.getLogger(__name__)
