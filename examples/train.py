@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPConfig, HfArgumentParser, get_cosine_schedule_with_warmup
 
 from mpiqe_hf import MPIQEConfig, MPIQEImageProcessor, MPIQEModel
-from mpiqe_hf.data import dataset_metadata, dataset_mos_range, get_dataset_spec, skipped_samples
+from mpiqe_hf.data import dataset_mos_range, iqa_info, skipped_samples
 from mpiqe_hf.testing_utils import tiny_clip_config
 from mpiqe_hf.training import (
     DataArguments,
@@ -210,16 +210,9 @@ def check_sources(model_args: ModelArguments):
 
 
 def recipe_defaults(ds):
-    """`(name, batch size, lambda_2)` of the paper for the dataset `ds` (64 and 0.5 for an unknown dataset)."""
-    meta = dataset_metadata(ds)
-    name = meta.get("name")
-    try:
-        spec = get_dataset_spec(name) if name else None
-    except (KeyError, ValueError):
-        spec = None
-    batch_size = meta.get("batch_size") or (spec.batch_size if spec else 64)
-    score_loss_weight = meta.get("score_loss_weight") or (spec.score_loss_weight if spec else 0.5)
-    return name, batch_size, score_loss_weight
+    """`(name, batch size, lambda_2)` of the paper for the dataset `ds` (64 and 0.5 for other datasets)."""
+    info = iqa_info(ds)
+    return info.name, info.batch_size or 64, info.score_loss_weight or 0.5
 
 
 # ---------------------------------------------------------------------------------------------------------------------

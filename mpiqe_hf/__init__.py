@@ -26,10 +26,25 @@ MPIQEConfig.register_for_auto_class()
 MPIQEModel.register_for_auto_class("AutoModel")
 MPIQEImageProcessor.register_for_auto_class("AutoImageProcessor")
 
+# The data helpers import `datasets` (seconds at start-up), which scoring never needs: they load on first access.
+_DATA_EXPORTS = ("load_iqa_dataset", "iqa_info", "IQADatasetInfo")
+
+
+def __getattr__(name):
+    if name in _DATA_EXPORTS:
+        from . import data
+
+        return getattr(data, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "MPIQEConfig",
     "MPIQEImageProcessor",
     "load_image",
+    "load_iqa_dataset",
+    "iqa_info",
+    "IQADatasetInfo",
     "MPIQEModel",
     "MPIQEOutput",
     "MPIQEPreTrainedModel",
