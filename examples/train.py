@@ -413,8 +413,8 @@ def main(argv=None):
         f"  batch: {batch_size} per process x {accelerator.num_processes} process(es) x "
         f"{args.gradient_accumulation_steps} accumulation = {total_batch_size} samples ({crops_per_step} crops) a "
         f"step\n"
-        f"  cost: about {_duration(estimate)} of training on {accelerator.device} (measured {crop_seconds * 1e3:.3g} "
-        f"ms per crop forward+backward), plus evaluation")
+        f"  cost: about {_duration(estimate)} of training on {accelerator.device} (measured {crop_seconds:.3g} s per "
+        f"crop forward+backward), plus evaluation")
 
     recorded_args = {**asdict(data_args), **asdict(model_args), **asdict(args), "split_protocol": protocol,
                      "split_description": plan.description, "loss_terms": loss_terms,

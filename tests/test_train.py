@@ -78,12 +78,17 @@ def trainable_state(directory):
     return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
 
 
-def test_train_on_embedded_synthetic_saves_loadable_model(tiny_clip, synthetic_cache, tmp_path):
+def test_train_on_embedded_synthetic_saves_loadable_model(tiny_clip, synthetic_cache, tmp_path, caplog):
     out = tmp_path / "run"
-    results = train_script.main(
-        tiny_args(tiny_clip, out, "--cache_dir", synthetic_cache, "--max_train_samples", "12",
-                  "--max_eval_samples", "8", "--checkpointing_steps", "epoch")
-    )
+    with caplog.at_level("INFO"):
+        results = train_script.main(
+            tiny_args(tiny_clip, out, "--cache_dir", synthetic_cache, "--max_train_samples", "12",
+                      "--max_eval_samples", "8", "--checkpointing_steps", "epoch")
+        )
+    # the run says what it will cost before it starts
+    assert "12 images x 2 sample(s) = 24 samples an epoch (per_crop); 1 epoch(s) of 6 optimizer steps = 2 steps" \
+        in caplog.text
+    assert "4 samples (4 crops) a step" in caplog.text and "cost: about" in caplog.text
     model = MPIQEModel.from_pretrained(out)
     assert (model.config.mos_min, model.config.mos_max, model.config.mos_higher_is_better) == (1.0, 5.0, True)
     assert model.config.score_loss_weight == 0.5 and model.config.visual_prompt_depth == 2
