@@ -575,12 +575,13 @@ def main(argv=None):
     if accelerator.is_main_process:
         Path(args.output_dir, "all_results.json").write_text(json.dumps(results, indent=2))
         if args.push_to_hub:
-            metric_names = ("srcc", "plcc", "krcc", "rmse")
+            # The reported part: LIQE's test part, else the validation (held-out) part.
             prefix = "test_" if test_dataloader is not None else ""
+            evaluation = {"dataset": name, "split": f"{plan.description}, {plan.held_out[2]} part",
+                          **{key: results[prefix + key] for key in ("srcc", "plcc", "krcc", "rmse")}}
             accelerator.unwrap_model(model).push_to_hub(
-                args.hub_model_id, token=args.hub_token, private=args.hub_private_repo,
-                evaluation_results={key: results[prefix + key] for key in metric_names if prefix + key in results},
-                commit_message="Training finished",
+                args.hub_model_id, evaluation_results=[evaluation], image_processor=image_processor,
+                commit_message="Training finished", private=args.hub_private_repo, token=args.hub_token,
             )
     accelerator.wait_for_everyone()
     accelerator.print(json.dumps({k: results[k] for k in ("srcc", "plcc", "step") if k in results}))
