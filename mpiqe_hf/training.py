@@ -255,9 +255,11 @@ def predict(model, dataloader, accelerator=None) -> dict:
     model.eval()
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
     indices, scores, targets, skipped = [], [], [], []
+    # The text side does not depend on the image: computed once for the whole evaluation.
+    text_features = (accelerator.unwrap_model(model) if accelerator is not None else model).get_text_features()
     for batch in dataloader:
         skipped.extend(batch["skipped"])
-        outputs = model(pixel_values=batch["pixel_values"].to(device))
+        outputs = model(pixel_values=batch["pixel_values"].to(device), text_features=text_features)
         score, mos, index = outputs.score.float(), batch["mos"].to(device), batch["index"].to(device)
         if accelerator is not None:
             score, mos, index = accelerator.gather_for_metrics((score, mos, index))

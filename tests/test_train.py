@@ -20,6 +20,7 @@ from mpiqe_hf.data import load_iqa_dataset
 from mpiqe_hf.training import IQATransform, collate_iqa_batch, evaluate_model, iqa_split
 
 from conftest import MPIQEModelTester
+from hub_server import hub_endpoint  # noqa: F401  (the fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -425,3 +426,18 @@ def test_two_cpu_processes_with_torchrun(tiny_clip, synthetic_cache, tmp_path):
     a, b = trainable_state(straight), trainable_state(resumed)
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-6, rtol=0), name
+
+
+def test_push_to_hub_uploads_the_adapter_with_its_results(hub_endpoint, tiny_clip, synthetic_cache, tmp_path):
+    out = tmp_path / "run"
+    results = train_script.main(tiny_args(tiny_clip, out, "--cache_dir", synthetic_cache, "--max_train_samples", "8",
+                                          "--max_eval_samples", "6", "--push_to_hub", "--hub_model_id",
+                                          "user/mp-iqe-trained", steps=1))
+    files = hub_endpoint.files("user/mp-iqe-trained")
+    assert {"adapter_config.json", "adapter_model.safetensors", "preprocessor_config.json", "README.md"} <= set(files)
+    assert "model.safetensors" not in files and not any(name.startswith(("step_", "best/")) for name in files)
+    import yaml
+
+    card = yaml.safe_load(files["README.md"].decode().split("---\n")[1])
+    metrics = {m["name"]: m["value"] for m in card["model-index"][0]["results"][0]["metrics"]}
+    assert metrics["SRCC"] == round(results["srcc"], 4) and metrics["PLCC"] == round(results["plcc"], 4)
