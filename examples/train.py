@@ -343,7 +343,7 @@ def main(argv=None):
                 f"\n{'!' * 100}\n!! The training data carry no {column} labels: the {term} loss is OFF in this run, so "
                 f"it is an ablation, not the paper's recipe.\n!! LIQE's label files carry scene and distortion "
                 f"labels for the paper's six datasets: --label_file <LIQE IQA_Database folder>.\n{'!' * 100}")
-    logger.info(f"Loss terms: " + ", ".join(f"{t} {'on' if on else 'OFF'}" for t, on in loss_terms.items())
+    logger.info("Loss terms: " + ", ".join(f"{t} {'on' if on else 'OFF'}" for t, on in loss_terms.items())
                 + f" ({coverage['scene']} images with scene labels, {coverage['distortion']} with distortion labels, "
                   f"of {len(plan.train_idx)}); lambda_1 {config.distortion_loss_weight}, lambda_2 "
                   f"{config.score_loss_weight}; native MOS range {tuple(mos_range)}.")
