@@ -987,7 +987,8 @@ class MPIQEModel(MPIQEPreTrainedModel):
                 raise ValueError(f"`mos` must have shape {tuple(score.shape)}, got {tuple(mos.shape)}.")
             if torch.isnan(mos).any():
                 raise ValueError("`mos` contains NaN: every image needs a score.")
-            losses["score_loss"] = F.smooth_l1_loss(score.float(), mos.to(torch.float32))
+            scale = self.config.score_loss_scale
+            losses["score_loss"] = F.smooth_l1_loss(scale * score.float(), scale * mos.to(torch.float32))
             weighted = self.config.score_loss_weight * losses["score_loss"]
             total = weighted if total is None else total + weighted
         if total is not None:
