@@ -32,7 +32,7 @@ from mpiqe_hf import MPIQEImageProcessor, MPIQEModel
 from mpiqe_hf.data import liqe_splits, load_iqa_dataset, paper_splits, skipped_samples
 from mpiqe_hf.data.specs import canonical_dataset_name
 from mpiqe_hf.metrics import compute_metrics
-from mpiqe_hf.training import IQATrainingDataset, collate_iqa_batch, predict
+from mpiqe_hf.training import IQATransform, collate_iqa_batch, iqa_split, predict
 
 logger = logging.getLogger(__name__)
 TRAINING_ARGS_FILE = "training_args.json"
@@ -193,8 +193,9 @@ def main(argv=None):
             processor = MPIQEImageProcessor(crop_size=model.config.clip_config.vision_config.image_size)
         if args.num_crops is not None:
             processor.num_crops = args.num_crops
-        dataset = IQATrainingDataset(ds, processor, model.config.scene_classes, model.config.distortion_classes,
-                                     indices=indices, train=False)
+        transform = IQATransform(ds, processor, model.config.scene_classes, model.config.distortion_classes,
+                                 random_crops=False, skip_bad_samples=args.skip_bad_samples)
+        dataset = iqa_split(ds, indices, transform)
         loader = torch.utils.data.DataLoader(dataset, batch_size=args.per_device_eval_batch_size,
                                              collate_fn=collate_iqa_batch, num_workers=args.dataloader_num_workers)
         model, loader = accelerator.prepare(model, loader)

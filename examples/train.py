@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import CLIPConfig, get_cosine_schedule_with_warmup
 
@@ -41,28 +41,16 @@ from mpiqe_hf.data import (
     subsample,
 )
 from mpiqe_hf.data.specs import canonical_dataset_name
-from mpiqe_hf.training import EpochShuffleSampler, IQATrainingDataset, collate_iqa_batch, evaluate_model
+from mpiqe_hf.testing_utils import tiny_clip_config
+from mpiqe_hf.training import IQATransform, collate_iqa_batch, evaluate_model, iqa_split
 
 logger = get_logger(__name__)
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch16"
 TRAINING_STATE_FILE = "training_state.json"
 TRAINING_ARGS_FILE = "training_args.json"
-
-
-def tiny_clip_config() -> CLIPConfig:
-    """A tiny random CLIP (hidden 32, 2+2 layers, 30-px images, 2-px patches) for smoke tests and CPU demos."""
-    return CLIPConfig(
-        text_config=dict(
-            hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, vocab_size=99,
-            max_position_embeddings=77, bos_token_id=56, eos_token_id=57, pad_token_id=57,
-        ),
-        vision_config=dict(
-            hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=30,
-            patch_size=2,
-        ),
-        projection_dim=32,
-    )
+LOSS_TERMS = ("loss", "scene_loss", "distortion_loss", "score_loss")
+SHORT_NAMES = {"loss": "loss", "scene_loss": "scene", "distortion_loss": "distortion", "score_loss": "score"}
 
 
 def parse_args(argv=None):
@@ -109,7 +97,13 @@ def parse_args(argv=None):
                             "Class names then use placeholder token ids (no tokenizer).")
     model.add_argument("--config_overrides", type=str, default=None,
                        help="MPIQEConfig overrides, e.g. 'visual_prompt_depth=1,text_prompt_length=4'.")
-    model.add_argument("--num_crops", type=int, default=8, help="Random crops per image in training.")
+    model.add_argument("--num_crops", type=int, default=8,
+                       help="Random crops per image and epoch in training (and grid crops in evaluation).")
+    model.add_argument("--crop_sampling", choices=["per_crop", "per_image"], default="per_crop",
+                       help="per_crop (the paper): each epoch visits every image num_crops times, each visit one "
+                            "random crop and its own sample; the batch counts crops and the losses apply per crop. "
+                            "per_image: a sample holds an image's num_crops crops, scored as their average; the "
+                            "batch counts images.")
     model.add_argument("--eval_num_crops", type=int, default=None, help="Grid crops in evaluation (default num_crops).")
     model.add_argument("--score_loss_weight", type=float, default=None,
                        help="lambda_2 (default: 0.1 for LIVE/CSIQ, else 0.5).")
@@ -349,7 +343,12 @@ def save_model(accelerator, model, image_processor, directory, args):
 
 def main(argv=None):
     args = parse_args(argv)
-    accelerator_kwargs = dict(gradient_accumulation_steps=args.gradient_accumulation_steps)
+    # The seedable sampler shuffles with a generator seeded with `data_seed + epoch`: the same order on every
+    # process and after a resume.
+    accelerator_kwargs = dict(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+    )
     if args.mixed_precision is not None:
         accelerator_kwargs["mixed_precision"] = args.mixed_precision
     if args.with_tracking:
@@ -391,21 +390,25 @@ def main(argv=None):
     # Model and image processing; crops have the CLIP input size.
     model = build_model(args, mos_range, score_loss_weight)
     crop_size = model.config.clip_config.vision_config.image_size
-    image_processor = MPIQEImageProcessor(crop_size=crop_size, num_crops=args.eval_num_crops or args.num_crops)
+    image_processor = MPIQEImageProcessor(crop_size={"height": crop_size, "width": crop_size},
+                                          num_crops=args.eval_num_crops or args.num_crops)
     classes = dict(scene_classes=model.config.scene_classes, distortion_classes=model.config.distortion_classes)
-    train_dataset = IQATrainingDataset(train_ds, image_processor, indices=train_idx, train=True, seed=args.seed,
-                                       skip_bad_samples=args.skip_bad_samples, **classes)
-    train_dataset.image_processor = MPIQEImageProcessor(crop_size=crop_size, num_crops=args.num_crops)
-    eval_dataset = IQATrainingDataset(eval_ds, image_processor, indices=eval_idx, train=False, **classes)
-    sampler = EpochShuffleSampler(len(train_dataset), seed=args.seed)
+    per_crop = args.crop_sampling == "per_crop"
+    train_transform = IQATransform(train_ds, image_processor, random_crops=True, seed=args.seed,
+                                   crops_per_sample=1 if per_crop else args.num_crops,
+                                   skip_bad_samples=True, **classes)
+    train_dataset = iqa_split(train_ds, train_idx, train_transform, visits=args.num_crops if per_crop else 1)
+    eval_transform = IQATransform(eval_ds, image_processor, random_crops=False, **classes)
     loader_kwargs = dict(collate_fn=collate_iqa_batch, num_workers=args.dataloader_num_workers)
-    train_dataloader = torch.utils.data.DataLoader(train_dataset, sampler=sampler, batch_size=batch_size,
+    train_dataloader = torch.utils.data.DataLoader(train_dataset, shuffle=True, batch_size=batch_size,
                                                    **loader_kwargs)
-    eval_dataloader = torch.utils.data.DataLoader(eval_dataset, batch_size=eval_batch_size, **loader_kwargs)
+    eval_dataloader = torch.utils.data.DataLoader(iqa_split(eval_ds, eval_idx, eval_transform),
+                                                  batch_size=eval_batch_size, **loader_kwargs)
     test_dataloader = None
     if test_idx is not None:
-        test_dataset = IQATrainingDataset(test_ds, image_processor, indices=test_idx, train=False, **classes)
-        test_dataloader = torch.utils.data.DataLoader(test_dataset, batch_size=eval_batch_size, **loader_kwargs)
+        test_transform = IQATransform(test_ds, image_processor, random_crops=False, **classes)
+        test_dataloader = torch.utils.data.DataLoader(iqa_split(test_ds, test_idx, test_transform),
+                                                      batch_size=eval_batch_size, **loader_kwargs)
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=args.learning_rate, weight_decay=args.weight_decay)
@@ -469,7 +472,8 @@ def main(argv=None):
     progress_bar = tqdm(range(args.max_train_steps), disable=not accelerator.is_local_main_process)
     progress_bar.update(completed_steps)
     checkpoint_every = int(args.checkpointing_steps) if (args.checkpointing_steps or "").isdigit() else None
-    eval_metrics, train_loss = {}, float("nan")
+    eval_metrics, train_losses = {}, {term: float("nan") for term in LOSS_TERMS}
+    dropped = []
 
     def training_state(epoch, batches_in_epoch):
         return {"completed_steps": completed_steps, "epoch": epoch, "batches_in_epoch": batches_in_epoch,
@@ -477,20 +481,21 @@ def main(argv=None):
 
     for epoch in range(starting_epoch, args.num_train_epochs):
         model.train()
-        loss_sum = torch.zeros((), device=accelerator.device)
-        loss_count = 0
+        # Sums and counts of each loss term over this epoch's batches (a term is absent when no sample has its label).
+        term_sums = torch.zeros(len(LOSS_TERMS), device=accelerator.device)
+        term_counts = torch.zeros(len(LOSS_TERMS), device=accelerator.device)
         batches_in_epoch = 0
         dataloader = train_dataloader
         if epoch == starting_epoch and resume_batches:
             dataloader = accelerator.skip_first_batches(train_dataloader, resume_batches)
             batches_in_epoch = resume_batches
-        # The shuffling order and the random crops depend on (seed, epoch) only. Accelerate's dataloaders re-apply
-        # their own iteration counter as the epoch when iterated, so the epoch is set through them too.
+        # The shuffling order and the random crops depend on (seed, epoch) only; the dataloader passes the epoch to
+        # Accelerate's seedable sampler.
         dataloader.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        train_dataset.set_epoch(epoch)
+        train_transform.set_epoch(epoch)
         for batch in dataloader:
             batch.pop("index")
+            dropped.extend(batch.pop("skipped"))
             with accelerator.accumulate(model):
                 outputs = model(**batch)
                 loss = outputs.loss
@@ -500,18 +505,21 @@ def main(argv=None):
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad()
-            loss_sum += loss.detach().float()
-            loss_count += 1
+            terms = {term: getattr(outputs, term).detach().float().item() for term in LOSS_TERMS
+                     if getattr(outputs, term, None) is not None}
+            for position, term in enumerate(LOSS_TERMS):
+                if term in terms:
+                    term_sums[position] += terms[term]
+                    term_counts[position] += 1
             batches_in_epoch += 1
             if accelerator.sync_gradients:
                 progress_bar.update(1)
                 completed_steps += 1
-                progress_bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
+                progress_bar.set_postfix({**{SHORT_NAMES[t]: f"{v:.4f}" for t, v in terms.items()},
+                                          "lr": f"{lr_scheduler.get_last_lr()[0]:.2e}"})
                 if args.with_tracking:
-                    logs = {"train/loss": loss.item(), "train/lr": lr_scheduler.get_last_lr()[0]}
-                    for key in ("scene_loss", "distortion_loss", "score_loss"):
-                        if getattr(outputs, key, None) is not None:
-                            logs[f"train/{key}"] = getattr(outputs, key).item()
+                    logs = {f"train/{term}": value for term, value in terms.items()}
+                    logs["train/lr"] = lr_scheduler.get_last_lr()[0]
                     accelerator.log(logs, step=completed_steps)
                 if checkpoint_every and completed_steps % checkpoint_every == 0:
                     save_checkpoint(accelerator, args.output_dir, f"step_{completed_steps}",
@@ -522,18 +530,23 @@ def main(argv=None):
             next_epoch, next_batches = epoch + 1, 0
         else:
             next_epoch, next_batches = epoch, batches_in_epoch
-        if loss_count:
-            train_loss = accelerator.gather(loss_sum).sum().item() / (loss_count * accelerator.num_processes)
+        sums, counts = (accelerator.reduce(t, reduction="sum").tolist() for t in (term_sums, term_counts))
+        if any(counts):
+            train_losses = {term: total / count if count else None
+                            for term, total, count in zip(LOSS_TERMS, sums, counts)}
         finished = completed_steps >= args.max_train_steps or epoch + 1 == args.num_train_epochs
         if (epoch + 1) % args.eval_every_epoch == 0 or finished:
             eval_metrics = evaluate_model(model, eval_dataloader, accelerator)
-            logger.info(f"epoch {epoch}: train loss {train_loss:.4f}, validation SRCC {eval_metrics['srcc']:.4f}, "
+            described = ", ".join(f"{SHORT_NAMES[t]} {v:.4f}" for t, v in train_losses.items() if v is not None)
+            logger.info(f"epoch {epoch}: train {described}; validation SRCC {eval_metrics['srcc']:.4f}, "
                         f"PLCC {eval_metrics['plcc']:.4f}")
-            history.append({"epoch": epoch, "step": completed_steps, "train_loss": train_loss,
+            history.append({"epoch": epoch, "step": completed_steps,
+                            **{f"train_{t}": v for t, v in train_losses.items()},
                             "srcc": eval_metrics["srcc"], "plcc": eval_metrics["plcc"]})
             if args.with_tracking:
+                epoch_logs = {f"train/epoch_{t}": v for t, v in train_losses.items() if v is not None}
                 accelerator.log({"eval/srcc": eval_metrics["srcc"], "eval/plcc": eval_metrics["plcc"],
-                                 "train/epoch_loss": train_loss, "epoch": epoch}, step=completed_steps)
+                                 "epoch": epoch, **epoch_logs}, step=completed_steps)
             if eval_metrics["srcc"] > best["srcc"]:
                 best = {"srcc": eval_metrics["srcc"], "plcc": eval_metrics["plcc"], "epoch": epoch,
                         "step": completed_steps}
@@ -553,9 +566,12 @@ def main(argv=None):
         eval_metrics = evaluate_model(model, eval_dataloader, accelerator)
     save_model(accelerator, model, image_processor, args.output_dir, args)
 
+    dropped = [error for errors in gather_object([dropped]) for error in errors]
     results = dict(eval_metrics)
+    results.update({f"train_{term}": value for term, value in train_losses.items()})
     results.update(
-        train_loss=train_loss, epoch=args.num_train_epochs if not history else history[-1]["epoch"],
+        dropped_samples=len(dropped), dropped_sample_errors=dropped, crop_sampling=args.crop_sampling,
+        num_train_crops_per_epoch=len(train_dataset) * (1 if per_crop else args.num_crops), epoch=args.num_train_epochs if not history else history[-1]["epoch"],
         step=completed_steps, best_srcc=best["srcc"] if best["epoch"] is not None else None,
         best_epoch=best["epoch"], num_train_samples=len(train_idx), num_eval_samples=len(eval_idx),
         dataset=name, split_protocol=protocol, split_index=args.split_index, train_fraction=args.train_fraction,

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from mpiqe_hf import MPIQEImageProcessor, MPIQEModel
 from mpiqe_hf.data import load_iqa_dataset
-from mpiqe_hf.training import EpochShuffleSampler, IQATrainingDataset, collate_iqa_batch, evaluate_model
+from mpiqe_hf.training import IQATransform, collate_iqa_batch, evaluate_model, iqa_split
 
 from conftest import MPIQEModelTester
 
@@ -54,19 +54,22 @@ def write_blur_folder(folder, contents=4, levels=4, size=40, seed=0, bad_rows=()
     return folder
 
 
-def tiny_args(tiny_clip, output_dir, *extra, steps=2):
-    return [
+def tiny_args(tiny_clip, output_dir, *extra, steps=2, warmup_steps=1):
+    """train.py options for a tiny run; `steps=None` trains for `--num_train_epochs` (in `extra`)."""
+    args = [
         "--clip_model_name_or_path", tiny_clip,
         "--output_dir", str(output_dir),
-        "--max_train_steps", str(steps),
         "--per_device_train_batch_size", "4",
         "--num_crops", "2",
         "--dataloader_num_workers", "0",
-        "--num_warmup_steps", "1",
         "--learning_rate", "1e-3",
         "--seed", "3",
-        *extra,
     ]
+    if steps is not None:
+        args += ["--max_train_steps", str(steps)]
+    if warmup_steps is not None:
+        args += ["--num_warmup_steps", str(warmup_steps)]
+    return args + list(extra)
 
 
 def trainable_state(directory):
@@ -84,7 +87,7 @@ def test_train_on_embedded_synthetic_saves_loadable_model(tiny_clip, synthetic_c
     assert (model.config.mos_min, model.config.mos_max, model.config.mos_higher_is_better) == (1.0, 5.0, True)
     assert model.config.score_loss_weight == 0.5 and model.config.visual_prompt_depth == 2
     processor = MPIQEImageProcessor.from_pretrained(out)
-    assert processor.crop_size == 30 and processor.num_crops == 2
+    assert processor.num_crops == 2
     saved = json.loads((out / "all_results.json").read_text())
     for key in ("srcc", "plcc", "plcc_logistic", "krcc", "rmse", "train_loss", "step", "best_srcc", "best_epoch",
                 "num_train_samples", "num_eval_samples"):
@@ -178,46 +181,67 @@ def test_corrupt_image_at_decode_time_names_the_file(tmp_path):
     folder = write_blur_folder(tmp_path / "data", contents=2, levels=2)
     (folder / "images" / "c1_l1.png").write_bytes(b"garbage")  # after loading: only decoding can notice
     ds = load_iqa_dataset(str(folder))
-    tester = MPIQEModelTester()
-    config = tester.config()
-    dataset = IQATrainingDataset(ds, MPIQEImageProcessor(crop_size=30, num_crops=2), config.scene_classes,
-                                 config.distortion_classes)
+    config = MPIQEModelTester().config()
+    classes = dict(scene_classes=config.scene_classes, distortion_classes=config.distortion_classes)
+    processor = MPIQEImageProcessor(crop_size=30, num_crops=2)
+    strict = iqa_split(ds, range(4), IQATransform(ds, processor, random_crops=False, **classes))
     with pytest.raises(ValueError, match=r"c1_l1\.png"):
-        dataset[3]
-    skipping = IQATrainingDataset(ds, MPIQEImageProcessor(crop_size=30, num_crops=2), config.scene_classes,
-                                  config.distortion_classes, skip_bad_samples=True)
-    batch = collate_iqa_batch([skipping[i] for i in range(4)])
+        strict[3]
+    skipping = iqa_split(ds, range(4), IQATransform(ds, processor, random_crops=False, skip_bad_samples=True,
+                                                     **classes))
+    batch = collate_iqa_batch(skipping.__getitems__([0, 1, 2, 3]))
     assert batch["pixel_values"].shape == (3, 2, 3, 30, 30)
+    assert batch["index"].tolist() == [0, 1, 2] and len(batch["skipped"]) == 1 and "c1_l1.png" in batch["skipped"][0]
 
 
-def test_dataset_items_and_evaluate_model(tmp_path):
+def test_per_crop_samples_and_evaluate_model(tmp_path):
     folder = write_blur_folder(tmp_path / "data", contents=2, levels=3)
     ds = load_iqa_dataset(str(folder))
-    tester = MPIQEModelTester()
-    model = tester.model()
+    model = MPIQEModelTester().model()
     config = model.config
+    classes = dict(scene_classes=config.scene_classes, distortion_classes=config.distortion_classes)
     processor = MPIQEImageProcessor(crop_size=30, num_crops=2)
-    train = IQATrainingDataset(ds, processor, config.scene_classes, config.distortion_classes, seed=5)
-    item = train[1]
-    assert item["pixel_values"].shape == (2, 3, 30, 30)
-    assert item["distortion_labels"].item() == config.distortion_classes.index("blur")
-    assert train[0]["distortion_labels"].item() == -100 and train[0]["scene_labels"].sum() == 0
-    assert item["mos"].item() == pytest.approx(ds[1]["mos_normalized"])
-    # random crops: reproducible for one epoch, different in the next
-    assert torch.equal(train[1]["pixel_values"], item["pixel_values"])
-    train.set_epoch(1)
-    assert not torch.equal(train[1]["pixel_values"], item["pixel_values"])
-    sampler = EpochShuffleSampler(6, seed=1)
-    first = list(sampler)
-    sampler.set_epoch(1)
-    assert sorted(first) == list(range(6)) and list(sampler) != first
-    sampler.set_epoch(0)
-    assert list(sampler) == first
+    transform = IQATransform(ds, processor, random_crops=True, seed=5, **classes)
+    # per-crop: every image 3 times, each visit one crop of its own
+    train = iqa_split(ds, [1, 4], transform, visits=3)
+    plain = train.with_format(None)
+    assert len(train) == 6 and plain["row"] == [1, 1, 1, 4, 4, 4] and plain["visit"] == [0, 1, 2, 0, 1, 2]
+    items = train.__getitems__(list(range(6)))
+    assert all(item["pixel_values"].shape == (1, 3, 30, 30) for item in items)
+    assert [item["index"].item() for item in items] == [1, 1, 1, 4, 4, 4]
+    assert not torch.equal(items[0]["pixel_values"], items[1]["pixel_values"])
+    assert items[0]["distortion_labels"].item() == config.distortion_classes.index("blur")
+    assert items[0]["mos"].item() == pytest.approx(ds[1]["mos_normalized"])
+    assert train[0]["distortion_labels"] == items[0]["distortion_labels"]
+    # reproducible within an epoch, different in the next
+    assert torch.equal(train[1]["pixel_values"], items[1]["pixel_values"])
+    transform.set_epoch(1)
+    assert not torch.equal(train[1]["pixel_values"], items[1]["pixel_values"])
+    # per-image: one sample holds the image's crops
+    per_image = iqa_split(ds, [0, 1], IQATransform(ds, processor, random_crops=True, crops_per_sample=2, **classes))
+    assert per_image[0]["pixel_values"].shape == (2, 3, 30, 30) and per_image[0]["distortion_labels"] == -100
+    assert per_image[0]["scene_labels"].sum() == 0
 
-    evaluation = IQATrainingDataset(ds, processor, config.scene_classes, config.distortion_classes, train=False)
+    evaluation = iqa_split(ds, range(6), IQATransform(ds, processor, random_crops=False, **classes))
     loader = torch.utils.data.DataLoader(evaluation, batch_size=4, collate_fn=collate_iqa_batch)
     metrics = evaluate_model(model, loader)
     assert metrics["num_samples"] == 6 and -1.0 <= metrics["srcc"] <= 1.0 and "plcc" in metrics
+
+
+@pytest.mark.parametrize("crop_sampling, steps_per_epoch", [("per_crop", 5), ("per_image", 3)])
+def test_steps_per_epoch_count_crops(tiny_clip, synthetic_cache, tmp_path, crop_sampling, steps_per_epoch):
+    # 12 images x 2 crops in batches of 5 crops: ceil(24 / 5) = 5 steps an epoch; per image: ceil(12 / 5) = 3
+    out = tmp_path / "run"
+    results = train_script.main(tiny_args(
+        tiny_clip, out, "--cache_dir", synthetic_cache, "--max_train_samples", "12", "--max_eval_samples", "4",
+        "--crop_sampling", crop_sampling, "--num_train_epochs", "1", "--per_device_train_batch_size", "5",
+        "--checkpointing_steps", "1", steps=None))
+    assert results["step"] == steps_per_epoch
+    assert sorted(p.name for p in out.glob("step_*")) == sorted(f"step_{k}" for k in range(1, steps_per_epoch + 1))
+    for term in ("train_loss", "train_scene_loss", "train_distortion_loss", "train_score_loss"):
+        assert term in results
+    assert results["train_score_loss"] > 0 and results["train_distortion_loss"] > 0
+    assert results["dropped_samples"] == 0
 
 
 def test_accelerate_launch_subprocess(tiny_clip, synthetic_cache, tmp_path):
