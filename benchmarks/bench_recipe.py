@@ -5,7 +5,7 @@ Recipe measurements on the pretrained stand-in CLIP (`make_standin_clip.py`):
 1. `gradients`: the gradient norm of each loss term (scene, lambda_1 * distortion, lambda_2 * score), each term's own
    gradient through `torch.autograd.grad`, on the visual prompts and on the scene and distortion text contexts, at
    the start, middle and end of a per-crop training run on the embedded synthetic set (paper recipe: Adam, lr 3e-5,
-   batch 64 crops, cosine with a warm-up clamped to a tenth of the run), for each `score_loss_scale` given.
+   batch 64 crops, cosine after a warm-up of 5/30 of the run, as train.py clamps a short run), for each `score_loss_scale` given.
 2. `srcc`: held-out SRCC of `examples/train.py`'s `main()` (content-disjoint split of a procedural `metadata.csv`
    dataset the stand-in never saw) per seed, for each training variant, beside the stand-in's zero-shot SRCC on the
    same held-out images.
@@ -120,7 +120,7 @@ def run_gradients(args):
                            crop_seed=999)
         total_steps = args.epochs * data.steps_per_epoch()
         optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate)
-        scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, total_steps // 10), total_steps)
+        scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, round(total_steps * 5 / 30)), total_steps)
         checkpoints = {0: "start", total_steps // 2: "middle", total_steps: "end"}
         step, start = 0, time.perf_counter()
 
@@ -197,6 +197,8 @@ def run_srcc(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num_threads", type=int, default=1,
+                        help="torch threads; 1 is fastest for the tiny stand-in on a shared CPU.")
     sub = parser.add_subparsers(dest="command", required=True)
     grads = sub.add_parser("gradients")
     grads.add_argument("--clip", required=True, help="Folder of the stand-in CLIP.")
@@ -215,7 +217,7 @@ def main():
                         help="'name=extra train.py arguments'; repeat for each variant.")
     scores.add_argument("--work_dir", default="recipe-runs")
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
+    torch.set_num_threads(args.num_threads)
     run_gradients(args) if args.command == "gradients" else run_srcc(args)
 
 

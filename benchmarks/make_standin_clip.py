@@ -77,7 +77,7 @@ def captions(family: str | None, level: int) -> list[str]:
     if family is None:
         return texts + ["a clean photo.", "a pristine photo without distortion."]
     return texts + [
-        f"a {ADVERBS[level - 1]} {ADJECTIVES[family]} photo.",
+        f"a {quality}, {ADVERBS[level - 1]} {ADJECTIVES[family]} photo.",
         f"a {quality} photo with {family}.",
         f"a photo with {STRENGTHS[level - 1]} {family}.",
     ]
@@ -286,10 +286,37 @@ def write_procedural_dataset(folder, num_contents: int = 12, seed: int = 0, stre
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _pretraining_pool(seed: int, num_procedural: int):
+def dct_patch_filters(hidden_size: int, patch_size: int) -> torch.Tensor:
+    """
+    Patch-embedding filters `(hidden_size, 3, patch_size, patch_size)` made of 2-D DCT bases: luminance bases over
+    low to high frequencies and a few colour-opponent ones, each with the L2 norm of CLIP's random initialisation.
+    Frequency-selective first-layer filters, as trained CNNs and ViTs grow, make noise, blocking and blur visible
+    from the first step; training the stand-in from random filters learns them too slowly for a few CPU minutes.
+    """
+    def basis(u, v):
+        grid = (2 * torch.arange(patch_size, dtype=torch.float32) + 1) * math.pi / (2 * patch_size)
+        return torch.outer(torch.cos(grid * u), torch.cos(grid * v))
+
+    num_colour = hidden_size // 4
+    frequencies = torch.linspace(0, patch_size - 1, math.isqrt(hidden_size - num_colour)).round().long().tolist()
+    luminance = [(u, v) for u in frequencies for v in frequencies]
+    luminance += [(u, u) for u in range(hidden_size - num_colour - len(luminance))]
+    colour_frequencies = [(u, v) for u in (0, 1, 2, 4) for v in (0, 1, 2, 4)]
+    filters = []
+    for u, v in luminance:
+        filters.append(basis(u, v).expand(3, -1, -1) / math.sqrt(3))
+    for index in range(num_colour):
+        u, v = colour_frequencies[(index // 2) % len(colour_frequencies)]
+        opponent = torch.tensor([1.0, -1.0, 0.0]) if index % 2 == 0 else torch.tensor([0.5, 0.5, -1.0])
+        filters.append(opponent.view(3, 1, 1) * basis(u, v))
+    weight = torch.stack(filters)
+    return weight / weight.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * 0.02 * math.sqrt(3 * patch_size**2)
+
+
+def _pretraining_pool(seed: int, num_procedural: int, references=tuple(REFERENCES)):
     """uint8 tensors `(3, H, W)` of every version of every pretraining content, and each one's kind index."""
     keys = distortion_keys()
-    pictures = [(name, load_reference(name)) for name in REFERENCES]
+    pictures = [(name, load_reference(name)) for name in references]
     for index in range(num_procedural):
         size = tuple(int(s) for s in _rng(7, PRETRAIN_STREAM, seed, index).integers(96, 193, size=2))
         pictures.append((f"pretrain{index}", procedural_picture(seed * 100_003 + index, PRETRAIN_STREAM, size)))
@@ -404,13 +431,20 @@ def unseen_zero_shot_srcc(model, tokenizer, num_contents: int = 8, seed: int = 0
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def build_standin_clip(output_dir, seed: int = 0, steps: int = 800, batch_size: int = 64, num_procedural: int = 48,
-                       learning_rate: float = 1e-3, log_every: int = 100) -> Path:
-    """Builds, pretrains and saves the stand-in CLIP (`CLIPModel` + `CLIPTokenizer`) into `output_dir`."""
+def build_standin_clip(output_dir, seed: int = 0, steps: int = 2400, batch_size: int = 32, num_procedural: int = 48,
+                       learning_rate: float = 1e-3, log_every: int = 100, references=tuple(REFERENCES)) -> Path:
+    """
+    Builds, pretrains and saves the stand-in CLIP (`CLIPModel` + `CLIPTokenizer`) into `output_dir`: `steps`
+    contrastive steps of `batch_size` crops drawn from the 56 versions of the scikit-image photos `references` (the
+    embedded synthetic set's) and of `num_procedural` procedural pictures.
+    """
     tokenizer = build_tokenizer()
     torch.manual_seed(seed)
     model = CLIPModel(standin_clip_config(tokenizer))
-    images, kinds = _pretraining_pool(seed, num_procedural)
+    embedding = model.vision_model.embeddings.patch_embedding
+    with torch.no_grad():
+        embedding.weight.copy_(dct_patch_filters(embedding.out_channels, embedding.kernel_size[0]))
+    images, kinds = _pretraining_pool(seed, num_procedural, references)
     pretrain(model, tokenizer, images, kinds, steps=steps, batch_size=batch_size, seed=seed,
              learning_rate=learning_rate, log_every=log_every)
     output_dir = Path(output_dir)
@@ -423,8 +457,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", required=True, help="Folder for the CLIPModel and its CLIPTokenizer.")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=800, help="Contrastive training steps.")
-    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=2400, help="Contrastive training steps.")
+    parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--num_procedural", type=int, default=48, help="Procedural pretraining contents.")
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--dataset_dir", default=None,
