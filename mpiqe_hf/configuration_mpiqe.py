@@ -73,7 +73,7 @@ class MPIQEConfig(PreTrainedConfig):
             lambda_1 of eq. 15.
         score_loss_weight (`float`, *optional*, defaults to 0.5):
             lambda_2 of eq. 15 (the paper uses 0.1 for LIVE and CSIQ).
-        score_loss_scale (`float`, *optional*, defaults to 1.0):
+        score_loss_scale (`float`, *optional*, defaults to 10.0):
             The score loss is `SmoothL1(score_loss_scale * score, score_loss_scale * mos)` on the normalised [0, 1]
             scale, as DEIQT's SmoothL1 on 0-100 MOS; the `score` output stays on [0, 1]. See `docs/decisions.md`.
         mos_min (`float`, *optional*, defaults to 0.0), mos_max (`float`, *optional*, defaults to 1.0):
@@ -111,7 +111,7 @@ class MPIQEConfig(PreTrainedConfig):
         prompt_init_std=0.02,
         distortion_loss_weight=1.0,
         score_loss_weight=0.5,
-        score_loss_scale=1.0,
+        score_loss_scale=10.0,
         mos_min=0.0,
         mos_max=1.0,
         mos_higher_is_better=True,
