@@ -3,14 +3,15 @@
 A pretrained stand-in for CLIP, made in a few CPU minutes, so that recipe decisions rest on a backbone whose
 features carry quality signal (a random CLIP gives none; real CLIP weights cannot be downloaded here).
 
-The stand-in is a tiny `CLIPModel` (4 vision layers on 64-px inputs with 16-px patches, as ViT-B/16 sees a 64-px region, 2 text layers, width 64)
-trained contrastively on 64-px crops of the photos the embedded synthetic set uses (scikit-image's) and of procedural
-pictures, each distorted with the synthetic set's 11 families at 5 levels and captioned with its distortion, its
-strength and its quality band ("a strongly blurry photo.", "a bad photo with blur.", "bad photo."). Its tokenizer is a
+The stand-in is a tiny `CLIPModel` (4 vision layers on 64-px inputs with 16-px patches, as ViT-B/16 sees a 64-px
+region; DCT-initialised patch filters; 2 text layers; width 64) trained contrastively on 64-px crops of the photos the
+embedded synthetic set uses (scikit-image's) and of procedural pictures, each distorted with the synthetic set's 11
+families at 5 levels and captioned with its distortion, its strength and its quality band ("a bad, strongly blurry
+photo.", "a bad photo with blur.", "bad photo."). Its tokenizer is a
 `CLIPTokenizer` whose BPE merges spell every caption word and class name as one token. `MPIQEModel.from_clip(folder)`
 and `examples/train.py --clip_model_name_or_path folder` load the saved folder.
 
-    python benchmarks/make_standin_clip.py --output_dir standin-clip          # ~2-3 min on 2 cores
+    python benchmarks/make_standin_clip.py --output_dir standin-clip          # 6 min on 2 busy cores
     python benchmarks/make_standin_clip.py --output_dir standin-clip --dataset_dir procedural-iqa
 
 It prints the zero-shot SRCC (CLIP-IQA's "Good photo." / "Bad photo." antonym prompts) on procedural pictures

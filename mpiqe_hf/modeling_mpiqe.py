@@ -66,7 +66,7 @@ class MPIQEOutput(ModelOutput):
     distortion_loss (`torch.FloatTensor` of shape `()`, *optional*):
         Cross-entropy of the windowed distortion alignment (eq. 11), over the images that have a distortion label.
     score_loss (`torch.FloatTensor` of shape `()`, *optional*):
-        Smooth L1 between the predicted score and the normalised MOS (eq. 16).
+        Smooth L1 between the predicted score and the normalised MOS, both times `config.score_loss_scale` (eq. 16).
     score (`torch.FloatTensor` of shape `(batch_size,)`):
         Predicted quality on the normalised scale (0 = worst of the training set, 1 = best), averaged over crops.
     crop_scores (`torch.FloatTensor` of shape `(batch_size, num_crops)`):
