@@ -117,16 +117,22 @@ def _remove_files(folder, names) -> None:
             os.remove(path)
 
 
+def _is_not_load_report(record) -> bool:
+    return "LOAD REPORT" not in record.getMessage()
+
+
 @contextlib.contextmanager
 def _without_load_report():
-    """transformers logs a "LOAD REPORT" (weights re-initialised) before we can refuse the checkpoint: hold it back."""
+    """transformers logs a "LOAD REPORT" (weights re-initialised) before we can refuse the checkpoint: hold it back.
+
+    A filter drops that record alone; raising the logger's level instead would make transformers list every layer as
+    "not sharded" (it checks tensor-parallel plans when its loader logger is at WARNING or above)."""
     report_logger = logging.get_logger("transformers.modeling_utils")
-    level = report_logger.level
-    report_logger.setLevel(logging.ERROR)
+    report_logger.addFilter(_is_not_load_report)
     try:
         yield
     finally:
-        report_logger.setLevel(level)
+        report_logger.removeFilter(_is_not_load_report)
 
 
 def _read_adapter_config(source, hub_kwargs) -> dict | None:
