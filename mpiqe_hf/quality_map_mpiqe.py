@@ -1,0 +1,229 @@
+"""Quality maps of MP-IQE: where in an image the model sees degradation.
+
+Two maps per image, each computed on every crop and merged back onto the full image:
+
+- **Grad-CAM** (the paper's Fig. 3) over the patch tokens of the last vision layer, for the *lowered* score: channel
+  weights are the gradients of `-score` averaged over the patches, the map is the ReLU of the weighted tokens. Bright
+  = features that pull the quality down.
+- **Distortion windows** (eq. 10): the softmax over the `w x w` windows of the patch grid with which the windowed
+  distortion alignment weighs each window's similarity to the predicted distortion's prompt. Bright = the windows
+  that decide the distortion class.
+
+Crops come from the image processor's deterministic grid; each crop's map is resized to the crop, the crops are
+averaged where they overlap and the result is resized to the image's own size and scaled to `[0, 1]` (pixels no crop
+covers get 0). Everything is deterministic: the same image gives the same maps.
+
+This file travels with the model as Hub remote code: it imports only torch, transformers and its sibling files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers.utils import ModelOutput
+
+from .image_processing_mpiqe import grid_crop_positions
+
+
+__all__ = ["MPIQEQualityMapOutput", "compute_quality_maps", "distortion_window_weights", "grid_crop_boxes"]
+
+
+@dataclass
+class MPIQEQualityMapOutput(ModelOutput):
+    r"""
+    score (`torch.FloatTensor` of shape `(batch_size,)`):
+        The model's score on the normalised [0, 1] scale (as in [`MPIQEOutput`]).
+    gradcam_maps (`list[torch.FloatTensor]`, one of shape `(height, width)` per image):
+        Grad-CAM of the lowered score over the last vision layer's patch tokens, at the image's size, in `[0, 1]`.
+    distortion_maps (`list[torch.FloatTensor]`, one of shape `(height, width)` per image, *optional*):
+        Eq. 10 window weights of the predicted distortion, at the image's size, in `[0, 1]`. `None` for a model
+        without distortion prompts.
+    distortion_index (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+        The predicted distortion class whose window weights `distortion_maps` shows.
+    """
+
+    score: torch.FloatTensor | None = None
+    gradcam_maps: list[torch.FloatTensor] | None = None
+    distortion_maps: list[torch.FloatTensor] | None = None
+    distortion_index: torch.LongTensor | None = None
+
+
+def resized_size_for_crops(height: int, width: int, crop_size: int) -> tuple[int, int]:
+    """The size the image processor brings an image to before cropping: short side raised to the crop, aspect kept."""
+    short = min(height, width)
+    if short >= crop_size:
+        return height, width
+    scale = crop_size / short
+    new_height = crop_size if height == short else max(crop_size, round(height * scale))
+    new_width = crop_size if width == short else max(crop_size, round(width * scale))
+    return new_height, new_width
+
+
+def grid_crop_boxes(height: int, width: int, crop_size: int, num_crops: int):
+    """
+    Where the processor's grid crops of a `height x width` image lie: `((resized_height, resized_width), positions)`
+    with `positions` the `(top, left)` corners in the resized image, in the order of the crops.
+    """
+    resized = resized_size_for_crops(height, width, crop_size)
+    return resized, grid_crop_positions(resized[0], resized[1], crop_size, num_crops)
+
+
+def distortion_window_weights(
+    patch_embeds: torch.Tensor, distortion_features: torch.Tensor, window_size: int, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Eq. 10: patch embeddings `(num_images, num_patches, projection_dim)` are max-pooled into `w x w` windows and
+    compared with each distortion feature `(num_classes, projection_dim)`.
+
+    Returns `(weights, similarity)`, both `(num_images, num_classes, w * w)`: the softmax over windows of
+    similarity / T-bar, and the cosine similarities themselves (windows row by row).
+    """
+    num_images, num_patches, dim = patch_embeds.shape
+    grid = int(num_patches**0.5)
+    assert grid * grid == num_patches, "the vision tower's patch grid is square"
+    grid_embeds = patch_embeds.transpose(1, 2).reshape(num_images, dim, grid, grid)
+    windows = F.adaptive_max_pool2d(grid_embeds, window_size).flatten(2).transpose(1, 2)
+    windows = F.normalize(windows, dim=-1)
+    similarity = torch.einsum("nwd,cd->ncw", windows, distortion_features)
+    return torch.softmax(similarity / temperature, dim=-1), similarity
+
+
+def _windows_to_patch_grid(window_values: torch.Tensor, window_size: int, grid: int) -> torch.Tensor:
+    """
+    `(num_images, w * w)` values of adaptive-max-pool windows -> `(num_images, grid, grid)`: each patch gets the mean
+    of the windows whose pooling region holds it (regions overlap when `grid` is not a multiple of `w`).
+    """
+    values = window_values.view(-1, window_size, window_size)
+    # adaptive pooling bin i covers [floor(i * grid / w), ceil((i + 1) * grid / w))
+    membership = torch.zeros(window_size, grid, dtype=values.dtype, device=values.device)
+    for index in range(window_size):
+        start = (index * grid) // window_size
+        end = -((-(index + 1) * grid) // window_size)
+        membership[index, start:end] = 1.0
+    membership = membership / membership.sum(dim=0, keepdim=True)
+    return torch.einsum("ir,nij,jc->nrc", membership, values, membership)
+
+
+def _merge_crops(
+    crop_maps: torch.Tensor,
+    crop_size: int,
+    positions: list[tuple[int, int]],
+    resized_size: tuple[int, int],
+    image_size: tuple[int, int],
+) -> torch.Tensor:
+    """
+    Per-crop maps `(num_crops, grid, grid)` -> one map `(height, width)` of the image: each map is resized to its
+    `crop_size x crop_size` crop at `positions` in the `resized_size` image, crops are averaged where they overlap,
+    and the result is resized to `image_size` and scaled to `[0, 1]`.
+    """
+    if len(positions) != crop_maps.shape[0]:
+        raise ValueError(f"{len(positions)} crop positions were given for {crop_maps.shape[0]} crops.")
+    for top, left in positions:
+        if top < 0 or left < 0 or top + crop_size > resized_size[0] or left + crop_size > resized_size[1]:
+            raise ValueError(
+                f"A {crop_size}x{crop_size} crop at (top={top}, left={left}) does not fit the "
+                f"{resized_size[0]}x{resized_size[1]} image it was cut from."
+            )
+    upsampled = F.interpolate(crop_maps.float()[:, None], size=(crop_size, crop_size), mode="bilinear", align_corners=False)
+    total = torch.zeros(resized_size, dtype=torch.float32, device=crop_maps.device)
+    count = torch.zeros_like(total)
+    for crop_map, (top, left) in zip(upsampled[:, 0], positions):
+        total[top : top + crop_size, left : left + crop_size] += crop_map
+        count[top : top + crop_size, left : left + crop_size] += 1.0
+    merged = total / count.clamp_min(1.0)
+    if tuple(resized_size) != tuple(image_size):
+        merged = F.interpolate(merged[None, None], size=tuple(image_size), mode="bilinear", align_corners=False)[0, 0]
+    merged = merged.clamp_min(0.0)
+    peak = merged.max()
+    return merged / peak if peak > 0 else merged
+
+
+def compute_quality_maps(model, pixel_values: torch.Tensor, image_sizes) -> MPIQEQualityMapOutput:
+    """
+    Grad-CAM and distortion-window maps of images cut into the processor's grid crops (see
+    [`MPIQEModel.quality_map`]).
+
+    Args:
+        model ([`MPIQEModel`]): the model, in eval mode for deterministic maps.
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_crops, 3, crop_size, crop_size)`):
+            grid crops made by [`MPIQEImageProcessor`] (`crop_mode="grid"`).
+        image_sizes (sequence of `(height, width)`, one per image): the sizes of the images before processing.
+    """
+    if pixel_values.dim() == 4:
+        pixel_values = pixel_values.unsqueeze(1)
+    if pixel_values.dim() != 5:
+        raise ValueError(
+            "`pixel_values` must have shape (batch_size, num_crops, 3, height, width), "
+            f"got {tuple(pixel_values.shape)}."
+        )
+    batch_size, num_crops, _, crop_height, crop_size = pixel_values.shape
+    if crop_height != crop_size:
+        raise ValueError(f"Quality maps need square crops, got {crop_height}x{crop_size}.")
+    image_sizes = [tuple(int(side) for side in size) for size in image_sizes]
+    if len(image_sizes) != batch_size or any(len(size) != 2 or min(size) < 1 for size in image_sizes):
+        raise ValueError(
+            f"`image_sizes` must give one (height, width) per image ({batch_size}), got {image_sizes!r}."
+        )
+
+    vision_model = model.clip.vision_model
+    captured = {}
+
+    def make_last_layer_a_leaf(module, args, output):
+        # Cut the graph here: Grad-CAM needs gradients down to this layer only, also when no vision weight is trained.
+        hidden_states = output[0] if isinstance(output, tuple) else output
+        leaf = hidden_states.detach().requires_grad_(True)
+        captured["last_layer"] = leaf
+        return (leaf, *output[1:]) if isinstance(output, tuple) else leaf
+
+    def keep_tokens(module, args, output):
+        captured["tokens"] = output
+
+    handles = [
+        vision_model.encoder.layers[-1].register_forward_hook(make_last_layer_a_leaf),
+        vision_model.post_layernorm.register_forward_hook(keep_tokens),
+    ]
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            outputs = model(pixel_values=pixel_values.clone(), return_dict=True)
+            last_layer = captured["last_layer"]
+            (gradients,) = torch.autograd.grad(-outputs.crop_scores.sum(), last_layer)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    tokens = captured["tokens"].detach()
+    num_patches = tokens.shape[1] - 1
+    grid = int(num_patches**0.5)
+    # Visual prompt outputs sit between CLS and the patches: the patches are the last tokens.
+    activations = last_layer.detach()[:, -num_patches:].float()
+    channel_weights = gradients[:, -num_patches:].float().mean(dim=1, keepdim=True)
+    gradcam = F.relu((channel_weights * activations).sum(dim=-1)).view(-1, grid, grid)
+
+    distortion_grid = distortion_index = None
+    if outputs.distortion_logits is not None:
+        with torch.no_grad():
+            distortion_features = model._text_features()[1]
+            patch_embeds = model.clip.visual_projection(tokens[:, 1:])
+            weights, _ = distortion_window_weights(
+                patch_embeds, distortion_features, model.config.window_size, model.config.distortion_window_temperature
+            )
+        distortion_index = outputs.distortion_logits.detach().argmax(dim=-1)
+        crop_classes = distortion_index.repeat_interleave(num_crops)
+        chosen = weights[torch.arange(weights.shape[0], device=weights.device), crop_classes].float()
+        distortion_grid = _windows_to_patch_grid(chosen, model.config.window_size, grid)
+
+    gradcam_maps, distortion_maps = [], [] if distortion_grid is not None else None
+    for index, image_size in enumerate(image_sizes):
+        resized_size, positions = grid_crop_boxes(*image_size, crop_size, num_crops)
+        crops = slice(index * num_crops, (index + 1) * num_crops)
+        gradcam_maps.append(_merge_crops(gradcam[crops], crop_size, positions, resized_size, image_size))
+        if distortion_grid is not None:
+            distortion_maps.append(_merge_crops(distortion_grid[crops], crop_size, positions, resized_size, image_size))
+    return MPIQEQualityMapOutput(
+        score=outputs.score.detach(),
+        gradcam_maps=gradcam_maps,
+        distortion_maps=distortion_maps,
+        distortion_index=distortion_index,
+    )
