@@ -27,7 +27,9 @@ from transformers.utils import ModelOutput
 from .image_processing_mpiqe import grid_crop_positions
 
 
-__all__ = ["MPIQEQualityMapOutput", "compute_quality_maps", "distortion_window_weights", "grid_crop_boxes"]
+__all__ = [
+    "MPIQEQualityMapOutput", "compute_quality_maps", "distortion_window_weights", "grid_crop_boxes", "window_max_pool"
+]
 
 
 @dataclass
@@ -70,6 +72,22 @@ def grid_crop_boxes(height: int, width: int, crop_size: int, num_crops: int):
     return resized, grid_crop_positions(resized[0], resized[1], crop_size, num_crops)
 
 
+def _pooling_bounds(size: int, window_size: int) -> list[tuple[int, int]]:
+    """Adaptive pooling's bins over `size` positions: bin i covers [floor(i * size / w), ceil((i + 1) * size / w))."""
+    return [((index * size) // window_size, -((-(index + 1) * size) // window_size)) for index in range(window_size)]
+
+
+def window_max_pool(grid_embeds: torch.Tensor, window_size: int) -> torch.Tensor:
+    """
+    `F.adaptive_max_pool2d` of `(num_images, dim, grid, grid)` to `w x w` windows, returned as
+    `(num_images, w * w, dim)` (windows row by row). Written with static slices because the ONNX exporters cannot
+    export adaptive pooling when `w` does not divide the grid (ViT-B/16: 14 patches, 4 windows).
+    """
+    bounds = _pooling_bounds(grid_embeds.shape[-1], window_size)
+    rows = [grid_embeds[:, :, start:end].amax(dim=2) for start, end in bounds]
+    return torch.stack([row[:, :, start:end].amax(dim=2) for row in rows for start, end in bounds], dim=1)
+
+
 def distortion_window_weights(
     patch_embeds: torch.Tensor, distortion_features: torch.Tensor, window_size: int, temperature: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,8 +102,7 @@ def distortion_window_weights(
     grid = int(num_patches**0.5)
     assert grid * grid == num_patches, "the vision tower's patch grid is square"
     grid_embeds = patch_embeds.transpose(1, 2).reshape(num_images, dim, grid, grid)
-    windows = F.adaptive_max_pool2d(grid_embeds, window_size).flatten(2).transpose(1, 2)
-    windows = F.normalize(windows, dim=-1)
+    windows = F.normalize(window_max_pool(grid_embeds, window_size), dim=-1)
     similarity = torch.einsum("nwd,cd->ncw", windows, distortion_features)
     return torch.softmax(similarity / temperature, dim=-1), similarity
 
@@ -96,11 +113,8 @@ def _windows_to_patch_grid(window_values: torch.Tensor, window_size: int, grid: 
     of the windows whose pooling region holds it (regions overlap when `grid` is not a multiple of `w`).
     """
     values = window_values.view(-1, window_size, window_size)
-    # adaptive pooling bin i covers [floor(i * grid / w), ceil((i + 1) * grid / w))
     membership = torch.zeros(window_size, grid, dtype=values.dtype, device=values.device)
-    for index in range(window_size):
-        start = (index * grid) // window_size
-        end = -((-(index + 1) * grid) // window_size)
+    for index, (start, end) in enumerate(_pooling_bounds(grid, window_size)):
         membership[index, start:end] = 1.0
     membership = membership / membership.sum(dim=0, keepdim=True)
     return torch.einsum("ir,nij,jc->nrc", membership, values, membership)

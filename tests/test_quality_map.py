@@ -12,6 +12,7 @@ from mpiqe_hf.quality_map_mpiqe import (
     compute_quality_maps,
     distortion_window_weights,
     grid_crop_boxes,
+    window_max_pool,
 )
 from mpiqe_hf.visualization import colorize, render_overlay
 
@@ -102,6 +103,13 @@ def test_crops_are_placed_back_where_the_processor_cut_them():
     assert grid_crop_boxes(15, 25, 30, 2) == ((30, 50), positions)
     small = _merge_crops(torch.stack([torch.full((5, 5), 1.0), torch.full((5, 5), 3.0)]), 30, positions, (30, 50), (15, 25))
     assert small.shape == (15, 25) and torch.allclose(small[:, -5:], torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("grid, window_size", [(14, 4), (15, 3), (15, 4), (7, 7), (5, 1)])
+def test_window_pooling_is_adaptive_max_pooling(grid, window_size):
+    embeds = torch.randn(2, 6, grid, grid, generator=torch.Generator().manual_seed(grid))
+    expected = torch.nn.functional.adaptive_max_pool2d(embeds, window_size).flatten(2).transpose(1, 2)
+    assert torch.equal(window_max_pool(embeds, window_size), expected)
 
 
 def test_window_weights_spread_over_their_pooling_regions():
