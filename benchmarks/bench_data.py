@@ -30,7 +30,7 @@ class CropDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index):
-        return self.processor(self.paths[index], random_crops=True, return_tensors="pt")["pixel_values"][0]
+        return self.processor(self.paths[index], crop_mode="random", return_tensors="pt")["pixel_values"][0]
 
 
 def parse_args():

@@ -4,7 +4,8 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_mpiqe import DISTORTION_CLASSES, QUALITY_LEVELS, SCENE_CLASSES, MPIQEConfig
-from .image_processing_mpiqe import MPIQEImageProcessor, load_image
+from .image_processing_mpiqe import MPIQEImageProcessor
+from .image_utils_mpiqe import load_image
 from .modeling_mpiqe import MPIQEModel, MPIQEOutput, MPIQEPreTrainedModel
 from .pipeline_mpiqe import ImageQualityAssessmentPipeline, MPIQEImageClassificationPipeline
 
@@ -16,7 +17,7 @@ PIPELINE_TASK = "image-quality-assessment"
 # The auto classes find MP-IQE by its model type, without remote code, where this package is installed ...
 AutoConfig.register(MPIQEConfig.model_type, MPIQEConfig, exist_ok=True)
 AutoModel.register(MPIQEConfig, MPIQEModel, exist_ok=True)
-AutoImageProcessor.register(MPIQEConfig, MPIQEImageProcessor, exist_ok=True)
+AutoImageProcessor.register(MPIQEConfig, image_processor_classes={"pil": MPIQEImageProcessor}, exist_ok=True)
 PIPELINE_REGISTRY.register_pipeline(
     PIPELINE_TASK, pipeline_class=ImageQualityAssessmentPipeline, pt_model=AutoModel, type="image"
 )

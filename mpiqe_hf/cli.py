@@ -184,7 +184,7 @@ def _load_scorer(args):
         processor = MPIQEImageProcessor(crop_size=model.config.clip_config.vision_config.image_size)
         print(
             f"mpiqe-score: {args.model} has no preprocessor_config.json; using the default image processor "
-            f"(crop size {processor.crop_size}).",
+            f"(crop size {dict(processor.crop_size)}).",
             file=sys.stderr,
         )
     model.to(device).eval()
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm.auto import tqdm
 
-    from .image_processing_mpiqe import load_image
+    from .image_utils_mpiqe import load_image
 
     failed = len(problems)
     rows: list[dict] = []

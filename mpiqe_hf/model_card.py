@@ -249,7 +249,7 @@ def render_model_card(
         decoder_layers=config.decoder_layers,
         decoder_heads=config.decoder_heads,
         num_crops=getattr(processor, "num_crops", 8),
-        crop_size=getattr(processor, "crop_size", vision.image_size),
+        crop_size=processor.crop_size.height if processor is not None else vision.image_size,
         crop_mode=f"{getattr(processor, 'crop_mode', 'grid')} crops",
         distortion_loss_weight=config.distortion_loss_weight,
         score_loss_weight=config.score_loss_weight,

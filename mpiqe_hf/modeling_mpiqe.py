@@ -28,7 +28,7 @@ ADAPTER_CONFIG_KEY = "mpiqe_adapter"
 _PICKLE_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 _SAFE_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", ADAPTER_WEIGHTS_NAME)
 #: The files the pipeline needs next to the model files when it is loaded as remote code.
-_PIPELINE_FILES = ("pipeline_mpiqe.py", "image_processing_mpiqe.py")
+_PIPELINE_FILES = ("pipeline_mpiqe.py", "image_processing_mpiqe.py", "image_utils_mpiqe.py")
 #: The task under which the saved config announces the remote-code pipeline (the Hub widget's task).
 REMOTE_PIPELINE_TASK = "image-classification"
 #: Keyword arguments of `from_pretrained` that say where and how to fetch files.

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from transformers import Pipeline
 
-from .image_processing_mpiqe import load_image
+from .image_utils_mpiqe import load_image
 
 
 __all__ = ["ImageQualityAssessmentPipeline", "MPIQEImageClassificationPipeline", "quality_level_index", "OUTPUT_FORMATS"]

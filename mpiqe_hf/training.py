@@ -22,7 +22,8 @@ import datasets
 import numpy as np
 import torch
 
-from .image_processing_mpiqe import MPIQEImageProcessor, load_image
+from .image_processing_mpiqe import MPIQEImageProcessor
+from .image_utils_mpiqe import load_image
 from .metrics import compute_metrics
 
 logger = logging.getLogger(__name__)
@@ -120,10 +121,10 @@ class IQATrainingDataset(torch.utils.data.Dataset):
             image = load_image(row["image"])
             if self.train:
                 pixel_values = self.image_processor.preprocess(
-                    image, random_crops=True, seed=_derived_seed(self.seed, self.epoch, row_index, 0), return_tensors="pt"
+                    image, crop_mode="random", seed=_derived_seed(self.seed, self.epoch, row_index, 0), return_tensors="pt"
                 )["pixel_values"][0]
             else:
-                pixel_values = self.image_processor.preprocess(image, random_crops=False, return_tensors="pt")[
+                pixel_values = self.image_processor.preprocess(image, crop_mode="grid", return_tensors="pt")[
                     "pixel_values"
                 ][0]
         except ValueError as err:

@@ -1,21 +1,24 @@
-"""Tests of MPIQEImageProcessor and load_image."""
+"""Tests of MPIQEImageProcessor and of the decoding in image_utils_mpiqe."""
 
 import io
 import json
+import os
 import pathlib
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassFieldValidationError
 from PIL import Image
+from transformers import AutoImageProcessor
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling, SizeDict
 
-from mpiqe_hf.image_processing_mpiqe import (
-    MPIQEImageProcessor,
-    grid_crop_positions,
-    grid_layout,
-    load_image,
-)
-from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+import mpiqe_hf
+from mpiqe_hf.image_processing_mpiqe import MPIQEImageProcessor, grid_crop_positions, grid_layout
+from mpiqe_hf.image_utils_mpiqe import load_image
 
 CROP = 224
 
@@ -53,7 +56,7 @@ def test_grid_positions_cover_both_corners(raw_processor, height, width):
     pixels = raw_processor(image)["pixel_values"]
     assert pixels.shape == (1, 8, 3, CROP, CROP) and pixels.dtype == np.float32
     found = [decode_position(crop) for crop in pixels[0]]
-    assert found == grid_crop_positions(height, width, CROP, 8)
+    assert found == grid_crop_positions(height, width, CROP, CROP, 8)
     assert found[0] == (0, 0)
     assert found[-1] == (height - CROP, width - CROP)
     # the crops really are slices of the image
@@ -69,15 +72,15 @@ def test_grid_is_deterministic(processor):
 
 
 def test_grid_layout_follows_aspect():
-    assert grid_layout(8, 768, 1024, CROP) == (2, 4)
-    assert grid_layout(8, 1024, 768, CROP) == (4, 2)
-    assert grid_layout(8, 1000, 230, CROP) == (4, 2)
-    assert grid_layout(8, 280, 224, CROP) == (8, 1)  # one crop wide: all crops stacked vertically
-    assert grid_layout(8, 224, 112000, CROP) == (1, 8)
-    assert grid_layout(7, 500, 1500, CROP) == (1, 7)  # prime count: strip along the long side
-    assert grid_layout(7, 1500, 500, CROP) == (7, 1)
-    assert grid_layout(1, 500, 500, CROP) == (1, 1)
-    positions = grid_crop_positions(1000, 1000, CROP, 4)
+    assert grid_layout(8, 768, 1024, CROP, CROP) == (2, 4)
+    assert grid_layout(8, 1024, 768, CROP, CROP) == (4, 2)
+    assert grid_layout(8, 1000, 230, CROP, CROP) == (4, 2)
+    assert grid_layout(8, 280, 224, CROP, CROP) == (8, 1)  # one crop wide: all crops stacked vertically
+    assert grid_layout(8, 224, 112000, CROP, CROP) == (1, 8)
+    assert grid_layout(7, 500, 1500, CROP, CROP) == (1, 7)  # prime count: strip along the long side
+    assert grid_layout(7, 1500, 500, CROP, CROP) == (7, 1)
+    assert grid_layout(1, 500, 500, CROP, CROP) == (1, 1)
+    positions = grid_crop_positions(1000, 1000, CROP, CROP, 4)
     assert positions == [(0, 0), (0, 776), (776, 0), (776, 776)]
 
 
@@ -86,11 +89,11 @@ def test_small_images_are_enlarged_keeping_aspect(processor, height, width):
     image = np.full((height, width, 3), 128, dtype=np.uint8)
     pixels = processor(image)["pixel_values"]
     assert pixels.shape == (1, 8, 3, CROP, CROP)
-    enlarged = processor._resize_if_small(image, CROP, processor.resample)
-    assert min(enlarged.shape[:2]) == CROP
+    enlarged = processor._enlarge_if_small(image.transpose(2, 0, 1), processor.crop_size, processor.resample)
+    assert min(enlarged.shape[1:]) == CROP
     expected_long = round(max(height, width) * CROP / min(height, width))
-    assert max(enlarged.shape[:2]) == expected_long
-    assert (enlarged.shape[0] >= enlarged.shape[1]) == (height >= width)
+    assert max(enlarged.shape[1:]) == expected_long
+    assert (enlarged.shape[1] >= enlarged.shape[2]) == (height >= width)
     # a flat image stays flat through resizing, rescaling and normalisation
     expected = (128 / 255 - np.array(OPENAI_CLIP_MEAN)) / np.array(OPENAI_CLIP_STD)
     np.testing.assert_allclose(pixels[0, :, :, 5, 5], np.broadcast_to(expected, (8, 3)), atol=2e-2)
@@ -107,8 +110,11 @@ def test_num_crops_and_crop_size_overrides(raw_processor):
     pixels = raw_processor([image, image], num_crops=6, crop_size=100)["pixel_values"]
     assert pixels.shape == (2, 6, 3, 100, 100)
     found = [decode_position(crop) for crop in pixels[1]]
-    assert found == grid_crop_positions(300, 400, 100, 6)
+    assert found == grid_crop_positions(300, 400, 100, 100, 6)
     assert found[0] == (0, 0) and found[-1] == (200, 300)
+    # None keeps the processor's setting, as the pipeline passes it
+    defaults = raw_processor(image, num_crops=None, crop_size=None, crop_mode=None, seed=None)["pixel_values"]
+    np.testing.assert_array_equal(defaults, raw_processor(image)["pixel_values"])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -118,15 +124,15 @@ def test_num_crops_and_crop_size_overrides(raw_processor):
 
 def test_random_crops_reproducible_with_seed(raw_processor):
     image = coordinate_image(600, 800)
-    first = raw_processor(image, random_crops=True, seed=123)["pixel_values"]
-    again = raw_processor(image, random_crops=True, seed=123)["pixel_values"]
-    other = raw_processor(image, random_crops=True, seed=124)["pixel_values"]
+    first = raw_processor(image, crop_mode="random", seed=123)["pixel_values"]
+    again = raw_processor(image, crop_mode="random", seed=123)["pixel_values"]
+    other = raw_processor(image, crop_mode="random", seed=124)["pixel_values"]
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, other)
     positions = [decode_position(crop) for crop in first[0]]
     assert all(0 <= top <= 600 - CROP and 0 <= left <= 800 - CROP for top, left in positions)
     assert len(set(positions)) > 1
-    assert positions != grid_crop_positions(600, 800, CROP, 8)
+    assert positions != grid_crop_positions(600, 800, CROP, CROP, 8)
 
 
 def test_random_crops_use_torch_global_rng_when_unseeded():
@@ -146,15 +152,15 @@ def test_seeded_call_leaves_global_rng_alone(raw_processor):
     torch.manual_seed(3)
     expected = torch.rand(3)
     torch.manual_seed(3)
-    raw_processor(image, random_crops=True, seed=5)
+    raw_processor(image, crop_mode="random", seed=5)
     np.testing.assert_array_equal(torch.rand(3).numpy(), expected.numpy())
 
 
-def test_random_crops_false_overrides_config():
+def test_grid_mode_overrides_random_config():
     processor = MPIQEImageProcessor(crop_mode="random", do_rescale=False, do_normalize=False)
     image = coordinate_image(500, 700)
-    pixels = processor(image, random_crops=False)["pixel_values"]
-    assert [decode_position(c) for c in pixels[0]] == grid_crop_positions(500, 700, CROP, 8)
+    pixels = processor(image, crop_mode="grid")["pixel_values"]
+    assert [decode_position(c) for c in pixels[0]] == grid_crop_positions(500, 700, CROP, CROP, 8)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -172,7 +178,7 @@ def test_normalisation_uses_config_statistics():
     pixels = custom(image)["pixel_values"]
     np.testing.assert_allclose(pixels[0, 0, :, 0, 0], [-0.6, 0.5, 0.2], rtol=1e-5)
     # per-call overrides work too
-    pixels = custom(image, image_mean=[0, 0, 0], image_std=[1, 1, 1])["pixel_values"]
+    pixels = custom(image, image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0])["pixel_values"]
     np.testing.assert_allclose(pixels[0, 0, :, 0, 0], [0.2, 0.2, 0.2], rtol=1e-5)
 
     unnormalised = MPIQEImageProcessor(do_normalize=False)(image)["pixel_values"]
@@ -420,83 +426,180 @@ def test_zero_size_pil_image_raises():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Configuration round trip
+# Settings, per-call overrides, saving and loading
 # ---------------------------------------------------------------------------------------------------------------------
 
 
 def test_default_config():
     processor = MPIQEImageProcessor()
-    assert processor.crop_size == 224 and processor.num_crops == 8 and processor.crop_mode == "grid"
-    assert processor.resample == Image.Resampling.BICUBIC
+    assert dict(processor.crop_size) == {"height": CROP, "width": CROP}
+    assert processor.num_crops == 8 and processor.crop_mode == "grid" and processor.seed is None
+    assert processor.resample == PILImageResampling.BICUBIC
     assert processor.do_rescale and processor.do_normalize
     assert processor.rescale_factor == pytest.approx(1 / 255)
-    assert processor.image_mean == list(OPENAI_CLIP_MEAN) and processor.image_std == list(OPENAI_CLIP_STD)
+    assert list(processor.image_mean) == list(OPENAI_CLIP_MEAN) and list(processor.image_std) == list(OPENAI_CLIP_STD)
+    # an int crop size means a square
+    assert dict(MPIQEImageProcessor(crop_size=30).crop_size) == {"height": 30, "width": 30}
+
+
+def test_one_random_training_crop_per_call(raw_processor):
+    """What training asks for: `num_crops=1, crop_mode="random", seed=...` on a grid-mode processor."""
+    image = coordinate_image(600, 800)
+    positions = set()
+    for seed in range(6):
+        pixels = raw_processor(image, num_crops=1, crop_mode="random", seed=seed, return_tensors="pt")["pixel_values"]
+        assert tuple(pixels.shape) == (1, 1, 3, CROP, CROP)
+        again = raw_processor(image, num_crops=1, crop_mode="random", seed=seed)["pixel_values"]
+        np.testing.assert_array_equal(pixels.numpy(), again)
+        positions.add(decode_position(again[0, 0]))
+    assert len(positions) == 6
+    assert raw_processor.num_crops == 8 and raw_processor.crop_mode == "grid"  # the call changed no setting
+
+
+def test_rectangular_crops(raw_processor):
+    image = coordinate_image(300, 400)
+    pixels = raw_processor(image, crop_size={"height": 100, "width": 150}, num_crops=4)["pixel_values"]
+    assert pixels.shape == (1, 4, 3, 100, 150)
+    found = [decode_position(crop) for crop in pixels[0]]
+    assert found == grid_crop_positions(300, 400, 100, 150, 4) == [(0, 0), (0, 250), (200, 0), (200, 250)]
+    small = raw_processor(coordinate_image(50, 300), crop_size={"height": 100, "width": 150}, num_crops=2)
+    assert small["pixel_values"].shape == (1, 2, 3, 100, 150)
 
 
 def test_save_and_load_round_trip(tmp_path):
     processor = MPIQEImageProcessor(
-        crop_size=112,
+        crop_size={"height": 112, "width": 96},
         num_crops=6,
         crop_mode="random",
-        resample=Image.Resampling.BILINEAR,
+        seed=11,
+        resample=PILImageResampling.BILINEAR,
         rescale_factor=1 / 127.5,
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.25, 0.5, 1.0],
     )
     processor.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
-    for key in ("crop_size", "num_crops", "crop_mode", "resample", "do_rescale", "rescale_factor", "do_normalize"):
+    assert saved["crop_size"] == {"height": 112, "width": 96}
+    for key in ("num_crops", "crop_mode", "seed", "resample", "do_rescale", "rescale_factor", "do_normalize"):
         assert saved[key] == getattr(processor, key), key
     assert saved["image_mean"] == [0.5, 0.5, 0.5] and saved["image_std"] == [0.25, 0.5, 1.0]
     assert saved["image_processor_type"] == "MPIQEImageProcessor"
+    assert "random_crops" not in saved
 
-    reloaded = MPIQEImageProcessor.from_pretrained(tmp_path)
-    assert reloaded.to_dict() == processor.to_dict()
-    image = coordinate_image(100, 300)  # small: exercises the resampling filter too
-    np.testing.assert_array_equal(
-        reloaded(image, seed=0)["pixel_values"], processor(image, seed=0)["pixel_values"]
-    )
-    overridden = MPIQEImageProcessor.from_pretrained(tmp_path, num_crops=4, crop_mode="grid")
+    for reloaded in (MPIQEImageProcessor.from_pretrained(tmp_path), AutoImageProcessor.from_pretrained(tmp_path)):
+        assert type(reloaded) is MPIQEImageProcessor
+        assert reloaded.to_dict() == processor.to_dict()
+        image = coordinate_image(100, 300)  # smaller than the crop: exercises the resampling filter too
+        np.testing.assert_array_equal(reloaded(image)["pixel_values"], processor(image)["pixel_values"])
+    overridden = AutoImageProcessor.from_pretrained(tmp_path, num_crops=4, crop_mode="grid")
     assert overridden.num_crops == 4 and overridden.crop_mode == "grid"
 
 
-def test_default_round_trip(tmp_path):
+def test_default_round_trip_through_auto_image_processor(tmp_path):
     processor = MPIQEImageProcessor()
     processor.save_pretrained(tmp_path)
-    reloaded = MPIQEImageProcessor.from_pretrained(tmp_path)
-    assert reloaded.to_dict() == processor.to_dict()
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert saved["crop_size"] == {"height": CROP, "width": CROP} and saved["num_crops"] == 8
+    assert saved["image_mean"] == list(OPENAI_CLIP_MEAN) and saved["image_std"] == list(OPENAI_CLIP_STD)
+    reloaded = AutoImageProcessor.from_pretrained(tmp_path)
+    assert type(reloaded) is MPIQEImageProcessor and reloaded.to_dict() == processor.to_dict()
     image = np.random.default_rng(5).integers(0, 256, (240, 330, 3), dtype=np.uint8)
     np.testing.assert_array_equal(reloaded(image)["pixel_values"], processor(image)["pixel_values"])
 
 
-def test_invalid_settings_rejected():
-    with pytest.raises(ValueError):
-        MPIQEImageProcessor(crop_mode="center")
-    with pytest.raises(ValueError):
-        MPIQEImageProcessor(num_crops=0)
-    with pytest.raises(ValueError):
-        MPIQEImageProcessor(crop_size={"height": 224, "width": 200})
-    with pytest.raises(ValueError):
-        MPIQEImageProcessor(image_std=[0.0, 1.0, 1.0])
-    assert MPIQEImageProcessor(crop_size={"height": 196, "width": 196}).crop_size == 196
+def test_invalid_settings_rejected(processor):
+    for settings in ({"crop_mode": "center"}, {"num_crops": 0}, {"seed": "7"}):
+        with pytest.raises(StrictDataclassFieldValidationError, match=next(iter(settings))):
+            MPIQEImageProcessor(**settings)
+        with pytest.raises(StrictDataclassFieldValidationError, match=next(iter(settings))):
+            processor(np.zeros((230, 230, 3), np.uint8), **settings)
+    with pytest.raises(TypeError, match="random_crops"):  # the one switch is `crop_mode`
+        processor(np.zeros((230, 230, 3), np.uint8), random_crops=True)
+    with pytest.raises(ValueError, match="crop_size"):
+        processor(np.zeros((230, 230, 3), np.uint8), crop_size={"shortest_edge": 224})
 
 
-def test_module_is_self_contained_remote_code():
-    """The file ships as Hub remote code: it may only import the standard library and transformers' dependencies."""
+def test_saved_config_with_a_bad_setting_fails_on_loading(tmp_path):
+    MPIQEImageProcessor().save_pretrained(tmp_path)
+    path = tmp_path / "preprocessor_config.json"
+    path.write_text(path.read_text().replace('"grid"', '"centre"'))
+    with pytest.raises(StrictDataclassFieldValidationError, match="crop_mode"):
+        AutoImageProcessor.from_pretrained(tmp_path)
+
+
+def test_load_image_is_exported_from_the_package():
+    assert mpiqe_hf.load_image is load_image
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Remote code
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_model_files_import_only_what_remote_code_has():
+    """The processor and its decoding ship as Hub remote code: no import of `mpiqe_hf` or of anything that a
+    `transformers` install may lack; the processor's one relative import is the decoding module."""
     import ast
-    import sys
 
-    import mpiqe_hf.image_processing_mpiqe as module
+    allowed = {"numpy", "torch", "transformers", "huggingface_hub", "PIL"} | set(sys.stdlib_module_names)
+    package = pathlib.Path(mpiqe_hf.__file__).parent
+    relative = {}
+    for name in ("image_processing_mpiqe.py", "image_utils_mpiqe.py"):
+        for node in ast.walk(ast.parse((package / name).read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                relative.setdefault(name, set()).add(node.module)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module]
+                assert all(module.split(".")[0] in allowed for module in modules), (name, modules)
+    assert relative == {"image_processing_mpiqe.py": {"image_utils_mpiqe"}}
 
-    tree = ast.parse(pathlib.Path(module.__file__).read_text())
-    allowed = {"numpy", "torch", "transformers", "PIL"} | set(sys.stdlib_module_names)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, "no relative imports are needed"
-            names = [node.module]
-        else:
-            continue
-        for name in names:
-            assert name.split(".")[0] in allowed, name
+
+# Run first in the child: drop the editable-install finder of `mpiqe_hf` and any sys.path entry holding the package.
+_HIDE_PACKAGE = textwrap.dedent(
+    """
+    import os, sys
+    sys.meta_path[:] = [f for f in sys.meta_path if not str(getattr(f, "__module__", "")).startswith("__editable__")]
+    sys.path_hooks[:] = [h for h in sys.path_hooks if "__editable__" not in repr(h)]
+    sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p or os.getcwd(), "mpiqe_hf"))]
+    sys.path_importer_cache.clear()
+    try:
+        import mpiqe_hf
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("mpiqe_hf is importable in the child: " + mpiqe_hf.__file__)
+    """
+)
+
+
+def test_saved_processor_loads_as_remote_code_without_the_package(tmp_path):
+    folder = tmp_path / "checkpoint"
+    processor = MPIQEImageProcessor(crop_size=40, num_crops=3)
+    processor.save_pretrained(folder)
+    assert {"image_processing_mpiqe.py", "image_utils_mpiqe.py"} <= {path.name for path in folder.iterdir()}
+    saved = json.loads((folder / "preprocessor_config.json").read_text())
+    assert saved["auto_map"] == {"AutoImageProcessor": "image_processing_mpiqe.MPIQEImageProcessor"}
+
+    image = tmp_path / "image.png"
+    rgba = np.random.default_rng(6).integers(0, 256, (30, 70, 4), dtype=np.uint8)  # small, with alpha
+    Image.fromarray(rgba).save(image)
+    script = _HIDE_PACKAGE + textwrap.dedent(
+        f"""
+        import numpy as np
+        from transformers import AutoImageProcessor
+        processor = AutoImageProcessor.from_pretrained({str(folder)!r}, trust_remote_code=True)
+        assert type(processor).__module__.startswith("transformers_modules."), type(processor).__module__
+        np.save({str(tmp_path / "child.npy")!r}, processor({str(image)!r})["pixel_values"])
+        try:
+            processor({str(tmp_path / "missing.png")!r})
+        except ValueError as err:
+            print("ERROR", err)
+        """
+    )
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
+    out = subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-4000:]
+    np.testing.assert_array_equal(np.load(tmp_path / "child.npy"), processor(str(image))["pixel_values"])
+    assert f"ERROR Cannot load image file '{tmp_path / 'missing.png'}': no such file" in out.stdout

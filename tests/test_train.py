@@ -84,7 +84,7 @@ def test_train_on_embedded_synthetic_saves_loadable_model(tiny_clip, synthetic_c
     assert (model.config.mos_min, model.config.mos_max, model.config.mos_higher_is_better) == (1.0, 5.0, True)
     assert model.config.score_loss_weight == 0.5 and model.config.visual_prompt_depth == 2
     processor = MPIQEImageProcessor.from_pretrained(out)
-    assert processor.crop_size == 30 and processor.num_crops == 2
+    assert dict(processor.crop_size) == {"height": 30, "width": 30} and processor.num_crops == 2
     saved = json.loads((out / "all_results.json").read_text())
     for key in ("srcc", "plcc", "plcc_logistic", "krcc", "rmse", "train_loss", "step", "best_srcc", "best_epoch",
                 "num_train_samples", "num_eval_samples"):
