@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from transformers.utils import ModelOutput
 
-from .image_processing_mpiqe import grid_crop_positions
+from .image_processing_mpiqe import enlarged_size, grid_crop_positions
 
 
 __all__ = [
@@ -52,24 +52,13 @@ class MPIQEQualityMapOutput(ModelOutput):
     distortion_index: torch.LongTensor | None = None
 
 
-def resized_size_for_crops(height: int, width: int, crop_size: int) -> tuple[int, int]:
-    """The size the image processor brings an image to before cropping: short side raised to the crop, aspect kept."""
-    short = min(height, width)
-    if short >= crop_size:
-        return height, width
-    scale = crop_size / short
-    new_height = crop_size if height == short else max(crop_size, round(height * scale))
-    new_width = crop_size if width == short else max(crop_size, round(width * scale))
-    return new_height, new_width
-
-
-def grid_crop_boxes(height: int, width: int, crop_size: int, num_crops: int):
+def grid_crop_boxes(height: int, width: int, crop_height: int, crop_width: int, num_crops: int):
     """
     Where the processor's grid crops of a `height x width` image lie: `((resized_height, resized_width), positions)`
-    with `positions` the `(top, left)` corners in the resized image, in the order of the crops.
+    with `positions` the `(top, left)` corners in the (possibly enlarged) image, in the order of the crops.
     """
-    resized = resized_size_for_crops(height, width, crop_size)
-    return resized, grid_crop_positions(resized[0], resized[1], crop_size, num_crops)
+    resized = enlarged_size(height, width, crop_height, crop_width)
+    return resized, grid_crop_positions(*resized, crop_height, crop_width, num_crops)
 
 
 def _pooling_bounds(size: int, window_size: int) -> list[tuple[int, int]]:
@@ -122,30 +111,31 @@ def _windows_to_patch_grid(window_values: torch.Tensor, window_size: int, grid: 
 
 def _merge_crops(
     crop_maps: torch.Tensor,
-    crop_size: int,
+    crop_size: tuple[int, int],
     positions: list[tuple[int, int]],
     resized_size: tuple[int, int],
     image_size: tuple[int, int],
 ) -> torch.Tensor:
     """
-    Per-crop maps `(num_crops, grid, grid)` -> one map `(height, width)` of the image: each map is resized to its
-    `crop_size x crop_size` crop at `positions` in the `resized_size` image, crops are averaged where they overlap,
-    and the result is resized to `image_size` and scaled to `[0, 1]`.
+    Per-crop maps `(num_crops, grid_height, grid_width)` -> one map `(height, width)` of the image: each map is resized
+    to its `crop_size` crop at `positions` in the `resized_size` image, crops are averaged where they overlap, and
+    the result is resized to `image_size` and scaled to `[0, 1]`.
     """
+    crop_height, crop_width = crop_size
     if len(positions) != crop_maps.shape[0]:
         raise ValueError(f"{len(positions)} crop positions were given for {crop_maps.shape[0]} crops.")
     for top, left in positions:
-        if top < 0 or left < 0 or top + crop_size > resized_size[0] or left + crop_size > resized_size[1]:
+        if top < 0 or left < 0 or top + crop_height > resized_size[0] or left + crop_width > resized_size[1]:
             raise ValueError(
-                f"A {crop_size}x{crop_size} crop at (top={top}, left={left}) does not fit the "
+                f"A {crop_height}x{crop_width} crop at (top={top}, left={left}) does not fit the "
                 f"{resized_size[0]}x{resized_size[1]} image it was cut from."
             )
-    upsampled = F.interpolate(crop_maps.float()[:, None], size=(crop_size, crop_size), mode="bilinear", align_corners=False)
+    upsampled = F.interpolate(crop_maps.float()[:, None], size=crop_size, mode="bilinear", align_corners=False)
     total = torch.zeros(resized_size, dtype=torch.float32, device=crop_maps.device)
     count = torch.zeros_like(total)
     for crop_map, (top, left) in zip(upsampled[:, 0], positions):
-        total[top : top + crop_size, left : left + crop_size] += crop_map
-        count[top : top + crop_size, left : left + crop_size] += 1.0
+        total[top : top + crop_height, left : left + crop_width] += crop_map
+        count[top : top + crop_height, left : left + crop_width] += 1.0
     merged = total / count.clamp_min(1.0)
     if tuple(resized_size) != tuple(image_size):
         merged = F.interpolate(merged[None, None], size=tuple(image_size), mode="bilinear", align_corners=False)[0, 0]
@@ -161,7 +151,7 @@ def compute_quality_maps(model, pixel_values: torch.Tensor, image_sizes) -> MPIQ
 
     Args:
         model ([`MPIQEModel`]): the model, in eval mode for deterministic maps.
-        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_crops, 3, crop_size, crop_size)`):
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_crops, 3, crop_height, crop_width)`):
             grid crops made by [`MPIQEImageProcessor`] (`crop_mode="grid"`).
         image_sizes (sequence of `(height, width)`, one per image): the sizes of the images before processing.
     """
@@ -172,9 +162,7 @@ def compute_quality_maps(model, pixel_values: torch.Tensor, image_sizes) -> MPIQ
             "`pixel_values` must have shape (batch_size, num_crops, 3, height, width), "
             f"got {tuple(pixel_values.shape)}."
         )
-    batch_size, num_crops, _, crop_height, crop_size = pixel_values.shape
-    if crop_height != crop_size:
-        raise ValueError(f"Quality maps need square crops, got {crop_height}x{crop_size}.")
+    batch_size, num_crops, _, crop_height, crop_width = pixel_values.shape
     image_sizes = [tuple(int(side) for side in size) for size in image_sizes]
     if len(image_sizes) != batch_size or any(len(size) != 2 or min(size) < 1 for size in image_sizes):
         raise ValueError(
@@ -209,11 +197,13 @@ def compute_quality_maps(model, pixel_values: torch.Tensor, image_sizes) -> MPIQ
 
     tokens = captured["tokens"].detach()
     num_patches = tokens.shape[1] - 1
-    grid = int(num_patches**0.5)
+    patch_size = model.config.clip_config.vision_config.patch_size
+    grid_shape = (crop_height // patch_size, crop_width // patch_size)
+    assert grid_shape[0] * grid_shape[1] == num_patches, "one token per patch of the crop"
     # Visual prompt outputs sit between CLS and the patches: the patches are the last tokens.
     activations = last_layer.detach()[:, -num_patches:].float()
     channel_weights = gradients[:, -num_patches:].float().mean(dim=1, keepdim=True)
-    gradcam = F.relu((channel_weights * activations).sum(dim=-1)).view(-1, grid, grid)
+    gradcam = F.relu((channel_weights * activations).sum(dim=-1)).view(-1, *grid_shape)
 
     distortion_grid = distortion_index = None
     if outputs.distortion_logits is not None:
@@ -226,12 +216,13 @@ def compute_quality_maps(model, pixel_values: torch.Tensor, image_sizes) -> MPIQ
         distortion_index = outputs.distortion_logits.detach().argmax(dim=-1)
         crop_classes = distortion_index.repeat_interleave(num_crops)
         chosen = weights[torch.arange(weights.shape[0], device=weights.device), crop_classes].float()
-        distortion_grid = _windows_to_patch_grid(chosen, model.config.window_size, grid)
+        distortion_grid = _windows_to_patch_grid(chosen, model.config.window_size, grid_shape[0])
 
     gradcam_maps, distortion_maps = [], [] if distortion_grid is not None else None
     for index, image_size in enumerate(image_sizes):
-        resized_size, positions = grid_crop_boxes(*image_size, crop_size, num_crops)
+        resized_size, positions = grid_crop_boxes(*image_size, crop_height, crop_width, num_crops)
         crops = slice(index * num_crops, (index + 1) * num_crops)
+        crop_size = (crop_height, crop_width)
         gradcam_maps.append(_merge_crops(gradcam[crops], crop_size, positions, resized_size, image_size))
         if distortion_grid is not None:
             distortion_maps.append(_merge_crops(distortion_grid[crops], crop_size, positions, resized_size, image_size))

@@ -93,15 +93,15 @@ def test_gradcam_is_relu_of_gradient_weighted_last_layer_patches(tester):
 
 def test_crops_are_placed_back_where_the_processor_cut_them():
     # two 30-px crops of a 30 x 50 image: columns 0..29 and 20..49 overlap on 20..29
-    resized, positions = grid_crop_boxes(30, 50, 30, 2)
+    resized, positions = grid_crop_boxes(30, 50, 30, 30, 2)
     assert resized == (30, 50) and positions == [(0, 0), (0, 20)]
-    merged = _merge_crops(torch.stack([torch.full((5, 5), 1.0), torch.full((5, 5), 3.0)]), 30, positions, resized, (30, 50))
+    merged = _merge_crops(torch.stack([torch.full((5, 5), 1.0), torch.full((5, 5), 3.0)]), (30, 30), positions, resized, (30, 50))
     assert torch.allclose(merged[:, :20], torch.tensor(1 / 3))
     assert torch.allclose(merged[:, 20:30], torch.tensor(2 / 3))
     assert torch.allclose(merged[:, 30:], torch.tensor(1.0))
     # a 15 x 25 image is brought to 30 x 50 before cropping; its map comes back at 15 x 25
-    assert grid_crop_boxes(15, 25, 30, 2) == ((30, 50), positions)
-    small = _merge_crops(torch.stack([torch.full((5, 5), 1.0), torch.full((5, 5), 3.0)]), 30, positions, (30, 50), (15, 25))
+    assert grid_crop_boxes(15, 25, 30, 30, 2) == ((30, 50), positions)
+    small = _merge_crops(torch.stack([torch.full((5, 5), 1.0), torch.full((5, 5), 3.0)]), (30, 30), positions, (30, 50), (15, 25))
     assert small.shape == (15, 25) and torch.allclose(small[:, -5:], torch.tensor(1.0))
 
 
@@ -124,7 +124,7 @@ def test_maps_reject_inputs_that_do_not_fit(tester):
     with pytest.raises(ValueError, match="image_sizes"):
         compute_quality_maps(model, tester.pixel_values(), [(30, 30)])
     with pytest.raises(ValueError, match="does not fit"):
-        _merge_crops(torch.zeros(1, 5, 5), 30, [(0, 5)], (30, 30), (30, 30))
+        _merge_crops(torch.zeros(1, 5, 5), (30, 30), [(0, 5)], (30, 30), (30, 30))
 
 
 def test_overlay_blends_the_map_and_draws_a_colour_bar():
