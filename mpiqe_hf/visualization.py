@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import os
+import re
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 
-__all__ = ["colorize", "render_overlay"]
+__all__ = ["colorize", "render_overlay", "save_map_overlays", "map_file_stem"]
 
 # Anchors of a perceptually ordered dark-to-bright colour scale (black, purple, red, orange, pale yellow).
 _ANCHORS = np.array(
@@ -90,3 +93,24 @@ def render_overlay(
         draw.text((text_left, ty), f"{fraction:.1f}", fill=(20, 20, 20), font=font)
     draw.text((bar_left, top - font_size - font_size // 3), label, fill=(20, 20, 20), font=font)
     return canvas
+
+
+def map_file_stem(key) -> str:
+    """A file-name stem for the maps of the input `key` (a path or an id): `photos/a.jpg` -> `photos__a`."""
+    text = os.path.splitext(os.path.normpath(str(key)))[0].lstrip(os.sep + ".")
+    return re.sub(r"[^A-Za-z0-9._-]+", "__", text.replace(os.sep, "__")) or "image"
+
+
+def save_map_overlays(folder, key, image: Image.Image, quality_map, distortion_map=None, title=None) -> list[str]:
+    """
+    Writes `<stem>.quality_map.png` (Grad-CAM) and, when given, `<stem>.distortion_map.png` (eq. 10 windows) into
+    `folder` (created), `stem` from [`map_file_stem`]; returns the paths written.
+    """
+    os.makedirs(folder, exist_ok=True)
+    stem = map_file_stem(key)
+    paths = [os.path.join(folder, f"{stem}.quality_map.png")]
+    render_overlay(image, quality_map, title=title, label="degradation").save(paths[0])
+    if distortion_map is not None:
+        paths.append(os.path.join(folder, f"{stem}.distortion_map.png"))
+        render_overlay(image, distortion_map, title=title, label="distortion windows").save(paths[1])
+    return paths

@@ -1,5 +1,7 @@
 """Quality maps: Grad-CAM and eq. 10 window weights merged over the grid crops, and their overlays."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -14,7 +16,7 @@ from mpiqe_hf.quality_map_mpiqe import (
     grid_crop_boxes,
     window_max_pool,
 )
-from mpiqe_hf.visualization import colorize, render_overlay
+from mpiqe_hf.visualization import colorize, map_file_stem, render_overlay, save_map_overlays
 
 
 def _images():
@@ -149,3 +151,14 @@ def test_overlay_blends_the_map_and_draws_a_colour_bar():
     assert (np.abs(bar - colorize(np.zeros((1, 1)))[0, 0].astype(int)).sum(-1) < 10).any()
     with pytest.raises(ValueError, match="size"):
         render_overlay(image, np.zeros((10, 10)))
+
+
+def test_overlays_are_saved_under_names_from_their_inputs(tmp_path):
+    assert map_file_stem("photos/2024/a b.jpg") == "photos__2024__a__b"
+    assert map_file_stem("../up/x.png") == "up__x"
+    assert map_file_stem(17) == "17"
+    image = Image.new("RGB", (40, 30))
+    paths = save_map_overlays(tmp_path / "maps", "shots/a.png", image, np.zeros((30, 40)), np.ones((30, 40)), title="3.1")
+    assert [os.path.basename(path) for path in paths] == ["shots__a.quality_map.png", "shots__a.distortion_map.png"]
+    assert all(Image.open(path).size[1] > 320 for path in paths)
+    assert save_map_overlays(tmp_path / "maps", "b.png", image, np.zeros((30, 40)))[0].endswith("b.quality_map.png")
