@@ -63,7 +63,7 @@ def peak_memory_of_training_step(args):
     """Runs in a fresh process so that the peak belongs to this configuration alone."""
     model, optimizer, pixel_values, labels = build(args)
     if args.memory_probe == "checkpointing":
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -12,6 +12,7 @@ for LIVE/CSIQ/BID, lambda_2 0.1 for LIVE/CSIQ else 0.5). See docs/training.md fo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -31,9 +32,9 @@ from transformers import CLIPConfig, get_cosine_schedule_with_warmup
 
 from mpiqe_hf import MPIQEConfig, MPIQEImageProcessor, MPIQEModel
 from mpiqe_hf.data import (
-    dataset_metadata,
     dataset_mos_range,
     get_dataset_spec,
+    iqa_info,
     liqe_splits,
     load_iqa_dataset,
     paper_splits,
@@ -366,7 +367,7 @@ def main(argv=None):
     # Data (the main process builds caches first).
     with accelerator.main_process_first():
         train_ds, train_idx, eval_ds, eval_idx, test_ds, test_idx, protocol = load_splits(args)
-    meta = dataset_metadata(train_ds)
+    meta = dataclasses.asdict(iqa_info(train_ds))
     skipped = [str(bad) for ds in {id(train_ds): train_ds, id(eval_ds): eval_ds}.values() for bad in skipped_samples(ds)]
     if skipped:
         logger.warning(f"Skipped {len(skipped)} bad sample(s):\n  " + "\n  ".join(skipped))

@@ -1,32 +1,32 @@
-"""The Hub model card of MP-IQE checkpoints: the one template, filled by `MPIQEModel.push_to_hub`.
+"""The Hub model card of MP-IQE checkpoints, built with huggingface_hub's `ModelCard`, filled by `push_to_hub`.
 
-`MODEL_CARD.md` at the root of the project is this template rendered for the paper's KonIQ-10k setting
+`MODEL_CARD.md` at the root of the project is this card rendered for the paper's KonIQ-10k setting
 (`python -m mpiqe_hf.model_card > MODEL_CARD.md`); a test keeps the two in step.
 """
-
-from __future__ import annotations
 
 import os
 import re
 import string
 import sys
 
-import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-__all__ = ["render_model_card", "example_card", "DEFAULT_BASE_MODEL", "CARD_TEMPLATE"]
+__all__ = ["build_model_card", "example_card", "DEFAULT_BASE_MODEL"]
 
 DEFAULT_BASE_MODEL = "openai/clip-vit-base-patch16"
 _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+#: The model-index metrics of each evaluation result: (key, metric type, display name).
+_METRICS = (("srcc", "spearmanr", "SRCC"), ("plcc", "pearsonr", "PLCC"), ("krcc", "kendalltau", "KRCC"),
+            ("rmse", "rmse", "RMSE"))
 
+#: Example images of the Hub widget (the `image-classification` task).
 _WIDGET = [
     {"src": "https://huggingface.co/datasets/mishig/sample_images/resolve/main/tiger.jpg", "example_title": "Tiger"},
     {"src": "https://huggingface.co/datasets/mishig/sample_images/resolve/main/teapot.jpg", "example_title": "Teapot"},
 ]
 
-CARD_TEMPLATE = string.Template(
-    """---
-$front_matter---
-
+_BODY = string.Template(
+    """
 # $title
 
 MP-IQE (multi-modal prompt learning for blind image quality assessment) predicts how good a photo looks, without a
@@ -66,7 +66,8 @@ from transformers import AutoImageProcessor, AutoModel, pipeline
 model = AutoModel.from_pretrained("$repo_id", trust_remote_code=True)
 processor = AutoImageProcessor.from_pretrained("$repo_id", trust_remote_code=True)
 pixel_values = processor("photo.jpg", return_tensors="pt")["pixel_values"]  # (1, crops, 3, H, W)
-score = model.to_native_scale(model(pixel_values).score)
+text_features = model.get_text_features()  # image independent: compute once, reuse for every batch
+score = model.to_native_scale(model(pixel_values, text_features=text_features).score)
 
 scorer = pipeline(model="$repo_id", trust_remote_code=True)  # image-classification form
 scorer("photo.jpg")  # [{'label': 'good', 'score': ...}, ...] over the five quality levels
@@ -131,37 +132,45 @@ def _base_model(config) -> str:
     return DEFAULT_BASE_MODEL
 
 
-def _normalise_results(evaluation_results) -> list[dict]:
+def _eval_results(evaluation_results) -> list[EvalResult]:
     results = []
     for item in evaluation_results or []:
         if "dataset" not in item or "srcc" not in item or "plcc" not in item:
             raise ValueError(f"Each evaluation result needs 'dataset', 'srcc' and 'plcc', got {item!r}.")
-        results.append(dict(item))
+        for key, metric_type, metric_name in _METRICS:
+            if item.get(key) is None:
+                continue
+            results.append(
+                EvalResult(
+                    task_type="image-quality-assessment",
+                    task_name="Image quality assessment",
+                    dataset_type=item.get("dataset_id") or item["dataset"],
+                    dataset_name=item["dataset"],
+                    dataset_split=item.get("split"),
+                    metric_type=metric_type,
+                    metric_name=metric_name,
+                    metric_value=round(float(item[key]), 4),
+                    # the Hub's model-index takes a source only with its URL; the card's table names it anyway
+                    **({"source_name": item["source"], "source_url": item["source_url"]}
+                       if item.get("source") and item.get("source_url") else {}),
+                )
+            )
     return results
 
 
-def _model_index(name: str, results: list[dict]) -> list[dict]:
-    entries = []
-    for item in results:
-        dataset = {"name": item["dataset"], "type": item.get("dataset_id") or item["dataset"]}
-        if item.get("split"):
-            dataset["split"] = item["split"]
-        metrics = [
-            {"type": "spearmanr", "value": round(float(item["srcc"]), 4), "name": "SRCC"},
-            {"type": "pearsonr", "value": round(float(item["plcc"]), 4), "name": "PLCC"},
-        ]
-        for key, metric_type, label in (("krcc", "kendalltau", "KRCC"), ("rmse", "rmse", "RMSE")):
-            if item.get(key) is not None:
-                metrics.append({"type": metric_type, "value": round(float(item[key]), 4), "name": label})
-        entry = {"task": {"type": "image-classification", "name": "Image quality assessment"}, "dataset": dataset,
-                 "metrics": metrics}
-        if item.get("source"):
-            entry["source"] = {"name": item["source"], **({"url": item["source_url"]} if item.get("source_url") else {})}
-        entries.append(entry)
-    return [{"name": name, "results": entries}] if entries else []
+def _results_table(evaluation_results) -> str:
+    if not evaluation_results:
+        return "No evaluation results were recorded for this checkpoint."
+    rows = "\n".join(
+        f"| {item['dataset']} | {item.get('split') or 'test'} | {float(item['srcc']):.4f} | {float(item['plcc']):.4f} |"
+        for item in evaluation_results
+    )
+    sources = sorted({item["source"] for item in evaluation_results if item.get("source")})
+    note = f"\n\nSource: {'; '.join(sources)}." if sources else "\n\nMeasured on this checkpoint."
+    return f"| Dataset | Split | SRCC | PLCC |\n|---|---|---|---|\n{rows}{note}"
 
 
-def render_model_card(
+def build_model_card(
     config,
     repo_id: str = "org/mp-iqe",
     evaluation_results: list[dict] | None = None,
@@ -169,70 +178,53 @@ def render_model_card(
     adapter_only: bool = False,
     image_processor=None,
     license: str = "mit",
-) -> str:
+) -> ModelCard:
     """
-    The model card (`README.md`) of an MP-IQE checkpoint, with YAML front matter: `library_name`, `pipeline_tag`
-    (`image-classification`, the widget's task), `license`, `tags`, `base_model`, `datasets`, `metrics`, a
-    `model-index` with SRCC/PLCC per evaluated dataset, and widget examples.
+    The model card (`README.md`) of an MP-IQE checkpoint: `ModelCardData` metadata (`library_name`, `license`,
+    `tags`, `base_model`, `datasets`, `metrics`, and a `model-index` of `EvalResult`s with SRCC/PLCC per dataset)
+    above the description of the model, its use, recipe, protocol and limitations.
 
     Args:
         config ([`MPIQEConfig`]): the model's config (scale, prompts, base model).
         repo_id (`str`): the repo the card is written for.
         evaluation_results (`list[dict]`, *optional*): `{"dataset", "srcc", "plcc"}` (+ optional `dataset_id`,
-            `split`, `krcc`, `rmse`, `source`, `source_url`); defaults to `config.evaluation_results`.
+            `split`, `krcc`, `rmse`, `source`, `source_url`).
         tags (`list[str]`, *optional*): extra tags.
-        adapter_only (`bool`): whether the repo holds the adapter-only checkpoint.
+        adapter_only (`bool`): whether the repo holds the adapter form.
         image_processor (*optional*): the processor uploaded with the model, for the input description.
     """
-    if evaluation_results is None:
-        evaluation_results = getattr(config, "evaluation_results", None)
-    results = _normalise_results(evaluation_results)
+    evaluation_results = [dict(item) for item in evaluation_results or []]
+    eval_results = _eval_results(evaluation_results)
     base_model = _base_model(config)
     name = repo_id.split("/")[-1]
     all_tags = ["image-quality-assessment", "iqa", "blind-iqa", "clip", "prompt-learning", "mp-iqe"]
     all_tags += [tag for tag in tags or [] if tag not in all_tags]
-    front = {
-        "library_name": "transformers",
-        "pipeline_tag": "image-classification",
-        "license": license,
-        "tags": all_tags,
-        "base_model": base_model,
-        "datasets": sorted({item.get("dataset_id") or item["dataset"] for item in results}),
-        "metrics": ["spearmanr", "pearsonr"],
-        "widget": _WIDGET,
-        "model-index": _model_index(name, results),
-    }
-    if not front["datasets"]:
-        del front["datasets"]
-    if not front["model-index"]:
-        del front["model-index"]
-    front_matter = yaml.safe_dump(front, sort_keys=False, allow_unicode=True, width=1000)
-
-    if results:
-        rows = "\n".join(
-            f"| {item['dataset']} | {item.get('split') or 'test'} | {float(item['srcc']):.4f} | {float(item['plcc']):.4f} |"
-            for item in results
-        )
-        sources = sorted({item["source"] for item in results if item.get("source")})
-        note = f"\n\nSource: {'; '.join(sources)}." if sources else "\n\nMeasured on this checkpoint."
-        results_table = f"| Dataset | Split | SRCC | PLCC |\n|---|---|---|---|\n{rows}{note}"
-    else:
-        results_table = "No evaluation results were recorded for this checkpoint."
-
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        license=license,
+        tags=all_tags,
+        base_model=base_model,
+        datasets=sorted({item.get("dataset_id") or item["dataset"] for item in evaluation_results}) or None,
+        metrics=["spearmanr", "pearsonr"],
+        model_name=name,
+        eval_results=eval_results or None,
+        widget=_WIDGET,
+    )
     span = f"[{config.mos_min:g}, {config.mos_max:g}]"
-    summary = (
-        f"This checkpoint scores on {span}, "
-        + ("higher is better." if config.mos_higher_is_better else "lower is better (a DMOS scale).")
+    summary = f"This checkpoint scores on {span}, " + (
+        "higher is better." if config.mos_higher_is_better else "lower is better (a DMOS scale)."
     )
     if adapter_only:
         summary += (
-            f" The repository holds only the learned weights (`mpiqe_adapter.safetensors`); loading it fetches "
-            f"{config.base_model_name_or_path} at revision {config.base_model_revision or 'main'}."
+            " The repository holds only the trained weights (`adapter_model.safetensors`, described by "
+            f"`adapter_config.json`); loading it fetches {config.base_model_name_or_path} at revision "
+            f"{config.base_model_revision or 'main'}."
         )
-    vision = config.clip_config.vision_config
     processor = image_processor
-    return CARD_TEMPLATE.substitute(
-        front_matter=front_matter,
+    crop_size = getattr(processor, "crop_size", None) or {"height": config.clip_config.vision_config.image_size}
+    crop_side = crop_size if isinstance(crop_size, int) else crop_size["height"]
+    body = _BODY.substitute(
         title=f"MP-IQE: {name}",
         base_model=f"`{base_model}`",
         prompt_layers=config.visual_prompt_depth,
@@ -241,7 +233,7 @@ def render_model_card(
         direction="higher is better" if config.mos_higher_is_better else "lower is better",
         repo_id=repo_id,
         levels=", ".join(config.quality_levels),
-        checkpoint_format="adapter only (base CLIP fetched at load time)" if adapter_only else "full (safetensors)",
+        checkpoint_format="adapter (base CLIP fetched at load time)" if adapter_only else "full (safetensors)",
         text_prompt_length=config.text_prompt_length,
         num_scenes=len(config.scene_classes),
         num_distortions=len(config.distortion_classes),
@@ -249,12 +241,13 @@ def render_model_card(
         decoder_layers=config.decoder_layers,
         decoder_heads=config.decoder_heads,
         num_crops=getattr(processor, "num_crops", 8),
-        crop_size=processor.crop_size.height if processor is not None else vision.image_size,
+        crop_size=crop_side,
         crop_mode=f"{getattr(processor, 'crop_mode', 'grid')} crops",
         distortion_loss_weight=config.distortion_loss_weight,
         score_loss_weight=config.score_loss_weight,
-        results_table=results_table,
+        results_table=_results_table(evaluation_results),
     )
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{body}")
 
 
 def example_card() -> str:
@@ -272,7 +265,7 @@ def example_card() -> str:
             "source": "MP-IQE paper, Table 1 (figures reported there, not measured on a checkpoint of this library; push_to_hub replaces them with the checkpoint's own results)",
         }
     ]
-    return render_model_card(config, repo_id="org/mp-iqe-koniq", evaluation_results=results)
+    return str(build_model_card(config, repo_id="org/mp-iqe-koniq", evaluation_results=results))
 
 
 if __name__ == "__main__":

@@ -13,12 +13,26 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from transformers import Pipeline
+from transformers import AutoModel, Pipeline
+from transformers.pipelines import PIPELINE_REGISTRY, PipelineRegistry
 
+from .configuration_mpiqe import MPIQEConfig
 from .image_utils_mpiqe import load_image
 
 
-__all__ = ["ImageQualityAssessmentPipeline", "MPIQEImageClassificationPipeline", "quality_level_index", "OUTPUT_FORMATS"]
+__all__ = [
+    "ImageQualityAssessmentPipeline",
+    "MPIQEImageClassificationPipeline",
+    "register_pipeline",
+    "quality_level_index",
+    "PIPELINE_TASK",
+    "OUTPUT_FORMATS",
+]
+
+#: The task name of the pipeline registered with transformers.
+PIPELINE_TASK = "image-quality-assessment"
+#: The task under which saved checkpoints announce the remote-code pipeline: the Hub widget's task.
+REMOTE_PIPELINE_TASK = "image-classification"
 
 #: `"quality"`: one dict per image with score, quality level, scene and distortion.
 #: `"classification"`: the image-classification form, a list of `{"label", "score"}` over the quality levels.
@@ -77,6 +91,17 @@ class ImageQualityAssessmentPipeline(Pipeline):
     _load_feature_extractor = False
     _load_tokenizer = False
     _load_video_processor = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        model_type = getattr(self.model.config, "model_type", None)
+        if model_type != MPIQEConfig.model_type:
+            raise ValueError(
+                f"The {PIPELINE_TASK} pipeline needs an MP-IQE model (model_type='{MPIQEConfig.model_type}'), got a "
+                f"{type(self.model).__name__} with model_type={model_type!r}."
+            )
+        # The text half of the model does not depend on the image: computed at the first call, reused for all.
+        self._text_features = None
 
     default_output_format = "quality"
 
@@ -142,7 +167,9 @@ class ImageQualityAssessmentPipeline(Pipeline):
         return {"pixel_values": features["pixel_values"].to(self.dtype or torch.float32)}
 
     def _forward(self, model_inputs):
-        outputs = self.model(pixel_values=model_inputs["pixel_values"])
+        if self._text_features is None:
+            self._text_features = self.model.get_text_features()
+        outputs = self.model(pixel_values=model_inputs["pixel_values"], text_features=self._text_features)
         result = {"normalized_score": outputs.score, "native_score": self.model.to_native_scale(outputs.score)}
         if outputs.scene_logits is not None:
             result["scene_logits"] = outputs.scene_logits
@@ -195,13 +222,29 @@ class ImageQualityAssessmentPipeline(Pipeline):
         return result
 
 
+
+
 class MPIQEImageClassificationPipeline(ImageQualityAssessmentPipeline):
     """
-    The same pipeline answering in the image-classification form by default: the one a saved MP-IQE config announces
-    in `custom_pipelines` under the `image-classification` task, so that
-    `pipeline("image-classification", model=repo, trust_remote_code=True)` (the Hub widget's task) and
-    `pipeline(model=repo, trust_remote_code=True)` work without `mpiqe_hf` installed. Pass
-    `output_format="quality"` for the full dict.
+    The same pipeline answering in the image-classification form by default. Saved checkpoints announce it in
+    `custom_pipelines` under the `image-classification` task, so that `pipeline(model=repo, trust_remote_code=True)`
+    and the Hub widget work without `mpiqe_hf` installed. Pass `output_format="quality"` for the full dict.
     """
 
     default_output_format = "classification"
+
+
+def register_pipeline() -> None:
+    """Registers the `image-quality-assessment` task with transformers: `pipeline(PIPELINE_TASK, model=...)`."""
+    if PIPELINE_TASK not in PIPELINE_REGISTRY.get_supported_tasks():
+        PIPELINE_REGISTRY.register_pipeline(
+            PIPELINE_TASK, pipeline_class=ImageQualityAssessmentPipeline, pt_model=AutoModel, type="image"
+        )
+
+
+# `Pipeline.save_pretrained` announces a pipeline class under the task it was registered for and stores its code.
+# The widget class is registered in a registry of its own, so that transformers' global `image-classification` task
+# stays transformers' own in every process that imports this file.
+PipelineRegistry(supported_tasks={}, task_aliases={}).register_pipeline(
+    REMOTE_PIPELINE_TASK, pipeline_class=MPIQEImageClassificationPipeline, pt_model=AutoModel, type="image"
+)

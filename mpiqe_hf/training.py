@@ -136,8 +136,10 @@ class IQATrainingDataset(torch.utils.data.Dataset):
         if mos is None or not np.isfinite(mos):
             raise ValueError(f"Dataset row {row_index} ({where}): the normalised MOS is {mos!r}.")
         try:
-            scene_labels = self.scene_target(row["scene"])
-            distortion = self.distortion_target(row["distortion"])
+            scene_labels = self.scene_target(self.dataset.features["scene"].feature.int2str(row["scene"]))
+            distortion = self.distortion_target(
+                self.dataset.features["distortion"].int2str(row["distortion"]) if row["distortion"] >= 0 else None
+            )
         except ValueError as err:
             raise ValueError(f"Dataset row {row_index} ({where}): {err}") from err
         return {

@@ -15,8 +15,8 @@ from scipy.io import savemat
 from mpiqe_hf.configuration_mpiqe import DISTORTION_CLASSES, SCENE_CLASSES
 from mpiqe_hf.data import (
     IQA_DATASETS,
-    dataset_metadata,
     dataset_mos_range,
+    iqa_info,
     get_dataset_spec,
     liqe_splits,
     load_iqa_dataset,
@@ -47,8 +47,13 @@ def count_lines(path):
 
 
 def labels(ds):
-    """The non-image columns (no decoding)."""
-    return ds.select_columns([c for c in COLUMNS if c != "image"]).to_list()
+    """The non-image columns (no decoding), with the ClassLabel ints turned back into names (None for no label)."""
+    scenes, distortions = ds.features["scene"].feature, ds.features["distortion"]
+    rows = ds.select_columns([c for c in COLUMNS if c != "image"]).to_list()
+    for row in rows:
+        row["scene"] = scenes.int2str(row["scene"])
+        row["distortion"] = distortions.int2str(row["distortion"]) if row["distortion"] >= 0 else None
+    return rows
 
 
 def image_paths(ds):
@@ -120,7 +125,7 @@ def test_liqe_live_is_dmos_and_kadid_folder():
     # KADID ships no _all_clip.txt: the database folder resolves to the union of split 1.
     kadid = load_iqa_dataset("kadid10k", label_file=LIQE_ROOT / "kadid10k", check_files=False)
     assert len(kadid) == 10125
-    assert len(set(kadid["content_id"])) == 81 and "I32" in set(kadid["content_id"])
+    assert len(kadid.unique("content_id")) == 81 and "I32" in kadid.unique("content_id")
 
 
 @needs_liqe
@@ -201,7 +206,7 @@ def test_unreadable_image(tmp_path):
         ["images/I01_01_02.png", "3.0", "gaussian blur", "animal", "invalid", "invalid"],
     ])
     assert len(load_iqa_dataset("kadid10k", data_dir=root, label_file=label)) == 2  # decoding is lazy by default
-    with pytest.raises(ValueError, match=r"line 2, field 'image': cannot decode"):
+    with pytest.raises(ValueError, match=r"line 2, field 'image': Cannot load .*I01_01_02.png"):
         load_iqa_dataset("kadid10k", data_dir=root, label_file=label, verify_images=True)
     with pytest.warns(UserWarning):
         ds = load_iqa_dataset("kadid10k", data_dir=root, label_file=label, verify_images=True, skip_bad_samples=True)
@@ -286,7 +291,7 @@ def test_official_live(tmp_path):
     ])
     liqe = load_iqa_dataset("live", data_dir=root, label_file=label)
     assert liqe["content_id"] == ["bikes", "parrots"]
-    assert dataset_metadata(liqe)["live_references_found"] is True
+    assert iqa_info(liqe).live_references_found is True
 
 
 def test_official_csiq(tmp_path):
@@ -392,9 +397,9 @@ def test_metadata_missing_column(tmp_path, missing):
 )
 def test_metadata_bad_rows(tmp_path, row, field):
     folder = tmp_path / "f"
-    make_image(folder / "a.png")
-    make_image(folder / "b.png")
-    write_metadata(folder, [("b.png", 1, "", ""), ("b.png", 4, "", ""), row])
+    for name in ("a.png", "b.png", "c.png"):
+        make_image(folder / name)
+    write_metadata(folder, [("b.png", 1, "", ""), ("c.png", 4, "", ""), row])
     with pytest.raises(ValueError, match=rf"metadata.csv, line 4, field '{field}'"):
         load_iqa_dataset(str(folder))
     with pytest.warns(UserWarning):
@@ -482,8 +487,8 @@ def test_synthetic_build_reproducible(tmp_path):
     refs = [r for r in rows if r["distortion"] is None]
     assert len(refs) == n_refs and all(r["mos"] == 5.0 and r["mos_normalized"] == 1.0 for r in refs)
     assert min(r["mos"] for r in rows) >= 1.0
-    meta = dataset_metadata(ds)
-    assert meta["synthetic"] is True and meta["name"] == "synthetic"
+    info = iqa_info(ds)
+    assert info.split_protocol == "by_content" and info.name == "synthetic" and info.seed == 0
     img = ds[1]["image"]
     assert min(img.size) == 256
     folder = tmp_path / "a" / "synthetic" / "v1-0"
@@ -517,3 +522,242 @@ def test_pseudo_mos():
     assert pseudo_mos("blur", 5) == pytest.approx(1 + 4 / 6)
     assert pseudo_mos("color", 3) == pytest.approx(1 + 4 * (1 - 0.6 * 3 / 6))
     assert set(FAMILY_WEIGHTS) == set(DISTORTION_CLASSES)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# API: export, features, IQADatasetInfo
+
+
+def small_folder(folder, rows=None, header=("file_name", "mos", "scene", "distortion", "content_id")):
+    rows = rows or [
+        ("a.png", 4.0, "animal|plant", "gaussian blur", "r1"),
+        ("b.png", 2.0, "", "", "r1"),
+        ("c.png", 3.0, "night", "jpeg compression", "r2"),
+        ("d.png", 1.0, "human", "", "r2"),
+    ]
+    for row in rows:
+        make_image(folder / row[0], color=(int(row[1] * 40), 10, 10))
+    write_metadata(folder, rows, header=header)
+    return folder
+
+
+def test_top_level_export():
+    import subprocess
+    import sys
+
+    import mpiqe_hf
+
+    # the export is lazy: importing the package for scoring does not import `datasets`
+    code = "import sys, mpiqe_hf; assert 'datasets' not in sys.modules; from mpiqe_hf import load_iqa_dataset"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    from mpiqe_hf import IQADatasetInfo as Exported
+    from mpiqe_hf import iqa_info as exported_info
+    from mpiqe_hf import load_iqa_dataset as exported
+
+    assert exported is load_iqa_dataset and exported_info is iqa_info
+    assert {"load_iqa_dataset", "iqa_info", "IQADatasetInfo"} <= set(mpiqe_hf.__all__)
+    assert Exported.__name__ == "IQADatasetInfo"
+
+
+def test_class_label_features(tmp_path):
+    ds = load_iqa_dataset(str(small_folder(tmp_path / "f")))
+    scene, distortion = ds.features["scene"], ds.features["distortion"]
+    assert isinstance(scene, datasets.List) and isinstance(scene.feature, datasets.ClassLabel)
+    assert scene.feature.names == list(SCENE_CLASSES)
+    assert isinstance(distortion, datasets.ClassLabel) and distortion.names == list(DISTORTION_CLASSES)
+    assert ds["scene"][:2] == [[SCENE_CLASSES.index("animal"), SCENE_CLASSES.index("plant")], []]
+    assert ds["distortion"][:] == [DISTORTION_CLASSES.index("blur"), -1, DISTORTION_CLASSES.index("jpeg compression"), -1]
+    assert ds.with_format("torch")[:]["distortion"].tolist() == ds["distortion"][:]  # ints all the way to torch
+
+
+def test_iqa_info_survives_datasets_operations(tmp_path):
+    ds = load_iqa_dataset(str(small_folder(tmp_path / "f")), mos_range=(0, 5))
+    info = iqa_info(ds)
+    assert isinstance(info, datasets.DatasetInfo) is False
+    assert (info.name, info.source, info.split_protocol, info.mos_range_from_data) == ("f", "folder", "by_content", False)
+    assert info.mos_range == (0.0, 5.0, True) and info.data_dir == str((tmp_path / "f").resolve())
+    derived = {
+        "select": ds.select([2, 0]),
+        "filter": ds.filter(lambda batch: [m > 1.5 for m in batch["mos"]], batched=True),
+        "shuffle": ds.shuffle(seed=1),
+        "train_test_split": ds.train_test_split(test_size=0.5, seed=0)["test"],
+        "with_transform": ds.with_transform(lambda batch: batch),
+        "cast": ds.cast_column("mos", datasets.Value("float32")),
+    }
+    for what, other in derived.items():
+        assert iqa_info(other) == info, what
+    saved = tmp_path / "saved"
+    ds.select([3, 1]).save_to_disk(str(saved))
+    back = load_iqa_dataset(str(saved))
+    assert iqa_info(back) == info and back.features == ds.features and back["mos"][:] == [1.0, 2.0]
+    with pytest.raises(ValueError, match="load_iqa_dataset"):
+        iqa_info(datasets.load_from_disk(str(saved)))  # plain datasets does not know the extra field
+    datasets.DatasetDict({"train": ds.select([0, 1]), "test": ds.select([2])}).save_to_disk(str(tmp_path / "dd"))
+    assert iqa_info(load_iqa_dataset(str(tmp_path / "dd"), split="test")) == info
+    from mpiqe_hf.data import with_iqa_info
+
+    plain = datasets.load_from_disk(str(saved)).select([1])
+    assert iqa_info(with_iqa_info(plain, info)) == info and with_iqa_info(plain, info)["mos"][:] == [2.0]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# bad data: one pass, every problem, metadata.csv lines
+
+
+def write_raw_metadata(folder, text):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metadata.csv").write_text(text)
+
+
+def bad_corpus(folder):
+    """metadata.csv with a blank line, a quoted field over two lines, and a bad row of each kind (lines 4-15)."""
+    for name in ["a.png", "c.png", "d.png", "e.png", "f.png", "g.png"] + [f"ok{i}.png" for i in range(10)]:
+        make_image(folder / name)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(folder / "full.png")
+    (folder / "truncated.png").write_bytes((folder / "full.png").read_bytes()[:60])
+    lines = [
+        "file_name,mos,scene,distortion",  # 1
+        "a.png,3.0,animal,blur",  # 2
+        "",  # 3
+        "broken.png,2.0,,",  # 4 undecodable
+        'c.png,4.0,"animal|',  # 5 ... a quoted field over two lines
+        'plant",noise',  # 6
+        "../../etc/passwd,3.0,,",  # 7 outside the folder
+        "/etc/hostname,3.0,,",  # 8 absolute, elsewhere
+        "a.png,3.5,,",  # 9 duplicate of line 2
+        "d.png,nan,,",  # 10 NaN
+        "e.png,,,",  # 11 empty MOS
+        "missing.png,3.0,,",  # 12 no such file
+        "f.png,abc,,",  # 13 not a number
+        "truncated.png,2.0,,",  # 14 truncated image
+        "g.png,-3,,",  # 15 negative on a positive scale
+    ] + [f"ok{i}.png,{1 + i * 0.4:.1f},," for i in range(10)]
+    write_raw_metadata(folder, "\n".join(lines) + "\n")
+    return {4: "image", 7: "file_name", 8: "file_name", 9: "file_name", 10: "mos", 11: "mos", 12: "image",
+            13: "mos", 14: "image", 15: "mos"}
+
+
+def test_bad_corpus_reported_in_one_pass_with_csv_lines(tmp_path):
+    folder = tmp_path / "corpus"
+    expected = bad_corpus(folder)
+    with pytest.raises(ValueError) as caught:
+        load_iqa_dataset(str(folder), verify_images=True)
+    message = str(caught.value)
+    assert message.startswith(f"{len(expected)} bad sample(s)")
+    for line, field in expected.items():
+        assert f"metadata.csv, line {line}, field '{field}'" in message, (line, message)
+    assert "leads outside the dataset folder" in message and "listed twice (first on line 2)" in message
+    assert "missing MOS" in message and "not a number: 'abc'" in message and "negative MOS -3.0" in message
+    assert "Cannot load" in message and "broken.png" in message and "truncated.png" in message
+    with pytest.warns(UserWarning, match=f"Skipped {len(expected)} bad sample"):
+        ds = load_iqa_dataset(str(folder), verify_images=True, skip_bad_samples=True)
+    assert len(ds) == 12  # a.png, c.png and the ten ok*.png
+    assert [b.line for b in skipped_samples(ds)] == sorted(expected)
+    assert [b.field for b in skipped_samples(ds)] == [expected[line] for line in sorted(expected)]
+    assert iqa_info(ds).skipped == tuple(skipped_samples(ds))
+    assert dataset_mos_range(ds) == (1.0, 4.6, True)  # the negative MOS does not widen the inferred range
+    rows = labels(ds)
+    assert rows[1]["scene"] == ["animal", "plant"] and rows[1]["distortion"] == "noise"
+    # decoding is lazy unless asked: the two undecodable files then pass
+    with pytest.raises(ValueError) as caught:
+        load_iqa_dataset(str(folder))
+    assert "line 4," not in str(caught.value) and "line 14," not in str(caught.value)
+    assert str(caught.value).startswith(f"{len(expected) - 2} bad sample(s)")
+
+
+def test_verify_images_in_several_processes(tmp_path):
+    folder = tmp_path / "corpus"
+    expected = bad_corpus(folder)
+    with pytest.raises(ValueError) as one:
+        load_iqa_dataset(str(folder), verify_images=True, num_proc=1)
+    with pytest.raises(ValueError) as two:
+        load_iqa_dataset(str(folder), verify_images=True, num_proc=2)
+    assert str(one.value) == str(two.value) and len(expected) == 10
+
+
+def test_checks_are_not_cached(tmp_path):
+    folder = small_folder(tmp_path / "f")
+    assert len(load_iqa_dataset(str(folder), verify_images=True)) == 4
+    (folder / "c.png").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"line 4, field 'image': Cannot load"):
+        load_iqa_dataset(str(folder), verify_images=True)
+    os.remove(folder / "c.png")
+    with pytest.raises(ValueError, match=r"line 4, field 'image': file not found"):
+        load_iqa_dataset(str(folder))
+    root = tmp_path / "db"
+    make_image(root / "images" / "I01_01_01.png")
+    label = write_liqe(tmp_path / "kadid10k_all_clip.txt", [
+        ["images/I01_01_01.png", "4.0", "gaussian blur", "animal", "invalid", "invalid"],
+    ])
+    assert len(load_iqa_dataset("kadid10k", data_dir=root, label_file=label, verify_images=True)) == 1
+    (root / "images" / "I01_01_01.png").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"line 1, field 'image': Cannot load"):
+        load_iqa_dataset("kadid10k", data_dir=root, label_file=label, verify_images=True)
+
+
+def test_metadata_bom_crlf_and_padded_header(tmp_path):
+    folder = tmp_path / "f"
+    for name in ("a.png", "b.png"):
+        make_image(folder / name)
+    (folder / "metadata.csv").write_bytes("file_name, mos ,scene\r\na.png,3.0,night\r\nb.png,2,\r\n".encode("utf-8-sig"))
+    rows = labels(load_iqa_dataset(str(folder)))
+    assert [r["mos"] for r in rows] == [3.0, 2.0] and rows[0]["scene"] == ["night"]
+
+
+def test_folder_with_split_named_subfolders(tmp_path):
+    folder = tmp_path / "f"
+    make_image(folder / "train" / "a.png")
+    make_image(folder / "test" / "b.png")
+    write_metadata(folder, [("train/a.png", 3.0), ("test/b.png", 2.0)], header=("file_name", "mos"))
+    ds = load_iqa_dataset(str(folder))
+    assert ds["mos"][:] == [3.0, 2.0] and image_paths(ds) == [str(folder / "train/a.png"), str(folder / "test/b.png")]
+
+
+def test_absolute_path_inside_the_folder_is_accepted(tmp_path):
+    folder = tmp_path / "f"
+    make_image(folder / "a.png")
+    make_image(folder / "b.png")
+    write_metadata(folder, [(str(folder / "a.png"), 1.0), ("sub/../b.png", 2.0)], header=("file_name", "mos"))
+    ds = load_iqa_dataset(str(folder))
+    assert image_paths(ds) == [str(folder / "a.png"), str(folder / "b.png")]
+
+
+def test_given_range_and_implausible_rule(tmp_path):
+    from mpiqe_hf.data.validation import implausible_mos
+
+    rng = np.random.default_rng(0)
+    zscores = rng.normal(0.0, 1.0, 500)
+    assert not implausible_mos(zscores)[0].any()  # a centred scale: negatives are plausible
+    five_point = np.concatenate([rng.uniform(1, 5, 200), [45.0, -1.0, 0.5]])
+    mask, reasons = implausible_mos(five_point)
+    assert mask.tolist() == [False] * 200 + [True, True, False]
+    assert "far outside" in reasons[200] and "negative MOS" in reasons[201]
+    assert not implausible_mos(np.array([-1.0, 2.0, 3.0]))[0].any()  # too few values to call a scale
+    folder = tmp_path / "f"
+    rows = [(f"{i}.png", v) for i, v in enumerate([-2.0, 1.0, 2.0, 3.0, 4.0, 5.0, 4.5, 3.5, 2.5, 1.5, 2.2])]
+    for name, _ in rows:
+        make_image(folder / name)
+    write_metadata(folder, rows, header=("file_name", "mos"))
+    with pytest.raises(ValueError, match=r"line 2, field 'mos': negative MOS -2.0"):
+        load_iqa_dataset(str(folder))
+    ds = load_iqa_dataset(str(folder), mos_range=(-5, 5))  # a given range is the only bound
+    assert dataset_mos_range(ds) == (-5.0, 5.0, True) and len(ds) == len(rows)
+    with pytest.raises(ValueError, match=r"line 7, field 'mos': 5.0 is outside the native range \[-5.0, 4.0\]"):
+        load_iqa_dataset(str(folder), mos_range=(-5, 4))
+
+
+def test_liqe_problems_reported_together(tmp_path):
+    root = tmp_path / "db"
+    make_image(root / "images" / "I01_01_01.png")
+    label = write_liqe(tmp_path / "kadid10k_all_clip.txt", [
+        ["images/I01_01_01.png", "4.0", "gaussian blur", "animal", "invalid", "invalid"],
+        ["images/I01_01_02.png", "4.5", "gaussian blur"],
+        ["../outside.png", "9", "bokeh", "animal", "invalid", "invalid"],
+    ])
+    with pytest.raises(ValueError) as caught:
+        load_iqa_dataset("kadid10k", data_dir=root, label_file=label)
+    message = str(caught.value)
+    assert message.startswith("2 bad sample(s)")  # two rows, four problems
+    for where in ("line 2, field 'columns'", "line 3, field 'path'", "line 3, field 'mos'", "line 3, field 'distortion'"):
+        assert where in message

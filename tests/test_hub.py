@@ -1,5 +1,6 @@
 """Push MP-IQE to the local Hub-protocol server and pull it back: the package's classes, `AutoModel` with remote code
-in a child process that cannot import `mpiqe_hf`, the adapter-only form, the model card, and the Hub's errors."""
+in a child process that cannot import `mpiqe_hf` (full and adapter form), the PEFT-layout adapter, the model card,
+and the Hub's errors."""
 
 import json
 import subprocess
@@ -15,7 +16,7 @@ from transformers import CLIPModel, CLIPTokenizer
 
 from conftest import MPIQEModelTester, tiny_tokenizer_vocab
 from mpiqe_hf import MPIQEConfig, MPIQEImageProcessor, MPIQEModel
-from mpiqe_hf.modeling_mpiqe import ADAPTER_WEIGHTS_NAME
+from mpiqe_hf.hub_mpiqe import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 
 RESULTS = [{"dataset": "Synthetic-IQA", "dataset_id": "user/synthetic-iqa", "split": "test", "srcc": 0.5, "plcc": 0.625}]
 
@@ -56,16 +57,18 @@ def tester():
 def test_push_pull_and_remote_code_without_the_package(hub_endpoint, tester, tmp_path):
     model = tester.model(mos_min=1.0, mos_max=5.0)
     processor = MPIQEImageProcessor(crop_size=30, num_crops=2)
-    commit = model.push_to_hub("user/mp-iqe-tiny", image_processor=processor, evaluation_results=RESULTS)
+    commit = model.push_to_hub("user/mp-iqe-tiny", adapter_only=False, image_processor=processor,
+                               evaluation_results=RESULTS)
     assert commit.oid == hub_endpoint.head("user/mp-iqe-tiny")
 
     files = hub_endpoint.files("user/mp-iqe-tiny")
     assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "configuration_mpiqe.py",
-            "modeling_mpiqe.py", "image_processing_mpiqe.py", "pipeline_mpiqe.py"} <= set(files)
+            "modeling_mpiqe.py", "hub_mpiqe.py", "image_processing_mpiqe.py", "pipeline_mpiqe.py"} <= set(files)
     assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)
     config = json.loads(files["config.json"])
     assert config["auto_map"] == {"AutoConfig": "configuration_mpiqe.MPIQEConfig", "AutoModel": "modeling_mpiqe.MPIQEModel"}
-    assert config["custom_pipelines"]["image-classification"]["impl"] == "pipeline_mpiqe.MPIQEImageClassificationPipeline"
+    assert config["custom_pipelines"] == {"image-classification": {
+        "impl": "pipeline_mpiqe.MPIQEImageClassificationPipeline", "pt": ["AutoModel"], "type": "image"}}
     preprocessor = json.loads(files["preprocessor_config.json"])
     assert preprocessor["auto_map"] == {"AutoImageProcessor": "image_processing_mpiqe.MPIQEImageProcessor"}
     card = _front_matter(files["README.md"].decode())
@@ -82,7 +85,7 @@ def test_push_pull_and_remote_code_without_the_package(hub_endpoint, tester, tmp
     assert MPIQEImageProcessor.from_pretrained("user/mp-iqe-tiny").num_crops == 2
 
     # A second push without a processor keeps the uploaded one.
-    model.push_to_hub("user/mp-iqe-tiny", commit_message="again")
+    model.push_to_hub("user/mp-iqe-tiny", adapter_only=False, commit_message="again")
     assert json.loads(hub_endpoint.files("user/mp-iqe-tiny")["preprocessor_config.json"])["num_crops"] == 2
 
     torch.save(pixel_values, tmp_path / "pixels.pt")
@@ -105,7 +108,7 @@ def test_push_pull_and_remote_code_without_the_package(hub_endpoint, tester, tmp
         widget = pipeline(model="user/mp-iqe-tiny", trust_remote_code=True)
         full = pipeline("image-classification", model="user/mp-iqe-tiny", trust_remote_code=True, output_format="quality")
         print("RESULT", json.dumps({{"scores": scores.tolist(), "native": native.tolist(),
-                                    "widget": widget({str(image)!r}), "full": full({str(image)!r})}}))
+                                    "levels": widget({str(image)!r}), "full": full({str(image)!r})}}))
         assert "mpiqe_hf" not in sys.modules
         """
     )
@@ -125,8 +128,8 @@ def test_push_pull_and_remote_code_without_the_package(hub_endpoint, tester, tmp
     assert child["native"][0] == pytest.approx(mine["score"], abs=1e-5)
     assert child["full"]["score"] == pytest.approx(mine["score"], abs=1e-5)
     assert child["full"]["quality"] == mine["quality"] and child["full"]["scene"] == mine["scene"]
-    assert [entry["label"] for entry in child["widget"]][0] == mine["quality"]
-    assert len(child["widget"]) == 5
+    assert [entry["label"] for entry in child["levels"]][0] == mine["quality"]
+    assert len(child["levels"]) == 5
     assert hub_endpoint.errors == []
 
 
@@ -135,7 +138,7 @@ def test_hub_errors_are_the_hubs(hub_endpoint, tester):
         MPIQEModel.from_pretrained("user/not-there")
     assert isinstance(info.value.__cause__, RepositoryNotFoundError)
 
-    tester.model().push_to_hub("user/mp-iqe-errs", model_card=False)
+    tester.model().push_to_hub("user/mp-iqe-errs", adapter_only=False)
     with pytest.raises(OSError, match="is not a valid git identifier") as info:
         MPIQEModel.from_pretrained("user/mp-iqe-errs", revision="v9")
     assert isinstance(info.value.__cause__, RevisionNotFoundError)
@@ -148,17 +151,16 @@ def test_hub_errors_are_the_hubs(hub_endpoint, tester):
         MPIQEModel.from_pretrained("user/config-only")
 
 
-def test_pickle_weights_are_refused_unless_allowed(tester, tmp_path):
+def test_only_safetensors_are_read_unless_asked(tester, tmp_path):
     model = tester.model()
     model.config.save_pretrained(tmp_path)
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
-    with pytest.raises(OSError, match="allow_pickle=True"):
+    with pytest.raises(OSError, match="model.safetensors"):
         MPIQEModel.from_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="allow_pickle"):
-        MPIQEModel.from_pretrained(tmp_path, use_safetensors=False)
-    loaded = MPIQEModel.from_pretrained(tmp_path, allow_pickle=True)
     pixel_values = tester.pixel_values()
-    assert torch.equal(_scores(loaded, pixel_values), _scores(model, pixel_values))
+    for opt_in in (dict(use_safetensors=False), dict(allow_pickle=True)):
+        loaded = MPIQEModel.from_pretrained(tmp_path, **opt_in)
+        assert torch.equal(_scores(loaded, pixel_values), _scores(model, pixel_values))
 
 
 def _push_tiny_clip(tester, repo_id, seed, **text_overrides):
@@ -172,7 +174,7 @@ def _push_tiny_clip(tester, repo_id, seed, **text_overrides):
     return clip
 
 
-def test_adapter_only_checkpoint(hub_endpoint, tester, tmp_path):
+def test_adapter_checkpoint(hub_endpoint, tester, tmp_path):
     _push_tiny_clip(tester, "user/tiny-clip", seed=7)
     base_sha = hub_endpoint.head("user/tiny-clip")
     model = MPIQEModel.from_clip("user/tiny-clip", revision=base_sha, visual_prompt_depth=2, window_size=3,
@@ -184,34 +186,85 @@ def test_adapter_only_checkpoint(hub_endpoint, tester, tmp_path):
     pixel_values = tester.pixel_values()
     expected = _scores(model, pixel_values)
 
+    # PEFT's layout: the adapter config names the base, the weights file holds only the trained weights
     model.save_pretrained(tmp_path / "adapter", adapter_only=True)
     saved = {p.name for p in (tmp_path / "adapter").iterdir()}
-    assert ADAPTER_WEIGHTS_NAME in saved and "model.safetensors" not in saved
+    assert {ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME} <= saved and "model.safetensors" not in saved
+    adapter_config = json.loads((tmp_path / "adapter" / ADAPTER_CONFIG_NAME).read_text())
+    assert (adapter_config["base_model_name_or_path"], adapter_config["revision"]) == ("user/tiny-clip", base_sha)
+    assert len(adapter_config["base_weights_sha256"]) == 64
+    assert adapter_config["mpiqe_config"]["model_type"] == "mpiqe"
+    assert adapter_config["mpiqe_config"]["visual_prompt_depth"] == 2
     from safetensors import safe_open
 
     with safe_open(tmp_path / "adapter" / ADAPTER_WEIGHTS_NAME, "pt") as weights:
-        assert weights.keys() and not any(key.startswith("clip.") for key in weights.keys())
+        keys = set(weights.keys())
+    trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+    assert keys == trainable and not any(key.startswith("clip.") for key in keys)
+
+    # one call, and two steps
     local = MPIQEModel.from_pretrained(tmp_path / "adapter")
     assert torch.allclose(_scores(local, pixel_values), expected, atol=1e-5, rtol=0)
+    other_sizes = dict(visual_prompt_depth=1, window_size=5, decoder_heads=2)
+    fresh = MPIQEModel.from_clip("user/tiny-clip", revision=base_sha, **other_sizes)
+    two_step = fresh.load_adapter(tmp_path / "adapter")
+    assert two_step is fresh and fresh.config.visual_prompt_depth == 2 and fresh.config.mos_max == 5.0
+    assert torch.allclose(_scores(fresh.eval(), pixel_values), expected, atol=1e-5, rtol=0)
+    assert not any(param.requires_grad for param in fresh.clip.parameters())
 
-    model.push_to_hub("user/mp-iqe-adapter", adapter_only=True)
-    model.push_to_hub("user/mp-iqe-full")
+    # push: the adapter form by default, the full form on request
+    model.push_to_hub("user/mp-iqe-adapter", evaluation_results=RESULTS)
+    model.push_to_hub("user/mp-iqe-full", adapter_only=False)
     files = hub_endpoint.files("user/mp-iqe-adapter")
-    assert ADAPTER_WEIGHTS_NAME in files and "model.safetensors" not in files
-    assert len(files[ADAPTER_WEIGHTS_NAME]) < len(hub_endpoint.files("user/mp-iqe-full")["model.safetensors"])
-    config = json.loads(files["config.json"])
-    assert (config["base_model_name_or_path"], config["base_model_revision"]) == ("user/tiny-clip", base_sha)
-    assert _front_matter(files["README.md"].decode())["base_model"] == "user/tiny-clip"
+    assert {ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, "config.json", "modeling_mpiqe.py", "README.md"} <= set(files)
+    assert "model.safetensors" not in files
+    assert len(files[ADAPTER_WEIGHTS_NAME]) < len(hub_endpoint.files("user/mp-iqe-full")["model.safetensors"]) / 2
+    card = _front_matter(files["README.md"].decode())
+    assert card["base_model"] == "user/tiny-clip"
+    assert {m["name"]: m["value"] for m in card["model-index"][0]["results"][0]["metrics"]} == {"SRCC": 0.5, "PLCC": 0.625}
+    assert "adapter_model.safetensors" in files["README.md"].decode()
     full = MPIQEModel.from_pretrained("user/mp-iqe-full")
     adapter = MPIQEModel.from_pretrained("user/mp-iqe-adapter")
-    assert not hasattr(adapter.config, "mpiqe_adapter")
     assert torch.allclose(_scores(adapter, pixel_values), _scores(full, pixel_values), atol=1e-6, rtol=0)
     assert torch.allclose(_scores(adapter, pixel_values), expected, atol=1e-5, rtol=0)
+    two_step = MPIQEModel.from_clip("user/tiny-clip", revision=base_sha, **other_sizes)
+    two_step = two_step.load_adapter("user/mp-iqe-adapter").eval()
+    assert torch.allclose(_scores(two_step, pixel_values), expected, atol=1e-5, rtol=0)
 
-    # Re-saving the rebuilt model gives a full checkpoint again.
+    # remote code, both forms, where mpiqe_hf cannot be imported
+    torch.save(pixel_values, tmp_path / "pixels.pt")
+    script = HIDE_PACKAGE + textwrap.dedent(
+        f"""
+        import json, torch
+        from transformers import AutoModel
+        scores = {{}}
+        for repo in ("user/mp-iqe-adapter", "user/mp-iqe-full"):
+            model = AutoModel.from_pretrained(repo, trust_remote_code=True).eval()
+            assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
+            with torch.no_grad():
+                scores[repo] = model(torch.load({str(tmp_path / "pixels.pt")!r})).score.tolist()
+        print("RESULT", json.dumps(scores))
+        assert "mpiqe_hf" not in sys.modules
+        """
+    )
+    env = hub_endpoint.subprocess_env()
+    env.pop("PYTHONPATH", None)
+    out = subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "MPIQE_HF_HIDDEN" in out.stdout
+    child = json.loads(out.stdout.split("RESULT ", 1)[1])
+    for repo in ("user/mp-iqe-adapter", "user/mp-iqe-full"):
+        assert torch.allclose(torch.tensor(child[repo]), expected, atol=1e-5, rtol=0), repo
+
+    # Re-saving the rebuilt model gives a full checkpoint again; a folder holds one form at a time.
     adapter.save_pretrained(tmp_path / "rebuilt")
     assert (tmp_path / "rebuilt" / "model.safetensors").exists()
-    assert "mpiqe_adapter" not in json.loads((tmp_path / "rebuilt" / "config.json").read_text())
+    assert not (tmp_path / "rebuilt" / ADAPTER_CONFIG_NAME).exists()
+    adapter.save_pretrained(tmp_path / "rebuilt", adapter_only=True)
+    assert not (tmp_path / "rebuilt" / "model.safetensors").exists()
+    adapter.save_pretrained(tmp_path / "rebuilt")
+    assert not {ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME} & {p.name for p in (tmp_path / "rebuilt").iterdir()}
 
     # New weights on the base's main branch: an adapter that is not pinned notices.
     unpinned = tmp_path / "unpinned"
@@ -221,6 +274,8 @@ def test_adapter_only_checkpoint(hub_endpoint, tester, tmp_path):
     _push_tiny_clip(tester, "user/tiny-clip", seed=8)
     with pytest.raises(ValueError, match="other weights"):
         MPIQEModel.from_pretrained(unpinned)
+    with pytest.raises(ValueError, match="other weights"):
+        MPIQEModel.from_clip("user/tiny-clip", **other_sizes).load_adapter(unpinned)
 
     # A base CLIP of another shape is refused with the settings that differ.
     _push_tiny_clip(tester, "user/other-clip", seed=7, num_hidden_layers=3)

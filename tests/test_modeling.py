@@ -184,7 +184,7 @@ def test_paper_variants_build_and_train(overrides):
     assert (out.distortion_logits is None) == (not model.config.use_distortion_prompts)
     assert (out.scene_loss is None) == (not model.config.use_scene_prompts)
     num_queries = (9 if model.config.use_scene_prompts else 0) + (11 if model.config.use_distortion_prompts else 0)
-    assert model._text_features()[2].shape == (1, num_queries, 32)
+    assert model.get_text_features().prepared_queries.shape == (1, num_queries, 32)
     if model.config.visual_prompt_depth == 0:
         assert model.visual_prompts is None
     else:
@@ -287,23 +287,74 @@ def test_config_defaults_follow_the_paper():
     assert config.clip_config.projection_dim == 512
 
 
-def test_weights_that_do_not_fit_the_config_are_refused(tester, tmp_path):
+def test_weights_that_do_not_fit_the_config_are_refused(tester, tmp_path, capfd):
     tester.model().save_pretrained(tmp_path)
+    capfd.readouterr()
     with pytest.raises(ValueError, match=r"visual_prompts: checkpoint \(2, 4, 32\) vs config \(2, 2, 32\)"):
         MPIQEModel.from_pretrained(tmp_path, visual_prompt_length=2)
     with pytest.raises(ValueError, match=r"decoder_layers.*multimodal_encoder.layers.2.* not used by this config"):
         MPIQEModel.from_pretrained(tmp_path, decoder_layers=2)
     with pytest.raises(ValueError, match="scene_prompt_learner.context: not used"):
         MPIQEModel.from_pretrained(tmp_path, use_scene_prompts=False)
+    # the library's message alone: transformers' report of re-initialised weights is not printed before it
+    printed = capfd.readouterr()
+    assert "LOAD REPORT" not in printed.err + printed.out
+    assert "initialized" not in (printed.err + printed.out).lower()
+    _, info = MPIQEModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(tester):
-    grads = []
+def test_a_missing_local_folder_is_named(tmp_path):
+    for path in ("/path/that/does/not/exist", str(tmp_path / "nothing-here"), "./not/a/folder"):
+        with pytest.raises(OSError, match=f"{path} does not exist"):
+            MPIQEModel.from_pretrained(path)
+
+
+def test_a_model_of_another_type_is_refused_naming_it(tester, tmp_path):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    ViTForImageClassification(
+        ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37, image_size=30, patch_size=6)
+    ).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="model_type='vit'.*not an MP-IQE model"):
+        MPIQEModel.from_pretrained(tmp_path)
+
+
+def test_scene_labels_as_indices_equal_one_hot_rows(tester):
+    model = tester.model()
+    pixel_values = tester.pixel_values()
+    one_hot = torch.zeros(2, 9)
+    one_hot[1, 3] = 1.0
+    with torch.no_grad():
+        by_index = model(pixel_values, scene_labels=torch.tensor([-100, 3]))
+        by_row = model(pixel_values, scene_labels=one_hot)
+    torch.testing.assert_close(by_index.scene_loss, by_row.scene_loss, atol=0, rtol=0)
+    expected = -torch.log_softmax(by_index.scene_logits[1], dim=-1)[3]
+    torch.testing.assert_close(by_index.scene_loss, expected)
+    with pytest.raises(ValueError, match="scene_labels"):
+        model(pixel_values, scene_labels=torch.tensor([0, 9]))
+    with pytest.raises(ValueError, match="scene_labels"):
+        model(pixel_values, scene_labels=torch.zeros(2, 4))
+
+
+def test_activation_checkpointing_recomputes_the_vision_layers(tester):
+    """Checkpointing must recompute every vision layer in the backward pass and give the same gradients."""
+    grads, forwards = [], []
     for checkpointing in (False, True):
         model = tester.model().train()
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            model.activation_checkpointing_enable()
+        calls = []
+        # transformers checkpoints the layers' `forward`, so hooks on the layer itself run once; its first norm runs
+        # again when backward recomputes the layer (torch stops recomputing once it has the tensors it needs)
+        for layer in model.clip.vision_model.encoder.layers:
+            layer.layer_norm1.register_forward_hook(lambda *args: calls.append(1))
         out = model(tester.pixel_values(), mos=torch.tensor([0.3, 0.6]))
+        in_forward = len(calls)
         out.loss.backward()
+        forwards.append((in_forward, len(calls)))
         grads.append(model.visual_prompts.grad.clone())
+    layers = tester.vision_layers
+    assert forwards[0] == (layers, layers), "without checkpointing nothing is recomputed"
+    assert forwards[1] == (layers, 2 * layers), "with checkpointing every vision layer runs again in backward"
     torch.testing.assert_close(grads[0], grads[1])

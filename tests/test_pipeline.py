@@ -109,3 +109,27 @@ def test_quality_bands(score, level):
     weights = quality_level_weights(score, 5)
     assert sum(weights) == pytest.approx(1.0)
     assert max(range(5), key=lambda index: weights[index]) == level or weights[level] == pytest.approx(max(weights))
+
+
+def test_text_features_are_computed_once_per_pipeline(checkpoint, images, monkeypatch):
+    from mpiqe_hf import MPIQEModel
+
+    scorer = pipeline(PIPELINE_TASK, model=str(checkpoint))
+    calls = []
+    original = MPIQEModel.get_text_features
+    monkeypatch.setattr(MPIQEModel, "get_text_features", lambda self: calls.append(1) or original(self))
+    first = scorer(images, batch_size=2)
+    second = scorer(images[0])
+    assert len(calls) == 1
+    assert second["score"] == pytest.approx(first[0]["score"], rel=1e-6)
+
+
+def test_a_model_that_is_not_mpiqe_is_refused_naming_its_type(tmp_path):
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    ViTForImageClassification(
+        ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37, image_size=30, patch_size=6)
+    ).save_pretrained(tmp_path)
+    ViTImageProcessor(size={"height": 30, "width": 30}).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="needs an MP-IQE model.*model_type='vit'"):
+        pipeline(PIPELINE_TASK, model=str(tmp_path))

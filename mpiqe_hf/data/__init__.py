@@ -2,10 +2,10 @@
 and the embedded synthetic set.
 
 Every loader returns columns `image` (`datasets.Image()`, file paths, decoded lazily), `mos` (native scale),
-`mos_normalized` (in [0, 1], higher = better), `scene` (list of `SCENE_CLASSES` names), `distortion` (a
-`DISTORTION_CLASSES` name or None) and `content_id` (the reference content, for disjoint splits). The native range
-and the loader's other facts are stored as JSON in `ds.info.description`; read them with [`dataset_mos_range`] and
-[`dataset_metadata`].
+`mos_normalized` (in [0, 1], higher = better), `scene` (a list of `ClassLabel(names=SCENE_CLASSES)` ints, empty for
+no scene label), `distortion` (a `ClassLabel(names=DISTORTION_CLASSES)` int, -1 for no label) and `content_id` (the
+reference content, for disjoint splits). The native range and the loader's other facts are an [`IQADatasetInfo`],
+read with [`iqa_info`] (or [`dataset_mos_range`], [`skipped_samples`]).
 """
 
 from __future__ import annotations
@@ -22,17 +22,21 @@ from .official import load_official_dataset
 from .specs import (
     FINE_TO_DISTORTION,
     IQA_DATASETS,
+    NO_LABEL,
     BadSample,
     DatasetSpec,
+    IQADatasetInfo,
     MOSRange,
     canonical_dataset_name,
-    dataset_metadata,
     dataset_mos_range,
     get_dataset_spec,
+    iqa_features,
+    iqa_info,
     map_distortion,
     map_scene,
     normalize_mos,
     skipped_samples,
+    with_iqa_info,
 )
 from .splits import paper_splits, subsample
 from .synthetic import build_synthetic, load_synthetic, pseudo_mos
@@ -49,6 +53,7 @@ def load_iqa_dataset(
     *,
     check_files: bool = True,
     verify_images: bool = False,
+    num_proc: Optional[int] = None,
     mos_range=None,
     higher_is_better: bool = True,
     image_column: str = "image",
@@ -67,9 +72,10 @@ def load_iqa_dataset(
     - a `save_to_disk` folder, another local folder or a Hub id: `datasets.load_dataset(name, split=split)` with
       `image_column` and `mos_column` (extra kwargs go to `load_dataset`).
 
-    `check_files=False` skips the existence check of image files (LIQE/official/folder loaders); `verify_images=True`
-    also decodes every image. Bad rows raise a `ValueError` naming file, line and field, or with
-    `skip_bad_samples=True` are skipped, warned about and listed by [`skipped_samples`].
+    `check_files=False` skips the existence check of image files; `verify_images=True` also decodes every image with
+    `mpiqe_hf.load_image` (in `num_proc` processes; by default several from 1,000 rows on). Every bad row (with its
+    file, line and field) is reported in one `ValueError`, or with `skip_bad_samples=True` left out, warned about and
+    listed by [`skipped_samples`]. The facts of the dataset are read with [`iqa_info`].
     """
     if name_or_path is None:
         name_or_path = "synthetic"
@@ -79,7 +85,7 @@ def load_iqa_dataset(
         _no_split(split, canonical)
         return load_synthetic(
             cache_dir, seed, include_references=kwargs.pop("include_references", True),
-            skip_bad_samples=skip_bad_samples, verify_images=verify_images,
+            skip_bad_samples=skip_bad_samples, verify_images=verify_images, num_proc=num_proc,
         )
     if canonical is not None:
         _no_split(split, canonical)
@@ -88,22 +94,23 @@ def load_iqa_dataset(
                 raise ValueError(f"Unexpected arguments for the LIQE loader: {sorted(kwargs)}")
             return load_liqe_dataset(
                 canonical, label_file, data_dir, check_files=check_files, verify_images=verify_images,
-                skip_bad_samples=skip_bad_samples,
+                skip_bad_samples=skip_bad_samples, num_proc=num_proc,
             )
         return load_official_dataset(
             canonical, data_dir, check_files=check_files, verify_images=verify_images,
-            skip_bad_samples=skip_bad_samples, **kwargs,
+            skip_bad_samples=skip_bad_samples, num_proc=num_proc, **kwargs,
         )
     path = Path(name_or_path)
     if path.is_dir() and (path / METADATA_FILE).is_file():
         _no_split(split, str(path))
         return load_metadata_folder(
             path, mos_range=mos_range, higher_is_better=higher_is_better, check_files=check_files,
-            verify_images=verify_images, skip_bad_samples=skip_bad_samples,
+            verify_images=verify_images, skip_bad_samples=skip_bad_samples, num_proc=num_proc,
         )
     return load_hub_dataset(
         name_or_path, split=split, cache_dir=cache_dir, image_column=image_column, mos_column=mos_column,
-        mos_range=mos_range, higher_is_better=higher_is_better, skip_bad_samples=skip_bad_samples, **kwargs,
+        mos_range=mos_range, higher_is_better=higher_is_better, check_files=check_files, verify_images=verify_images,
+        skip_bad_samples=skip_bad_samples, num_proc=num_proc, **kwargs,
     )
 
 
@@ -119,7 +126,11 @@ __all__ = [
     "IQA_DATASETS",
     "DatasetSpec",
     "get_dataset_spec",
-    "dataset_metadata",
+    "IQADatasetInfo",
+    "iqa_info",
+    "with_iqa_info",
+    "iqa_features",
+    "NO_LABEL",
     "dataset_mos_range",
     "MOSRange",
     "skipped_samples",

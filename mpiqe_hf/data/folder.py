@@ -1,47 +1,39 @@
-"""Loaders for a folder with `metadata.csv` and for any `datasets` dataset (Hub id or `save_to_disk` folder)."""
+"""Loaders for a folder with `metadata.csv` (`datasets`' imagefolder convention) and for any `datasets` dataset (Hub id
+or `save_to_disk` folder)."""
 
 from __future__ import annotations
 
 import csv
-import math
-import os
+import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 import datasets
 
-from .specs import (
-    DatasetSpec,
-    IQARecords,
-    RowProblems,
-    build_dataset,
-    check_image,
-    distortion_from_name,
-    iqa_features,
-    make_metadata,
-    metadata_description,
-    normalize_mos,
-    parse_mos,
-    scenes_from_names,
-    split_scene_field,
-)
+from .specs import DatasetSpec, IQADatasetInfo, with_iqa_info
+from .validation import finalize_dataset, resolve_mos_range
 
 METADATA_FILE = "metadata.csv"
 REQUIRED_COLUMNS = ("file_name", "mos")
 
 
-def _resolve_range(values, mos_range, source):
-    if mos_range is not None:
-        lo, hi = float(mos_range[0]), float(mos_range[1])
-        if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
-            raise ValueError(f"{source}: mos_range must be (low, high) with low < high, got {mos_range!r}")
-        return lo, hi
-    if not values:
-        raise ValueError(f"{source}: no valid rows, cannot infer the MOS range.")
-    lo, hi = min(values), max(values)
-    if hi <= lo:
-        raise ValueError(f"{source}: every MOS equals {lo}; pass mos_range=(low, high) to set the native range.")
-    return lo, hi
+def metadata_record_lines(path: Path) -> tuple[list[str], list[int]]:
+    """The header of a CSV file and the line on which each data record starts (header = line 1).
+
+    `datasets` (pandas) reports rows, not lines; blank lines are skipped and quoted fields may span lines, so the
+    line of row `i` is read from the file itself (the csv module agrees with pandas on both).
+    """
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, [])
+        starts = []
+        start = reader.line_num + 1
+        for record in reader:
+            if record:
+                starts.append(start)
+            start = reader.line_num + 1
+    return header, starts
 
 
 def load_metadata_folder(
@@ -54,14 +46,17 @@ def load_metadata_folder(
     check_files: bool = True,
     verify_images: bool = False,
     skip_bad_samples: bool = False,
+    num_proc: Optional[int] = None,
     source: str = "folder",
-    extra_metadata: Optional[dict] = None,
+    seed: Optional[int] = None,
 ) -> datasets.Dataset:
     """Load a folder holding `metadata.csv` (`file_name`, `mos`, optional `scene`, `distortion`, `content_id`).
 
-    `file_name` is relative to the folder. `scene` holds zero or more scene names separated by `|` (`;` is accepted
-    too). `distortion` is a class of `DISTORTION_CLASSES` or a LIQE fine-grained name, empty for none. The native
-    MOS range is `mos_range` when given (rows outside it are bad), else the min and max of the data.
+    The table is read by `datasets.load_dataset("imagefolder", data_files=<folder>/metadata.csv)` (every column as
+    text, so that a bad value is reported instead of changing the column's type); `file_name` is relative to the folder and must
+    stay inside it. `scene` holds zero or more scene names separated by `|` (`;` is accepted too). `distortion` is a
+    class of `DISTORTION_CLASSES` or a LIQE fine-grained name, empty for none. The native MOS range is `mos_range`
+    when given (rows outside it are bad), else inferred from the data (see docs/data.md for the implausible-MOS rule).
     """
     folder = Path(folder)
     meta_path = folder / METADATA_FILE
@@ -70,66 +65,60 @@ def load_metadata_folder(
     if spec is not None:
         mos_range = (spec.mos_min, spec.mos_max) if mos_range is None else mos_range
         higher_is_better = spec.higher_is_better
-    if mos_range is not None:
-        mos_range = _resolve_range(None, mos_range, meta_path)
-    problems = RowProblems(skip_bad_samples)
-    records = IQARecords()
-    with open(meta_path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        for required in REQUIRED_COLUMNS:
-            if required not in columns:
-                raise ValueError(f"{meta_path}, line 1, field '{required}': required column missing (found {columns}).")
-        reader.fieldnames = columns
-        for row in reader:
-            line = reader.line_num
-            if None in row:
-                problems.report(meta_path, line, "columns", f"more values than the {len(columns)} header columns")
-                continue
-            file_name = (row.get("file_name") or "").strip()
-            if not file_name:
-                problems.report(meta_path, line, "file_name", "empty file name")
-                continue
-            mos = parse_mos(row.get("mos"), problems, meta_path, line, mos_range)
-            if mos is None:
-                continue
-            scenes = scenes_from_names(split_scene_field(row.get("scene")), problems, meta_path, line, ignore=("",))
-            if scenes is None:
-                continue
-            ok, distortion = distortion_from_name(row.get("distortion"), problems, meta_path, line)
-            if not ok:
-                continue
-            path = (folder / file_name).resolve()
-            if not check_image(path, problems, meta_path, line, check_files, verify_images):
-                continue
-            content = (row.get("content_id") or "").strip() or file_name
-            records.add(path, mos, scenes, distortion, content)
-    problems.warn(meta_path)
-    lo, hi = _resolve_range(records.mos, mos_range, meta_path)
-    meta = make_metadata(
-        name or (spec.name if spec else folder.name), lo, hi, higher_is_better,
-        source=source, spec=spec, skipped=problems.bad, data_dir=str(folder.resolve()),
-        mos_range_from_data=mos_range is None, **(extra_metadata or {}),
+    mos_range = resolve_mos_range(mos_range, meta_path)
+    header, lines = metadata_record_lines(meta_path)
+    columns = {name: name.strip() for name in header if name.strip()}
+    for required in REQUIRED_COLUMNS:
+        if required not in columns.values():
+            raise ValueError(
+                f"{meta_path}, line 1, field '{required}': required column missing (found {list(columns.values())})."
+            )
+    text = datasets.Features({name: datasets.Value("string") for name in columns})
+    # data_files, not data_dir: imagefolder would read `train/`, `test/` subfolders as splits of their own.
+    raw = datasets.load_dataset("imagefolder", data_files={"train": str(meta_path)}, features=text, split="train")
+    if len(raw) != len(lines):
+        raise ValueError(f"{meta_path}: {len(raw)} rows read but {len(lines)} records found; check the CSV quoting.")
+    raw = raw.rename_columns({name: stripped for name, stripped in columns.items() if name != stripped})
+    raw = raw.rename_column("file_name", "image")
+    raw = raw.add_column("source_line", lines).add_column("source_file", [str(meta_path)] * len(raw))
+    content_repeats = "content_id" in columns.values() and len(raw.unique("content_id")) < len(raw)
+    info = IQADatasetInfo(
+        name=name or (spec.name if spec else folder.name),
+        mos_min=mos_range[0] if mos_range else float("nan"),
+        mos_max=mos_range[1] if mos_range else float("nan"),
+        higher_is_better=higher_is_better,
+        source=source,
+        split_protocol="by_content" if (spec.synthetic if spec else content_repeats) else "by_image",
+        mos_range_from_data=mos_range is None,
+        score_loss_weight=spec.score_loss_weight if spec else None,
+        batch_size=spec.batch_size if spec else None,
+        data_dir=str(folder.resolve()),
+        seed=seed,
     )
-    if spec is None:
-        meta["synthetic"] = None
-    return build_dataset(records, meta)
-
-
-def _is_saved_dataset(path: Path) -> bool:
-    return path.is_dir() and (
-        (path / "dataset_info.json").is_file() or (path / "state.json").is_file() or (path / "dataset_dict.json").is_file()
+    return finalize_dataset(
+        raw, info, source=str(meta_path), root=folder, mos_range=mos_range, check_files=check_files,
+        verify_images=verify_images, skip_bad_samples=skip_bad_samples, num_proc=num_proc,
+        description=spec.description if spec else "",
     )
 
 
-def _column_paths(ds: datasets.Dataset, column: str) -> list:
-    table = ds.with_format("arrow")[:]
-    col = table.column(column).combine_chunks()
-    import pyarrow as pa
+def _saved_dataset_kind(path: Path) -> Optional[str]:
+    if not path.is_dir():
+        return None
+    if (path / "dataset_dict.json").is_file():
+        return "dict"
+    if (path / "state.json").is_file():
+        return "dataset"
+    return None
 
-    if pa.types.is_struct(col.type):
-        return col.field("path").to_pylist()
-    return [str(v) if v is not None else None for v in col.to_pylist()]
+
+def _saved_iqa_info(folder: Path) -> Optional[IQADatasetInfo]:
+    """The facts a `save_to_disk` of an IQA dataset wrote into its `dataset_info.json`, or None."""
+    try:
+        values = json.loads((folder / "dataset_info.json").read_text(encoding="utf-8")).get("iqa")
+    except (OSError, ValueError):
+        return None
+    return IQADatasetInfo.from_dict(values) if isinstance(values, dict) else None
 
 
 def load_hub_dataset(
@@ -141,20 +130,27 @@ def load_hub_dataset(
     mos_column: str = "mos",
     mos_range=None,
     higher_is_better: bool = True,
+    check_files: bool = True,
+    verify_images: bool = False,
     skip_bad_samples: bool = False,
+    num_proc: Optional[int] = None,
     **load_kwargs,
 ) -> datasets.Dataset:
     """Any dataset with an image column and a MOS column: a `save_to_disk` folder or `datasets.load_dataset(name)`.
 
-    Optional columns `scene` (list of names or a `|`-separated string), `distortion` and `content_id` are mapped and
-    checked like the other loaders; missing ones become `[]`, `None` and the image path (or row number).
+    A `save_to_disk` folder of a dataset this library loaded is returned as saved, with its [`IQADatasetInfo`] read
+    back from `dataset_info.json`. Otherwise optional columns `scene` (list of names or a `|`-separated string),
+    `distortion` and `content_id` are mapped and checked like the other loaders (the "line" of a message is the row
+    number + 1); missing ones become `[]`, no label and the image path.
     """
     source = str(name_or_path)
     path = Path(source)
-    if _is_saved_dataset(path):
+    kind = _saved_dataset_kind(path)
+    if kind is not None:
         loaded = datasets.load_from_disk(str(path))
     else:
         loaded = datasets.load_dataset(source, split=split, cache_dir=cache_dir, **load_kwargs)
+    saved_folder = path if kind == "dataset" else None
     if isinstance(loaded, datasets.DatasetDict):
         if split is None:
             if len(loaded) != 1:
@@ -163,11 +159,16 @@ def load_hub_dataset(
         if split not in loaded:
             raise ValueError(f"{source} has no split {split!r}; available: {list(loaded)}.")
         loaded = loaded[split]
+        saved_folder = path / split if kind == "dict" else None
     if not isinstance(loaded, datasets.Dataset):
         raise ValueError(f"{source}: expected a map-style datasets.Dataset, got {type(loaded).__name__}.")
+    saved = _saved_iqa_info(saved_folder) if saved_folder is not None else None
+    if saved is not None and mos_range is None:
+        return with_iqa_info(loaded, saved)
     return convert_dataset(
         loaded, source=source, image_column=image_column, mos_column=mos_column, mos_range=mos_range,
-        higher_is_better=higher_is_better, skip_bad_samples=skip_bad_samples,
+        higher_is_better=higher_is_better, check_files=check_files, verify_images=verify_images,
+        skip_bad_samples=skip_bad_samples, num_proc=num_proc,
     )
 
 
@@ -179,75 +180,34 @@ def convert_dataset(
     mos_column: str = "mos",
     mos_range=None,
     higher_is_better: bool = True,
+    check_files: bool = True,
+    verify_images: bool = False,
     skip_bad_samples: bool = False,
+    num_proc: Optional[int] = None,
 ) -> datasets.Dataset:
     """Turn a `datasets.Dataset` with image and MOS columns into the library's column layout."""
     for column in (image_column, mos_column):
         if column not in ds.column_names:
             raise ValueError(f"{source}, line 1, field '{column}': required column missing (found {ds.column_names}).")
-    if mos_range is not None:
-        mos_range = _resolve_range(None, mos_range, source)
-    problems = RowProblems(skip_bad_samples)
-    mos_values = ds[mos_column]
-    scenes_col = ds["scene"] if "scene" in ds.column_names else None
-    dist_col = ds["distortion"] if "distortion" in ds.column_names else None
-    content_col = ds["content_id"] if "content_id" in ds.column_names else None
-    paths = _column_paths(ds, image_column) if content_col is None else None
-    keep, mos_out, scenes_out, dist_out, content_out = [], [], [], [], []
-    for i, value in enumerate(mos_values):
-        line = i + 1
-        mos = parse_mos(value, problems, source, line, mos_range)
-        if mos is None:
-            continue
-        scenes = []
-        if scenes_col is not None and scenes_col[i] is not None:
-            raw = scenes_col[i]
-            names = split_scene_field(raw) if isinstance(raw, str) else [str(s) for s in raw]
-            scenes = scenes_from_names(names, problems, source, line, ignore=("", "invalid"))
-            if scenes is None:
-                continue
-        distortion = None
-        if dist_col is not None:
-            ok, distortion = distortion_from_name(dist_col[i], problems, source, line)
-            if not ok:
-                continue
-        if content_col is not None and content_col[i] not in (None, ""):
-            content = str(content_col[i])
-        else:
-            content = (paths[i] if paths is not None and paths[i] else None) or f"row-{i}"
-        keep.append(i)
-        mos_out.append(mos)
-        scenes_out.append(scenes)
-        dist_out.append(distortion)
-        content_out.append(content)
-    problems.warn(source)
-    lo, hi = _resolve_range(mos_out, mos_range, source)
-    base = ds.select_columns([image_column])
-    if image_column != "image":
-        base = base.rename_column(image_column, "image")
-    if not isinstance(base.features["image"], datasets.Image):
-        base = base.cast_column("image", datasets.Image())
-    elif not base.features["image"].decode:
-        base = base.cast_column("image", datasets.Image())
-    if len(keep) != len(ds):
-        base = base.select(keep)
-    base = base.flatten_indices()
-    features = iqa_features()
-    extra = datasets.Dataset.from_dict(
-        {
-            "mos": mos_out,
-            "mos_normalized": [normalize_mos(m, lo, hi, higher_is_better) for m in mos_out],
-            "scene": scenes_out,
-            "distortion": dist_out,
-            "content_id": content_out,
-        },
-        features=datasets.Features({k: v for k, v in features.items() if k != "image"}),
+    mos_range = resolve_mos_range(mos_range, source)
+    keep = [c for c in ("scene", "distortion", "content_id") if c in ds.column_names and c not in (image_column, mos_column)]
+    raw = ds.select_columns([image_column, mos_column, *keep])
+    raw = raw.rename_columns({k: v for k, v in {image_column: "image", mos_column: "mos"}.items() if k != v})
+    if not isinstance(raw.features["image"], datasets.Image):
+        raw = raw.cast_column("image", datasets.Image(decode=False))
+    raw = raw.add_column("source_line", list(range(1, len(raw) + 1))).add_column("source_file", [source] * len(raw))
+    name = path.name if (path := Path(source)).is_dir() else source
+    info = IQADatasetInfo(
+        name=name,
+        mos_min=mos_range[0] if mos_range else float("nan"),
+        mos_max=mos_range[1] if mos_range else float("nan"),
+        higher_is_better=higher_is_better,
+        source="datasets",
+        mos_range_from_data=mos_range is None,
     )
-    out = datasets.concatenate_datasets([base, extra], axis=1)
-    meta = make_metadata(
-        Path(source).name if os.path.isdir(source) else source, lo, hi, higher_is_better,
-        source="datasets", skipped=problems.bad, dataset=source, mos_range_from_data=mos_range is None,
+    content_repeats = "content_id" in keep and len(raw.unique("content_id")) < len(raw)
+    info = replace(info, split_protocol="by_content" if content_repeats else "by_image")
+    return finalize_dataset(
+        raw, info, source=source, root=None, mos_range=mos_range, check_files=check_files,
+        verify_images=verify_images, skip_bad_samples=skip_bad_samples, num_proc=num_proc, path_field=image_column,
     )
-    meta["synthetic"] = None
-    out.info.description = metadata_description(meta)
-    return out

@@ -8,19 +8,8 @@ from typing import Optional, Union
 
 import datasets
 
-from .specs import (
-    DatasetSpec,
-    IQARecords,
-    RowProblems,
-    build_dataset,
-    check_image,
-    dataset_metadata,
-    distortion_from_name,
-    get_dataset_spec,
-    make_metadata,
-    parse_mos,
-    scenes_from_names,
-)
+from .specs import BadSample, DatasetSpec, IQADatasetInfo, get_dataset_spec, iqa_info
+from .validation import finalize_dataset
 
 LIQE_CLIP_COLUMNS = 6  # path, MOS, distortion, scene1, scene2, scene3
 LIQE_MOS_COLUMNS = 3  # path, MOS, std (the `<db>_all.txt` files)
@@ -72,22 +61,49 @@ def resolve_liqe_label_file(label_file: Union[str, os.PathLike], spec: Optional[
     return parts
 
 
-def read_liqe_rows(label_file, problems: RowProblems):
-    """Yield `(line_number, fields)` of a LIQE label file, checking the column count."""
+def _split_liqe_lines(batch, indices, *, file, expected, db, live_refs):
+    """Batched `map` over the lines of a label file: its fields, or the column count found when it is wrong."""
+    out = {"image": [], "mos": [], "distortion": [], "scene": [], "content_id": [], "source_line": [],
+           "source_file": [], "columns": []}
+    for index, text in zip(indices, batch["text"]):
+        fields = text.rstrip("\r").split("\t") if text.strip() else []
+        ok = len(fields) == expected
+        rel = fields[0].strip() if ok else None
+        out["image"].append(rel)
+        out["mos"].append(fields[1] if ok else None)
+        out["distortion"].append(fields[2] if ok and expected == LIQE_CLIP_COLUMNS else None)
+        out["scene"].append(fields[3:6] if ok and expected == LIQE_CLIP_COLUMNS else [])
+        out["content_id"].append(content_id_from_path(db, rel, live_refs) if rel else None)
+        out["source_line"].append(index + 1)
+        out["source_file"].append(str(file))
+        out["columns"].append(len(fields))
+    return out
+
+
+def read_liqe_file(label_file, db: Optional[str] = None, live_refs: Optional[dict] = None):
+    """The rows of a LIQE label file as a raw `datasets.Dataset` (see `validation.py`), plus the lines whose column
+    count is wrong as [`BadSample`]s. Read with `datasets.load_dataset("text")`: row `i` is line `i + 1`."""
     label_file = Path(label_file)
     expected = LIQE_MOS_COLUMNS if label_file.name.endswith("_all.txt") else LIQE_CLIP_COLUMNS
-    with open(label_file, encoding="utf-8") as handle:
-        for number, raw in enumerate(handle, start=1):
-            line = raw.rstrip("\r\n")
-            if not line.strip():
-                continue
-            fields = line.split("\t")
-            if len(fields) != expected:
-                problems.report(
-                    label_file, number, "columns", f"expected {expected} tab-separated columns, found {len(fields)}"
-                )
-                continue
-            yield number, fields
+    lines = datasets.load_dataset("text", data_files=str(label_file), split="train")
+    rows = lines.map(
+        _split_liqe_lines, batched=True, with_indices=True, remove_columns=["text"],
+        fn_kwargs=dict(file=label_file, expected=expected, db=db, live_refs=live_refs),
+        features=datasets.Features({
+            "image": datasets.Value("string"), "mos": datasets.Value("string"),
+            "distortion": datasets.Value("string"), "scene": datasets.List(datasets.Value("string")),
+            "content_id": datasets.Value("string"), "source_line": datasets.Value("int64"),
+            "source_file": datasets.Value("string"), "columns": datasets.Value("int64"),
+        }),
+        desc="Reading label file",
+    )
+    wrong = rows.filter(lambda b: [c not in (0, expected) for c in b["columns"]], batched=True)
+    problems = [
+        BadSample(str(label_file), line, "columns", f"expected {expected} tab-separated columns, found {found}")
+        for line, found in zip(wrong["source_line"], wrong["columns"])
+    ]
+    rows = rows.filter(lambda b: [c == expected for c in b["columns"]], batched=True).remove_columns("columns")
+    return rows, problems
 
 
 def load_liqe_dataset(
@@ -98,6 +114,7 @@ def load_liqe_dataset(
     check_files: bool = True,
     verify_images: bool = False,
     skip_bad_samples: bool = False,
+    num_proc: Optional[int] = None,
 ) -> datasets.Dataset:
     """Load a dataset from LIQE label files; image paths are resolved against `data_dir` (the dataset root)."""
     spec = get_dataset_spec(name)
@@ -116,48 +133,30 @@ def load_liqe_dataset(
         from .official import live_reference_map
 
         live_refs = live_reference_map(root)
-    problems = RowProblems(skip_bad_samples)
-    records = IQARecords()
-    seen = set()
+    parts, problems = [], []
     for file in files:
-        for number, fields in read_liqe_rows(file, problems):
-            rel = fields[0].strip()
-            if not rel:
-                problems.report(file, number, "path", "empty image path")
-                continue
-            if rel in seen:
-                problems.report(file, number, "path", f"image {rel!r} is listed twice")
-                continue
-            mos = parse_mos(fields[1], problems, file, number, (spec.mos_min, spec.mos_max))
-            if mos is None:
-                continue
-            distortion, scenes = None, []
-            if len(fields) == LIQE_CLIP_COLUMNS:
-                ok, distortion = distortion_from_name(fields[2], problems, file, number)
-                if not ok:
-                    continue
-                scenes = scenes_from_names(fields[3:6], problems, file, number)
-                if scenes is None:
-                    continue
-            image_path = (root / rel).resolve() if data_dir is not None else Path(rel)
-            if not check_image(image_path, problems, file, number, check_files, verify_images):
-                continue
-            seen.add(rel)
-            records.add(image_path, mos, scenes, distortion, content_id_from_path(spec.name, rel, live_refs))
-    problems.warn(", ".join(str(f) for f in files))
-    meta = make_metadata(
-        spec.name,
-        spec.mos_min,
-        spec.mos_max,
-        spec.higher_is_better,
+        rows, wrong = read_liqe_file(file, spec.name, live_refs)
+        parts.append(rows)
+        problems.extend(wrong)
+    raw = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    info = IQADatasetInfo(
+        name=spec.name,
+        mos_min=spec.mos_min,
+        mos_max=spec.mos_max,
+        higher_is_better=spec.higher_is_better,
         source="liqe",
-        spec=spec,
-        skipped=problems.bad,
-        label_files=[str(Path(f).resolve()) for f in files],
-        data_dir=str(root.resolve()) if data_dir is not None else None,
+        split_protocol="by_content" if spec.synthetic else "by_image",
+        score_loss_weight=spec.score_loss_weight,
+        batch_size=spec.batch_size,
+        label_files=tuple(str(Path(f).resolve()) for f in files),
+        data_dir=str(root.resolve()),
         live_references_found=bool(live_refs) if spec.name == "live" else None,
     )
-    return build_dataset(records, meta)
+    return finalize_dataset(
+        raw, info, source=", ".join(str(f) for f in files), root=root, mos_range=(spec.mos_min, spec.mos_max),
+        check_files=check_files, verify_images=verify_images, skip_bad_samples=skip_bad_samples, num_proc=num_proc,
+        earlier_problems=problems, description=spec.description, path_field="path",
+    )
 
 
 def _image_keys(ds: datasets.Dataset, data_dir: Optional[str]) -> list[str]:
@@ -174,12 +173,12 @@ def _image_keys(ds: datasets.Dataset, data_dir: Optional[str]) -> list[str]:
     return keys
 
 
-def _split_folder(label_dir_or_db, k: int, meta: dict) -> tuple[Path, str]:
+def _split_folder(label_dir_or_db, k: int, info: IQADatasetInfo) -> tuple[Path, str]:
     name = str(label_dir_or_db)
     path = Path(name)
     prefix = None
     try:
-        spec = get_dataset_spec(meta.get("name", "")) if meta.get("name") else None
+        spec = get_dataset_spec(info.name)
     except ValueError:
         spec = None
     if spec is not None:
@@ -188,7 +187,7 @@ def _split_folder(label_dir_or_db, k: int, meta: dict) -> tuple[Path, str]:
         # a dataset name: find splits2/ next to the label file the dataset was loaded from
         spec = get_dataset_spec(name)
         prefix = spec.liqe_prefix
-        label_files = meta.get("label_files") or []
+        label_files = info.label_files
         if not label_files:
             raise ValueError(
                 f"{name!r} is not a folder and the dataset was not loaded from LIQE label files; pass the LIQE "
@@ -225,9 +224,9 @@ def liqe_splits(label_dir_or_db, k: int = 1, dataset: Optional[datasets.Dataset]
         raise ValueError("liqe_splits needs the loaded `dataset` to turn split paths into indices.")
     if not 1 <= int(k) <= 10:
         raise ValueError(f"LIQE split number k must be in 1..10, got {k}.")
-    meta = dataset_metadata(dataset)
-    folder, prefix = _split_folder(label_dir_or_db, int(k), meta)
-    keys = _image_keys(dataset, meta.get("data_dir"))
+    info = iqa_info(dataset)
+    folder, prefix = _split_folder(label_dir_or_db, int(k), info)
+    keys = _image_keys(dataset, info.data_dir)
     index = {}
     for i, key in enumerate(keys):
         index.setdefault(key, i)
@@ -236,10 +235,12 @@ def liqe_splits(label_dir_or_db, k: int = 1, dataset: Optional[datasets.Dataset]
         file = folder / f"{prefix}_{split}_clip.txt"
         if not file.is_file():
             raise ValueError(f"LIQE split file not found: {file}")
-        problems = RowProblems(skip=False)
+        rows, wrong = read_liqe_file(file)
+        if wrong:
+            raise ValueError("Bad split file:\n" + "\n".join(f"  {b}" for b in wrong))
         indices = []
-        for number, fields in read_liqe_rows(file, problems):
-            rel = fields[0].strip().replace("\\", "/")
+        for number, rel in zip(rows["source_line"], rows["image"]):
+            rel = rel.replace("\\", "/")
             if rel not in index:
                 raise ValueError(f"{file}, line {number}, field 'path': image {rel!r} is not in the dataset.")
             indices.append(index[rel])

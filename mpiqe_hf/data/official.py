@@ -22,16 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .specs import (
-    IQARecords,
-    RowProblems,
-    build_dataset,
-    check_image,
-    get_dataset_spec,
-    make_metadata,
-    map_distortion,
-    parse_mos,
-)
+import datasets
+
+from .specs import BadSample, IQADatasetInfo, get_dataset_spec, map_distortion
+from .validation import finalize_dataset
 
 # KADID-10k distortion index -> LIQE's fine-grained name (checked against LIQE's kadid10k label files).
 KADID_DISTORTIONS = {
@@ -146,49 +140,37 @@ def _int_cell(value):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _koniq(root: Path, problems, check_files, verify_images, records, options):
+def _koniq(root: Path, out, options):
     csv_path = _require(root / "koniq10k_scores_and_distributions.csv", "KonIQ-10k score file")
     folder = options.get("image_folder")
     if folder is None:
         folder = "1024x768" if (root / "1024x768").is_dir() or not (root / "512x384").is_dir() else "512x384"
-    spec = get_dataset_spec("koniq10k")
     _, rows = _read_table(csv_path, required=("image_name", "mos"))
     for line, row in rows:
         name = str(row.get("image_name") or "").strip()
         if not name:
-            problems.report(csv_path, line, "image_name", "empty image name")
+            out.report(csv_path, line, "image_name", "empty image name")
             continue
-        mos = parse_mos(row.get("mos"), problems, csv_path, line, (spec.mos_min, spec.mos_max))
-        if mos is None:
-            continue
-        path = root / folder / name
-        if check_image(path, problems, csv_path, line, check_files, verify_images):
-            records.add(path.resolve(), mos, [], None, name)
+        out.add(csv_path, line, f"{folder}/{name}", row.get("mos"), None, name)
     return csv_path
 
 
-def _kadid(root: Path, problems, check_files, verify_images, records, options):
+def _kadid(root: Path, out, options):
     csv_path = _require(root / "dmos.csv", "KADID-10k score file")
-    spec = get_dataset_spec("kadid10k")
     _, rows = _read_table(csv_path, required=("dist_img", "dmos"))
     for line, row in rows:
         name = str(row.get("dist_img") or "").strip()
         match = re.match(r"^(I\d+)_(\d+)_(\d+)\.\w+$", name)
         if not match:
-            problems.report(csv_path, line, "dist_img", f"not a KADID name like I01_03_02.png: {name!r}")
+            out.report(csv_path, line, "dist_img", f"not a KADID name like I01_03_02.png: {name!r}")
             continue
         index = int(match.group(2))
         if index not in KADID_DISTORTIONS:
-            problems.report(csv_path, line, "dist_img", f"unknown KADID distortion index {index:02d}")
-            continue
-        mos = parse_mos(row.get("dmos"), problems, csv_path, line, (spec.mos_min, spec.mos_max))
-        if mos is None:
+            out.report(csv_path, line, "dist_img", f"unknown KADID distortion index {index:02d}")
             continue
         ref = str(row.get("ref_img") or "").strip()
         content = os.path.splitext(ref)[0] if ref else match.group(1)
-        path = root / "images" / name
-        if check_image(path, problems, csv_path, line, check_files, verify_images):
-            records.add(path.resolve(), mos, [], map_distortion(KADID_DISTORTIONS[index]), content)
+        out.add(csv_path, line, f"images/{name}", row.get("dmos"), map_distortion(KADID_DISTORTIONS[index]), content)
     return csv_path
 
 
@@ -221,8 +203,7 @@ def live_reference_map(root) -> dict:
     return refs
 
 
-def _live(root: Path, problems, check_files, verify_images, records, options):
-    spec = get_dataset_spec("live")
+def _live(root: Path, out, options):
     use_realigned = options.get("live_realigned", True)
     candidates = ("dmos_realigned.mat", "dmos.mat") if use_realigned else ("dmos.mat",)
     mat_path = _first_existing(root, candidates, "LIVE DMOS file")
@@ -239,50 +220,44 @@ def _live(root: Path, problems, check_files, verify_images, records, options):
             i += 1
             if orgs[entry - 1] == 1:
                 continue  # a reference image listed inside the distortion folder
-            mos = parse_mos(dmos[entry - 1], problems, mat_path, entry, (spec.mos_min, spec.mos_max))
-            if mos is None:
-                continue
             rel = f"{folder}/img{j}.bmp"
-            path = root / rel
-            if check_image(path, problems, mat_path, entry, check_files, verify_images):
-                records.add(path.resolve(), mos, [], map_distortion(fine), refs.get(rel, rel))
+            out.add(mat_path, entry, rel, dmos[entry - 1], map_distortion(fine), refs.get(rel, rel))
     return mat_path
 
 
-def _csiq(root: Path, problems, check_files, verify_images, records, options):
+def _csiq(root: Path, out, options):
     table = _first_existing(root, ("csiq.DMOS.xlsx", "csiq.DMOS.csv", "csiq_dmos.csv"), "CSIQ DMOS table")
     _, rows = _read_table(table, sheet="all_by_image", required=("image", "dst_idx", "dst_lev", "dmos"))
     for line, row in rows:
         try:
             idx = _int_cell(row.get("dst_idx"))
         except ValueError:
-            problems.report(table, line, "dst_idx", f"not an integer: {row.get('dst_idx')!r}")
+            out.report(table, line, "dst_idx", f"not an integer: {row.get('dst_idx')!r}")
             continue
         if idx not in CSIQ_DISTORTIONS:
-            problems.report(table, line, "dst_idx", f"unknown CSIQ distortion index {idx}")
+            out.report(table, line, "dst_idx", f"unknown CSIQ distortion index {idx}")
             continue
         try:
             level = _int_cell(row.get("dst_lev"))
         except ValueError:
-            problems.report(table, line, "dst_lev", f"not an integer: {row.get('dst_lev')!r}")
+            out.report(table, line, "dst_lev", f"not an integer: {row.get('dst_lev')!r}")
             continue
         image = row.get("image")
         image = str(int(image)) if isinstance(image, (int, float)) else str(image or "").strip()
         if not image:
-            problems.report(table, line, "image", "empty image name")
+            out.report(table, line, "image", "empty image name")
             continue
-        dmos = parse_mos(row.get("dmos"), problems, table, line, (0.0, 1.0))
-        if dmos is None:
+        try:
+            mos = 1.0 - float(row.get("dmos"))
+        except (TypeError, ValueError):
+            out.report(table, line, "dmos", f"not a number: {row.get('dmos')!r}")
             continue
         folder, tag, fine = CSIQ_DISTORTIONS[idx]
-        path = root / "dst_imgs" / folder / f"{image}.{tag}.{level}.png"
-        if check_image(path, problems, table, line, check_files, verify_images):
-            records.add(path.resolve(), 1.0 - dmos, [], map_distortion(fine), image)
+        out.add(table, line, f"dst_imgs/{folder}/{image}.{tag}.{level}.png", mos, map_distortion(fine), image)
     return table
 
 
-def _livec(root: Path, problems, check_files, verify_images, records, options):
-    spec = get_dataset_spec("livec")
+def _livec(root: Path, out, options):
     names_path = _require(root / "Data" / "AllImages_release.mat", "LIVE Challenge image list")
     mos_path = _require(root / "Data" / "AllMOS_release.mat", "LIVE Challenge MOS file")
     names = _mat_strings(_loadmat(names_path, ("AllImages_release",)))
@@ -292,17 +267,11 @@ def _livec(root: Path, problems, check_files, verify_images, records, options):
     for entry, (name, value) in enumerate(zip(names, mos_all), start=1):
         if LIVEC_TRAINING_IMAGE.match(name):
             continue  # the 7 training images shown to subjects before the study
-        mos = parse_mos(value, problems, mos_path, entry, (spec.mos_min, spec.mos_max))
-        if mos is None:
-            continue
-        path = root / "Images" / name
-        if check_image(path, problems, names_path, entry, check_files, verify_images):
-            records.add(path.resolve(), mos, [], None, name)
+        out.add(mos_path, entry, f"Images/{name}", value, None, name)
     return mos_path
 
 
-def _bid(root: Path, problems, check_files, verify_images, records, options):
-    spec = get_dataset_spec("bid")
+def _bid(root: Path, out, options):
     places = [root, root / "ImageDatabase"]
     names = ("DatabaseGrades.xlsx", "DatabaseGrades.csv")
     table = next((p / n for p in places for n in names if (p / n).is_file()), None)
@@ -328,19 +297,42 @@ def _bid(root: Path, problems, check_files, verify_images, records, options):
         except ValueError:
             if line == 1:
                 continue  # header row
-            problems.report(table, line, "image", f"not an image number: {row[0]!r}")
+            out.report(table, line, "image", f"not an image number: {row[0]!r}")
             continue
         if len(row) < 2:
-            problems.report(table, line, "mos", "missing MOS column")
-            continue
-        mos = parse_mos(row[1], problems, table, line, (spec.mos_min, spec.mos_max))
-        if mos is None:
+            out.report(table, line, "mos", "missing MOS column")
             continue
         name = f"DatabaseImage{number:04d}.JPG"
-        path = image_dir / name
-        if check_image(path, problems, table, line, check_files, verify_images):
-            records.add(path.resolve(), mos, [], None, name)
+        out.add(table, line, os.path.relpath(image_dir / name, root), row[1], None, name)
     return table
+
+
+class RawRows:
+    """The rows an official loader read, as the raw columns of `validation.finalize_dataset`, plus the rows it could
+    not read (bad index, unknown distortion code, ...)."""
+
+    def __init__(self):
+        self.columns = {k: [] for k in ("source_file", "source_line", "image", "mos", "distortion", "content_id")}
+        self.problems: list[BadSample] = []
+
+    def add(self, file, line, image, mos, distortion, content_id):
+        for key, value in zip(self.columns, (str(file), int(line), str(image), _text(mos), distortion, content_id)):
+            self.columns[key].append(value)
+
+    def report(self, file, line, field, reason):
+        self.problems.append(BadSample(str(file), int(line), field, reason))
+
+    def dataset(self) -> datasets.Dataset:
+        features = datasets.Features(
+            {k: datasets.Value("int64" if k == "source_line" else "string") for k in self.columns}
+        )
+        return datasets.Dataset.from_dict(self.columns, features=features)
+
+
+def _text(value):
+    if value is None:
+        return None
+    return repr(float(value)) if isinstance(value, (float, int, np.floating, np.integer)) else str(value)
 
 
 OFFICIAL_LOADERS = {
@@ -360,6 +352,7 @@ def load_official_dataset(
     check_files: bool = True,
     verify_images: bool = False,
     skip_bad_samples: bool = False,
+    num_proc=None,
     **options,
 ):
     """Load `name` from its official release layout under `data_dir` (scene labels are empty there)."""
@@ -371,13 +364,23 @@ def load_official_dataset(
     root = Path(data_dir)
     if not root.is_dir():
         raise ValueError(f"{spec.name}: data_dir {root} is not a folder.")
-    problems = RowProblems(skip_bad_samples)
-    records = IQARecords()
-    source_file = OFFICIAL_LOADERS[spec.name](root, problems, check_files, verify_images, records, options)
-    problems.warn(source_file)
-    meta = make_metadata(
-        spec.name, spec.mos_min, spec.mos_max, spec.higher_is_better,
-        source="official", spec=spec, skipped=problems.bad,
-        data_dir=str(root.resolve()), score_file=str(Path(source_file).resolve()),
+    rows = RawRows()
+    source_file = OFFICIAL_LOADERS[spec.name](root, rows, options)
+    info = IQADatasetInfo(
+        name=spec.name,
+        mos_min=spec.mos_min,
+        mos_max=spec.mos_max,
+        higher_is_better=spec.higher_is_better,
+        source="official",
+        split_protocol="by_content" if spec.synthetic else "by_image",
+        score_loss_weight=spec.score_loss_weight,
+        batch_size=spec.batch_size,
+        data_dir=str(root.resolve()),
+        score_file=str(Path(source_file).resolve()),
     )
-    return build_dataset(records, meta)
+    return finalize_dataset(
+        rows.dataset(), info, source=str(source_file), root=root, mos_range=(spec.mos_min, spec.mos_max),
+        check_files=check_files, verify_images=verify_images, skip_bad_samples=skip_bad_samples, num_proc=num_proc,
+        earlier_problems=rows.problems, description=spec.description,
+        path_field="image",
+    )

@@ -1,22 +1,14 @@
-"""Dataset specifications, label vocabularies and the shared record -> `datasets.Dataset` machinery."""
+"""Dataset specifications, label vocabularies, the column layout and the typed dataset facts ([`IQADatasetInfo`])."""
 
 from __future__ import annotations
 
-import json
-import logging
-import math
-import os
-import warnings
-from dataclasses import asdict, dataclass, field
-from typing import Iterable, NamedTuple, Optional, Sequence
+import dataclasses
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
 
 import datasets
 
 from ..configuration_mpiqe import DISTORTION_CLASSES, SCENE_CLASSES
-
-logger = logging.getLogger(__name__)
-
-METADATA_KEY = "mpiqe_hf"
 
 
 @dataclass(frozen=True)
@@ -165,13 +157,33 @@ def map_distortion(name: str) -> Optional[str]:
     return FINE_TO_DISTORTION.get(key)
 
 
+
 # ---------------------------------------------------------------------------------------------------------------
-# Bad samples
+# Column layout and dataset facts
 # ---------------------------------------------------------------------------------------------------------------
 
+#: `distortion` value of a row without a distortion label (pristine or unknown), `datasets`' "no label" convention.
+NO_LABEL = -1
 
-@dataclass
+
+def iqa_features() -> datasets.Features:
+    """The columns every loader returns (see docs/data.md)."""
+    return datasets.Features(
+        {
+            "image": datasets.Image(),
+            "mos": datasets.Value("float64"),
+            "mos_normalized": datasets.Value("float64"),
+            "scene": datasets.List(datasets.ClassLabel(names=list(SCENE_CLASSES))),
+            "distortion": datasets.ClassLabel(names=list(DISTORTION_CLASSES)),
+            "content_id": datasets.Value("string"),
+        }
+    )
+
+
+@dataclass(frozen=True)
 class BadSample:
+    """A row left out by `skip_bad_samples=True`: the file and line it came from, the field and the reason."""
+
     file: str
     line: int
     field: str
@@ -181,205 +193,114 @@ class BadSample:
         return f"{self.file}, line {self.line}, field '{self.field}': {self.reason}"
 
 
-class RowProblems:
-    """Collects row errors: raises at once (`skip=False`) or remembers them for a report (`skip=True`)."""
-
-    def __init__(self, skip: bool):
-        self.skip = skip
-        self.bad: list[BadSample] = []
-
-    def report(self, file, line, field, reason):
-        bad = BadSample(str(file), int(line), field, reason)
-        if not self.skip:
-            raise ValueError(f"Bad sample in {bad} (pass skip_bad_samples=True to skip bad rows).")
-        self.bad.append(bad)
-
-    def warn(self, source):
-        if self.bad:
-            lines = "\n".join(f"  {b}" for b in self.bad)
-            message = f"Skipped {len(self.bad)} bad sample(s) while loading {source}:\n{lines}"
-            logger.warning(message)
-            warnings.warn(message, stacklevel=3)
-
-
-def parse_mos(text, problems: RowProblems, file, line, mos_range=None) -> Optional[float]:
-    """Parse and check one MOS value; returns None (after reporting) when it is bad."""
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        problems.report(file, line, "mos", f"not a number: {text!r}")
-        return None
-    if not math.isfinite(value):
-        problems.report(file, line, "mos", f"not a finite number: {text!r}")
-        return None
-    if mos_range is not None:
-        lo, hi = mos_range
-        tol = 1e-9 * max(1.0, abs(hi - lo))
-        if value < lo - tol or value > hi + tol:
-            problems.report(file, line, "mos", f"{value} is outside the native range [{lo}, {hi}]")
-            return None
-    return value
-
-
-def check_image(path, problems: RowProblems, file, line, check_files=True, verify_images=False) -> bool:
-    if not check_files and not verify_images:
-        return True
-    if not os.path.isfile(path):
-        problems.report(file, line, "image", f"file not found: {path}")
-        return False
-    if verify_images:
-        from PIL import Image
-
-        try:
-            with Image.open(path) as im:
-                im.verify()
-            with Image.open(path) as im:
-                im.load()
-        except Exception as err:  # PIL raises many types for broken files
-            problems.report(file, line, "image", f"cannot decode {path}: {type(err).__name__}: {err}")
-            return False
-    return True
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Building the datasets.Dataset
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def iqa_features() -> datasets.Features:
-    return datasets.Features(
-        {
-            "image": datasets.Image(),
-            "mos": datasets.Value("float64"),
-            "mos_normalized": datasets.Value("float64"),
-            "scene": datasets.List(datasets.Value("string")),
-            "distortion": datasets.Value("string"),
-            "content_id": datasets.Value("string"),
-        }
-    )
-
-
 class MOSRange(NamedTuple):
     mos_min: float
     mos_max: float
     higher_is_better: bool
 
 
-@dataclass
-class IQARecords:
-    """Column lists gathered by a loader before they become a `datasets.Dataset`."""
-
-    image: list = field(default_factory=list)
-    mos: list = field(default_factory=list)
-    scene: list = field(default_factory=list)
-    distortion: list = field(default_factory=list)
-    content_id: list = field(default_factory=list)
-
-    def add(self, image, mos, scene=(), distortion=None, content_id=None):
-        self.image.append(str(image))
-        self.mos.append(float(mos))
-        self.scene.append(list(scene))
-        self.distortion.append(distortion)
-        self.content_id.append(str(content_id if content_id is not None else image))
-
-    def __len__(self):
-        return len(self.mos)
-
-
-def make_metadata(name, mos_min, mos_max, higher_is_better, *, source, spec=None, skipped=(), **extra) -> dict:
-    meta = {
-        "name": name,
-        "mos_min": float(mos_min),
-        "mos_max": float(mos_max),
-        "higher_is_better": bool(higher_is_better),
-        "score_loss_weight": spec.score_loss_weight if spec else 0.5,
-        "batch_size": spec.batch_size if spec else 64,
-        "synthetic": spec.synthetic if spec else None,
-        "source": source,
-        "skipped": [asdict(b) for b in skipped],
-    }
-    meta.update(extra)
-    return meta
-
-
-def metadata_description(meta: dict) -> str:
-    return json.dumps({METADATA_KEY: meta}, sort_keys=True)
-
-
-def build_dataset(records: IQARecords, meta: dict) -> datasets.Dataset:
-    lo, hi, up = meta["mos_min"], meta["mos_max"], meta["higher_is_better"]
-    data = {
-        "image": records.image,
-        "mos": records.mos,
-        "mos_normalized": [normalize_mos(m, lo, hi, up) for m in records.mos],
-        "scene": records.scene,
-        "distortion": records.distortion,
-        "content_id": records.content_id,
-    }
-    features = iqa_features()
-    info = datasets.DatasetInfo(description=metadata_description(meta), features=features)
-    return datasets.Dataset.from_dict(data, features=features, info=info)
-
-
-def dataset_metadata(ds: datasets.Dataset) -> dict:
-    """The loader's metadata stored (as JSON) in `ds.info.description`.
-
-    Keys: name, mos_min, mos_max, higher_is_better, score_loss_weight, batch_size, synthetic, source, skipped
-    (the bad rows that were skipped, as dicts with file, line, field, reason) and loader-specific extras.
-    The description survives `select`, `shuffle`, `train_test_split` and `save_to_disk`/`load_from_disk`.
+@dataclass(frozen=True)
+class IQADatasetInfo:
     """
-    try:
-        payload = json.loads(ds.info.description or "")
-        return dict(payload[METADATA_KEY])
-    except (ValueError, TypeError, KeyError):
+    What a loader knows about the dataset it returned; read it with [`iqa_info`].
+
+    Args:
+        name (`str`): `koniq10k`, ..., `synthetic`, or the folder name / Hub id of other datasets.
+        mos_min, mos_max (`float`): the native range of the `mos` column; `mos_normalized` is computed from it.
+        higher_is_better (`bool`): direction of `mos` (False for DMOS).
+        source (`str`): the loader: `"liqe"`, `"official"`, `"folder"`, `"synthetic"` or `"datasets"`.
+        split_protocol (`str`): `"by_content"` when random splits must keep each reference content on one side
+            (synthetically distorted datasets; folders whose `content_id` repeats), else `"by_image"`.
+        mos_range_from_data (`bool`): the range was inferred from the data (no `mos_range` given, not a named dataset).
+        score_loss_weight (`float`, *optional*), batch_size (`int`, *optional*): the paper's λ2 and batch size of a
+            named dataset; None for others.
+        data_dir (`str`, *optional*): the folder image paths are relative to.
+        label_files (`tuple[str]`): the LIQE label files read (absolute paths).
+        score_file (`str`, *optional*): the official score file read.
+        seed (`int`, *optional*): the build seed of the synthetic set.
+        live_references_found (`bool`, *optional*): LIVE only: whether reference names were found for `content_id`.
+        skipped (`tuple[BadSample]`): the bad rows left out by `skip_bad_samples=True`.
+    """
+
+    name: str
+    mos_min: float
+    mos_max: float
+    higher_is_better: bool
+    source: str
+    split_protocol: str = "by_image"
+    mos_range_from_data: bool = False
+    score_loss_weight: Optional[float] = None
+    batch_size: Optional[int] = None
+    data_dir: Optional[str] = None
+    label_files: tuple = ()
+    score_file: Optional[str] = None
+    seed: Optional[int] = None
+    live_references_found: Optional[bool] = None
+    skipped: tuple = ()
+
+    def __post_init__(self):
+        # Read back from JSON (dataset_info.json), tuples arrive as lists and BadSamples as dicts.
+        object.__setattr__(self, "label_files", tuple(self.label_files))
+        object.__setattr__(
+            self, "skipped", tuple(b if isinstance(b, BadSample) else BadSample(**b) for b in self.skipped)
+        )
+        if self.split_protocol not in ("by_content", "by_image"):
+            raise ValueError(f"split_protocol must be 'by_content' or 'by_image', got {self.split_protocol!r}.")
+
+    @property
+    def mos_range(self) -> MOSRange:
+        return MOSRange(self.mos_min, self.mos_max, self.higher_is_better)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "IQADatasetInfo":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass
+class IQADatasetInfoCarrier(datasets.DatasetInfo):
+    """A `datasets.DatasetInfo` with the [`IQADatasetInfo`] in its `iqa` field.
+
+    `datasets` copies a dataset's info with `info.copy()`, which keeps the class and its fields, so the facts follow
+    `select`, `filter`, `shuffle`, `train_test_split`, `cast`, `with_transform` and single-process `map`;
+    `save_to_disk` writes them under `"iqa"` in `dataset_info.json`, from where `load_iqa_dataset(folder)` reads
+    them back. A multi-process `map` (and `concatenate_datasets` of differing datasets) builds a plain
+    `DatasetInfo`: re-attach the facts with [`with_iqa_info`].
+    """
+
+    iqa: Optional[IQADatasetInfo] = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.iqa, dict):
+            self.iqa = IQADatasetInfo.from_dict(self.iqa)
+
+
+def with_iqa_info(ds: datasets.Dataset, info: IQADatasetInfo, description: str = "") -> datasets.Dataset:
+    """The rows of `ds` (unformatted) in a dataset whose `info` carries `info` (read it back with [`iqa_info`])."""
+    # A new Dataset holds the table only, not a selection over it: bake a select/shuffle in first (no copy otherwise).
+    table = ds.flatten_indices() if ds._indices is not None else ds
+    carrier = IQADatasetInfoCarrier(description=description or ds.info.description, features=ds.features, iqa=info)
+    return datasets.Dataset(table.data, info=carrier, split=ds.split)
+
+
+def iqa_info(ds: datasets.Dataset) -> IQADatasetInfo:
+    """The [`IQADatasetInfo`] of a dataset returned by `load_iqa_dataset` (or a split, selection or shuffle of one)."""
+    info = getattr(ds.info, "iqa", None)
+    if not isinstance(info, IQADatasetInfo):
         raise ValueError(
-            "This dataset carries no mpiqe_hf metadata in `info.description`; load it with "
-            "`mpiqe_hf.data.load_iqa_dataset`."
-        ) from None
+            "This dataset carries no IQADatasetInfo; load it with `mpiqe_hf.load_iqa_dataset` (which also reads a "
+            "`save_to_disk` folder of one back), or re-attach the facts with `with_iqa_info(ds, iqa_info(original))` "
+            "after a multi-process `map`."
+        )
+    return info
 
 
 def dataset_mos_range(ds: datasets.Dataset) -> MOSRange:
     """`(mos_min, mos_max, higher_is_better)` of the native `mos` column of a loaded dataset."""
-    meta = dataset_metadata(ds)
-    return MOSRange(meta["mos_min"], meta["mos_max"], meta["higher_is_better"])
+    return iqa_info(ds).mos_range
 
 
 def skipped_samples(ds: datasets.Dataset) -> list[BadSample]:
     """The bad rows that `skip_bad_samples=True` left out, as [`BadSample`] records."""
-    return [BadSample(**b) for b in dataset_metadata(ds).get("skipped", [])]
-
-
-def split_scene_field(text: str) -> list[str]:
-    if text is None:
-        return []
-    parts = str(text).replace(";", "|").split("|")
-    return [p.strip() for p in parts if p.strip()]
-
-
-def scenes_from_names(names: Iterable[str], problems: RowProblems, file, line, ignore=("invalid", "")) -> Optional[list]:
-    out = []
-    for raw in names:
-        if raw is None or raw.strip().lower() in ignore:
-            continue
-        scene = map_scene(raw)
-        if scene is None:
-            problems.report(file, line, "scene", f"unknown scene {raw!r}; known: {list(SCENE_CLASSES)}")
-            return None
-        if scene not in out:
-            out.append(scene)
-    return out
-
-
-def distortion_from_name(raw, problems: RowProblems, file, line, field_name="distortion"):
-    """Returns (ok, class_or_None)."""
-    if raw is None or str(raw).strip() == "" or str(raw).strip().lower() in ("none", "pristine"):
-        return True, None
-    cls = map_distortion(str(raw))
-    if cls is None:
-        problems.report(file, line, field_name, f"unknown distortion {raw!r}; known classes: {list(DISTORTION_CLASSES)}")
-        return False, None
-    return True, cls
-
-
-def as_sequence(x) -> Sequence:
-    return list(x) if not isinstance(x, (list, tuple)) else x
+    return list(iqa_info(ds).skipped)

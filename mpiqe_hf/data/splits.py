@@ -24,8 +24,9 @@ def paper_splits(
 ) -> list[tuple[list[int], list[int]]]:
     """`num_repetitions` random `(train_indices, test_indices)` splits (the paper: 10 x 80/20, median reported).
 
-    With `by_content` (default: True when some `content_id` appears more than once, i.e. a synthetically distorted
-    dataset) the reference contents are split, so no content is in both parts; `train_fraction` is then the fraction
+    With `by_content` (default: the dataset's `iqa_info(ds).split_protocol == "by_content"`; for a dataset without
+    that info, or a list of content ids, True when some `content_id` appears more than once) the reference contents
+    are split, so no content is in both parts; `train_fraction` is then the fraction
     of contents. Repetition `r` uses the generator seeded with `(seed, r)`: reproducible and independent of
     `num_repetitions`. Indices are sorted.
     """
@@ -39,7 +40,8 @@ def paper_splits(
         raise ValueError(f"Need at least 2 samples to split, got {n}.")
     unique = sorted(set(contents))
     if by_content is None:
-        by_content = len(unique) < n
+        protocol = getattr(getattr(ds, "info", None), "iqa", None)
+        by_content = protocol.split_protocol == "by_content" if protocol is not None else len(unique) < n
     splits = []
     for repetition in range(num_repetitions):
         rng = np.random.default_rng([int(seed), repetition])

@@ -199,13 +199,15 @@ def build_synthetic(cache_dir=None, seed: int = 0, include_references: bool = Tr
     return target
 
 
-def load_synthetic(cache_dir=None, seed: int = 0, include_references: bool = True, skip_bad_samples=False, verify_images=False):
+def load_synthetic(
+    cache_dir=None, seed: int = 0, include_references: bool = True, skip_bad_samples=False, verify_images=False,
+    num_proc=None,
+):
     from .folder import load_metadata_folder
     from .specs import get_dataset_spec
 
     folder = build_synthetic(cache_dir, seed, include_references)
     return load_metadata_folder(
         folder, spec=get_dataset_spec("synthetic"), name="synthetic", source="synthetic",
-        skip_bad_samples=skip_bad_samples, verify_images=verify_images,
-        extra_metadata={"seed": seed, "version": SYNTHETIC_VERSION},
+        skip_bad_samples=skip_bad_samples, verify_images=verify_images, num_proc=num_proc, seed=seed,
     )
