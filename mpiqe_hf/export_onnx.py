@@ -44,9 +44,11 @@ class _ScoringGraph(nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
+        with torch.no_grad():
+            self.text_features = model.get_text_features()
 
     def forward(self, pixel_values):
-        outputs = self.model(pixel_values=pixel_values)
+        outputs = self.model(pixel_values=pixel_values, text_features=self.text_features)
         results = [outputs.score, self.model.to_native_scale(outputs.score)]
         results += [logits for logits in (outputs.scene_logits, outputs.distortion_logits) if logits is not None]
         return tuple(results)
@@ -92,12 +94,12 @@ def export_onnx(model, output_dir, image_processor=None, opset: int = 17, quanti
     example = torch.randn(2, 2, 3, crop_size, crop_size, generator=torch.Generator().manual_seed(0))
     path = os.path.join(output_dir, ONNX_FILE)
     output_names = _output_names(model.config)
+    # The text features are computed outside the trace: the graph holds them as constants.
+    graph = _ScoringGraph(model)
     with torch.no_grad(), warnings.catch_warnings():
-        # The text features are computed here, outside the trace: the graph holds them as constants.
-        model._text_features()
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
-            _ScoringGraph(model),
+            graph,
             (example,),
             path,
             input_names=[_INPUT_NAME],
@@ -106,7 +108,7 @@ def export_onnx(model, output_dir, image_processor=None, opset: int = 17, quanti
             opset_version=opset,
             dynamo=False,
         )
-        expected = model(pixel_values=example).score.numpy()
+        expected = graph(example)[0].numpy()
     model.config.save_pretrained(output_dir)
     image_processor.save_pretrained(output_dir)
 

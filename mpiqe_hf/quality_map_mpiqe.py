@@ -37,6 +37,9 @@ class MPIQEQualityMapOutput(ModelOutput):
     r"""
     score (`torch.FloatTensor` of shape `(batch_size,)`):
         The model's score on the normalised [0, 1] scale (as in [`MPIQEOutput`]).
+    scene_logits (`torch.FloatTensor` of shape `(batch_size, num_scene_classes)`, *optional*), distortion_logits
+    (`torch.FloatTensor` of shape `(batch_size, num_distortion_classes)`, *optional*):
+        As in [`MPIQEOutput`]: the maps come with the same forward pass as the scores.
     gradcam_maps (`list[torch.FloatTensor]`, one of shape `(height, width)` per image):
         Grad-CAM of the lowered score over the last vision layer's patch tokens, at the image's size, in `[0, 1]`.
     distortion_maps (`list[torch.FloatTensor]`, one of shape `(height, width)` per image, *optional*):
@@ -47,6 +50,8 @@ class MPIQEQualityMapOutput(ModelOutput):
     """
 
     score: torch.FloatTensor | None = None
+    scene_logits: torch.FloatTensor | None = None
+    distortion_logits: torch.FloatTensor | None = None
     gradcam_maps: list[torch.FloatTensor] | None = None
     distortion_maps: list[torch.FloatTensor] | None = None
     distortion_index: torch.LongTensor | None = None
@@ -144,7 +149,7 @@ def _merge_crops(
     return merged / peak if peak > 0 else merged
 
 
-def compute_quality_maps(model, pixel_values: torch.Tensor, image_sizes) -> MPIQEQualityMapOutput:
+def compute_quality_maps(model, pixel_values: torch.Tensor, image_sizes, text_features=None) -> MPIQEQualityMapOutput:
     """
     Grad-CAM and distortion-window maps of images cut into the processor's grid crops (see
     [`MPIQEModel.quality_map`]).
@@ -154,6 +159,7 @@ def compute_quality_maps(model, pixel_values: torch.Tensor, image_sizes) -> MPIQ
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_crops, 3, crop_height, crop_width)`):
             grid crops made by [`MPIQEImageProcessor`] (`crop_mode="grid"`).
         image_sizes (sequence of `(height, width)`, one per image): the sizes of the images before processing.
+        text_features ([`MPIQETextFeatures`], *optional*): `model.get_text_features()`, computed here if not given.
     """
     if pixel_values.dim() == 4:
         pixel_values = pixel_values.unsqueeze(1)
@@ -169,6 +175,9 @@ def compute_quality_maps(model, pixel_values: torch.Tensor, image_sizes) -> MPIQ
             f"`image_sizes` must give one (height, width) per image ({batch_size}), got {image_sizes!r}."
         )
 
+    if text_features is None:
+        with torch.no_grad():
+            text_features = model.get_text_features()
     vision_model = model.clip.vision_model
     captured = {}
 
@@ -188,7 +197,7 @@ def compute_quality_maps(model, pixel_values: torch.Tensor, image_sizes) -> MPIQ
     ]
     try:
         with torch.inference_mode(False), torch.enable_grad():
-            outputs = model(pixel_values=pixel_values.clone(), return_dict=True)
+            outputs = model(pixel_values=pixel_values.clone(), text_features=text_features, return_dict=True)
             last_layer = captured["last_layer"]
             (gradients,) = torch.autograd.grad(-outputs.crop_scores.sum(), last_layer)
     finally:
@@ -208,10 +217,12 @@ def compute_quality_maps(model, pixel_values: torch.Tensor, image_sizes) -> MPIQ
     distortion_grid = distortion_index = None
     if outputs.distortion_logits is not None:
         with torch.no_grad():
-            distortion_features = model._text_features()[1]
             patch_embeds = model.clip.visual_projection(tokens[:, 1:])
             weights, _ = distortion_window_weights(
-                patch_embeds, distortion_features, model.config.window_size, model.config.distortion_window_temperature
+                patch_embeds,
+                text_features.distortion_features.to(patch_embeds.dtype),
+                model.config.window_size,
+                model.config.distortion_window_temperature,
             )
         distortion_index = outputs.distortion_logits.detach().argmax(dim=-1)
         crop_classes = distortion_index.repeat_interleave(num_crops)
@@ -226,8 +237,11 @@ def compute_quality_maps(model, pixel_values: torch.Tensor, image_sizes) -> MPIQ
         gradcam_maps.append(_merge_crops(gradcam[crops], crop_size, positions, resized_size, image_size))
         if distortion_grid is not None:
             distortion_maps.append(_merge_crops(distortion_grid[crops], crop_size, positions, resized_size, image_size))
+    detach = lambda tensor: None if tensor is None else tensor.detach()  # noqa: E731
     return MPIQEQualityMapOutput(
         score=outputs.score.detach(),
+        scene_logits=detach(outputs.scene_logits),
+        distortion_logits=detach(outputs.distortion_logits),
         gradcam_maps=gradcam_maps,
         distortion_maps=distortion_maps,
         distortion_index=distortion_index,

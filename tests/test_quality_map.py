@@ -56,7 +56,7 @@ def test_window_weights_are_those_of_the_distortion_alignment(tester):
     pixel_values = tester.pixel_values()
     with torch.no_grad():
         tokens = model.encode_image(pixel_values.flatten(0, 1))
-        features = model._text_features()[1]
+        features = model.get_text_features().distortion_features
         weights, similarity = distortion_window_weights(
             model.clip.visual_projection(tokens[:, 1:]), features, model.config.window_size,
             model.config.distortion_window_temperature,
