@@ -68,7 +68,11 @@ def grid_crop_boxes(height: int, width: int, crop_height: int, crop_width: int, 
 
 def _pooling_bounds(size: int, window_size: int) -> list[tuple[int, int]]:
     """Adaptive pooling's bins over `size` positions: bin i covers [floor(i * size / w), ceil((i + 1) * size / w))."""
-    return [((index * size) // window_size, -((-(index + 1) * size) // window_size)) for index in range(window_size)]
+    # Non-negative operands only: ONNX integer division truncates, which equals floor division only for them.
+    return [
+        ((index * size) // window_size, ((index + 1) * size + window_size - 1) // window_size)
+        for index in range(window_size)
+    ]
 
 
 def window_max_pool(grid_embeds: torch.Tensor, window_size: int) -> torch.Tensor:
