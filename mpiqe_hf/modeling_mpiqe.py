@@ -12,6 +12,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_mpiqe import DISTORTION_CLASSES, SCENE_CLASSES, MPIQEConfig
 from .hub_mpiqe import MPIQECheckpointMixin
+from .quality_map_mpiqe import distortion_window_weights
 
 
 @dataclass
@@ -298,13 +299,7 @@ def distortion_alignment_logits(
     Returns:
         `torch.FloatTensor` of shape `(num_crops, num_distortion_classes)`.
     """
-    num_crops, num_patches, dim = patch_embeds.shape
-    grid = int(num_patches**0.5)
-    assert grid * grid == num_patches, "the vision tower's patch grid is square"
-    grid_embeds = patch_embeds.transpose(1, 2).reshape(num_crops, dim, grid, grid)
-    windows = F.adaptive_max_pool2d(grid_embeds, window_size).flatten(2).transpose(1, 2)
-    similarity = torch.einsum("nwd,cd->ncw", F.normalize(windows, dim=-1), distortion_features)
-    weights = torch.softmax(similarity / temperature, dim=-1)
+    weights, similarity = distortion_window_weights(patch_embeds, distortion_features, window_size, temperature)
     return logit_scale * (weights * similarity).sum(dim=-1)
 
 

@@ -86,3 +86,18 @@ def test_export_errors_are_reported(tmp_path, capsys):
     assert "cannot load the model" in capsys.readouterr().err
     with pytest.raises(OSError, match="mpiqe-export onnx"):
         OnnxQualityScorer(tmp_path)
+
+
+def test_export_when_the_windows_do_not_divide_the_patch_grid(tmp_path):
+    """ViT-B/16 has 14 x 14 patches and 4 x 4 windows: adaptive pooling that ONNX exporters cannot express."""
+    from conftest import MPIQEModelTester
+
+    from mpiqe_hf.export_onnx import export_onnx
+
+    model = MPIQEModelTester().model(window_size=4)  # 15 x 15 patches
+    result = export_onnx(model, tmp_path, image_processor=MPIQEImageProcessor(crop_size=30, num_crops=2))
+    assert result["max_abs_diff"] < 1e-4
+    crops = MPIQEModelTester().pixel_values(seed=8, batch_size=3, num_crops=2)
+    with torch.no_grad():
+        expected = model(crops).distortion_logits.numpy()
+    np.testing.assert_allclose(OnnxQualityScorer(tmp_path).run(crops.numpy())["distortion_logits"], expected, atol=1e-4)
