@@ -12,7 +12,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_mpiqe import DISTORTION_CLASSES, SCENE_CLASSES, MPIQEConfig
 from .hub_mpiqe import MPIQECheckpointMixin
-from .quality_map_mpiqe import distortion_window_weights
+from .quality_map_mpiqe import MPIQEQualityMapOutput, compute_quality_maps, distortion_window_weights
 
 
 @dataclass
@@ -632,6 +632,30 @@ class MPIQEModel(MPIQECheckpointMixin, MPIQEPreTrainedModel):
         if self.config.mos_higher_is_better:
             return self.config.mos_min + score * span
         return self.config.mos_max - score * span
+
+    def quality_map(
+        self,
+        pixel_values: torch.Tensor,
+        image_sizes,
+        text_features: MPIQETextFeatures | None = None,
+    ) -> MPIQEQualityMapOutput:
+        r"""
+        Where the model sees degradation, at each image's own size: Grad-CAM of the lowered score over the last vision
+        layer's patch tokens (the paper's Fig. 3) and the eq. 10 window weights of the predicted distortion, each
+        computed per crop and merged over the processor's crop grid (see `quality_map_mpiqe`). Deterministic in eval
+        mode.
+
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_crops, 3, 224, 224)`):
+                Grid crops made by [`MPIQEImageProcessor`] (`crop_mode="grid"`, the default).
+            image_sizes (sequence of `(height, width)`): the size of each image before processing.
+            text_features ([`MPIQETextFeatures`], *optional*): reused when given.
+
+        Returns:
+            [`MPIQEQualityMapOutput`] with `gradcam_maps` and `distortion_maps`, one `(height, width)` tensor in
+            `[0, 1]` per image, and the score and logits of the same forward pass.
+        """
+        return compute_quality_maps(self, pixel_values, image_sizes, text_features=text_features)
 
 
 __all__ = ["MPIQEModel", "MPIQEPreTrainedModel", "MPIQEOutput", "MPIQETextFeatures"]

@@ -34,8 +34,8 @@ def test_maps_have_each_images_size_and_repeat_exactly(tester):
     sizes = [(image.height, image.width) for image in images]
     pixel_values = processor(images, return_tensors="pt")["pixel_values"]
 
-    first = compute_quality_maps(model, pixel_values, sizes)
-    second = compute_quality_maps(model, pixel_values, sizes)
+    first = model.quality_map(pixel_values, sizes)
+    second = model.quality_map(pixel_values, sizes)
     assert [tuple(m.shape) for m in first.gradcam_maps] == sizes
     assert [tuple(m.shape) for m in first.distortion_maps] == sizes
     for a, b in zip(first.gradcam_maps + first.distortion_maps, second.gradcam_maps + second.distortion_maps):
@@ -45,9 +45,10 @@ def test_maps_have_each_images_size_and_repeat_exactly(tester):
     with torch.no_grad():
         outputs = model(pixel_values)
     torch.testing.assert_close(first.score, outputs.score)
+    torch.testing.assert_close(first.scene_logits, outputs.scene_logits)
     assert torch.equal(first.distortion_index, outputs.distortion_logits.argmax(-1))
 
-    single = compute_quality_maps(model, pixel_values[:1], sizes[:1])
+    single = model.quality_map(pixel_values[:1], sizes[:1], text_features=model.get_text_features())
     torch.testing.assert_close(single.gradcam_maps[0], first.gradcam_maps[0])
 
 
