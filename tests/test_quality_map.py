@@ -163,3 +163,32 @@ def test_overlays_are_saved_under_names_from_their_inputs(tmp_path):
     assert [os.path.basename(path) for path in paths] == ["shots__a.quality_map.png", "shots__a.distortion_map.png"]
     assert all(Image.open(path).size[1] > 320 for path in paths)
     assert save_map_overlays(tmp_path / "maps", "b.png", image, np.zeros((30, 40)))[0].endswith("b.quality_map.png")
+
+
+def test_pipeline_returns_maps_of_each_images_size(tester):
+    from mpiqe_hf.pipeline_mpiqe import ImageQualityAssessmentPipeline
+
+    model = tester.model()
+    processor = MPIQEImageProcessor(crop_size=30, num_crops=4)
+    pipe = ImageQualityAssessmentPipeline(model=model, image_processor=processor)
+    images = _images()
+    array = np.array(images[0])
+    tensor = torch.from_numpy(array).permute(2, 0, 1)
+    results = pipe([images[0], images[1], array, tensor], batch_size=2, return_map=True)
+    for result, size in zip(results, [(50, 70), (20, 40), (50, 70), (50, 70)]):
+        assert result["quality_map"].shape == size and result["distortion_map"].shape == size
+        assert result["quality_map"].dtype == np.float32 and result["quality_map"].max() == 1
+    single = pipe(images[1], return_map=True)
+    pixel_values = processor(images[1], return_tensors="pt")["pixel_values"]
+    expected = model.quality_map(pixel_values, [(20, 40)])
+    np.testing.assert_allclose(single["quality_map"], expected.gradcam_maps[0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(results[1]["distortion_map"], expected.distortion_maps[0].numpy(), atol=1e-6)
+    assert single["score"] == pytest.approx(pipe(images[1])["score"], abs=1e-6)
+    assert "quality_map" not in pipe(images[1])
+    with pytest.raises(ValueError, match="quality"):
+        pipe(images[1], return_map=True, output_format="classification")
+    random_pipe = ImageQualityAssessmentPipeline(
+        model=model, image_processor=MPIQEImageProcessor(crop_size=30, num_crops=4, crop_mode="random")
+    )
+    with pytest.raises(ValueError, match="grid"):
+        random_pipe(images[1], return_map=True)
