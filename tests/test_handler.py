@@ -4,10 +4,11 @@ import base64
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from PIL import Image
 import mpiqe_hf
 from mpiqe_hf import MPIQEImageProcessor
 from mpiqe_hf.handler import decode_inputs
+from hub_server import hub_endpoint  # noqa: F401  (the fixture)
 
 HANDLER_SOURCE = os.path.join(os.path.dirname(mpiqe_hf.__file__), "handler.py")
 
@@ -63,16 +65,20 @@ SERVE = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module")
-def repository(tmp_path_factory):
+@pytest.fixture
+def repository(hub_endpoint, tmp_path):
+    """A repository as `push_to_hub` writes it (through the project's Hub server), downloaded like an endpoint does."""
+    from huggingface_hub import snapshot_download
+
     from conftest import MPIQEModelTester
 
-    folder = tmp_path_factory.mktemp("endpoint")
     model = MPIQEModelTester().model(mos_min=1.0, mos_max=5.0)
-    model.save_pretrained(folder)
-    MPIQEImageProcessor(crop_size=30, num_crops=2).save_pretrained(folder)
-    shutil.copyfile(HANDLER_SOURCE, folder / "handler.py")
-    return folder, model
+    model.push_to_hub("user/mp-iqe-endpoint", adapter_only=False,
+                      image_processor=MPIQEImageProcessor(crop_size=30, num_crops=2))
+    folder = snapshot_download("user/mp-iqe-endpoint", local_dir=tmp_path / "repository")
+    with open(os.path.join(folder, "handler.py"), "rb") as pushed, open(HANDLER_SOURCE, "rb") as source:
+        assert pushed.read() == source.read()
+    return Path(folder), model
 
 
 def test_endpoint_contract_in_a_process_without_the_package(repository, tmp_path):
