@@ -6,6 +6,11 @@
 
 olah answers `resolve` and the file metadata that `from_pretrained` / `snapshot_download` need; `model_info`,
 uploads and repo creation are not served (uploads stay tested against `hub_server.py`).
+
+One correction is made to olah 0.5.4, in the process that runs it (`_LAUNCH`): for a file that a mirrored repository
+lacks it answers 401 "Repository not found" where the Hub answers 404 "Entry not found", and clients then stop at
+their first probe of an optional file (`adapter_config.json`, `processor_config.json`). The launcher turns that one
+answer into olah's own `error_entry_not_found()`; everything else is olah as released.
 """
 
 import os
@@ -16,6 +21,32 @@ import sys
 import time
 import urllib.error
 import urllib.request
+
+
+_LAUNCH = """
+import sys
+import olah.server
+import olah.server_file_routes as routes
+from olah.errors import error_entry_not_found
+from olah.server_access import build_repo_ref
+from olah.server_mirror import has_local_mirror
+
+
+def missing_entries_are_404(route):
+    async def patched(app, repo_type, org, repo, commit, file_path, request, *args, **kwargs):
+        response = await route(app, repo_type, org, repo, commit, file_path, request, *args, **kwargs)
+        if response.status_code == 401 and has_local_mirror(app, build_repo_ref(repo_type, org, repo)):
+            return error_entry_not_found()
+        return response
+    return patched
+
+
+for module in (routes, olah.server):
+    module.file_head_common = missing_entries_are_404(routes.file_head_common)
+    module.file_get_common = missing_entries_are_404(routes.file_get_common)
+sys.argv = ["olah-cli", *sys.argv[1:]]
+sys.exit(olah.server.cli())
+"""
 
 
 def _free_port() -> int:
@@ -53,9 +84,8 @@ class OlahMirror:
                 "[accessibility]\noffline = true\n"
             )
         self.log = open(os.path.join(self.root, "olah.log"), "w")
-        olah = os.path.join(os.path.dirname(sys.executable), "olah-cli")
         self.process = subprocess.Popen(
-            [olah, "-c", config], cwd=self.root, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            [sys.executable, "-c", _LAUNCH, "-c", config], cwd=self.root, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
         deadline = time.monotonic() + 60
         while True:

@@ -14,6 +14,7 @@ from PIL import Image
 
 from conftest import MPIQEModelTester, tiny_tokenizer_vocab
 from mpiqe_hf import MPIQEImageProcessor, MPIQEModel
+from mpiqe_hf.pipeline_mpiqe import MPIQEImageClassificationPipeline
 
 if shutil.which("olah-cli", path=os.path.dirname(sys.executable)) is None:
     pytest.skip("olah is not installed (pip install olah)", allow_module_level=True)
@@ -85,12 +86,8 @@ def mirror(tmp_path_factory):
 
         processor = MPIQEImageProcessor(crop_size=30, num_crops=3)
         full = tester.model(seed=3)
-        full.save_pretrained(root / "full")
-        processor.save_pretrained(root / "full")
-        # olah 0.5.4 answers a file that a local mirror lacks with 401 "Repository not found" instead of the Hub's
-        # 404 "Entry not found", and transformers' image-processor loading stops on it at its first probe,
-        # `processor_config.json`. An empty one (no nested "image_processor") sends it on to preprocessor_config.json.
-        (root / "full" / "processor_config.json").write_text("{}")
+        # the files `push_to_hub` uploads: the widget pipeline's saving writes model, processor and pipeline code
+        MPIQEImageClassificationPipeline(model=full, image_processor=processor).save_pretrained(root / "full")
         server.add_repo("test/mpiqe-full", root / "full")
 
         adapter = MPIQEModel.from_clip(str(clip_dir), visual_prompt_depth=2, window_size=3, decoder_heads=4,
@@ -100,7 +97,9 @@ def mirror(tmp_path_factory):
                 if param.requires_grad and not name.endswith("norm.weight"):
                     param.normal_(std=0.3)
         adapter.config.base_model_name_or_path = "test/clip-tiny"
-        adapter.save_pretrained(root / "adapter", adapter_only=True)
+        MPIQEImageClassificationPipeline(model=adapter, image_processor=processor).save_pretrained(
+            root / "adapter", adapter_only=True
+        )
         server.add_repo("test/mpiqe-adapter", root / "adapter")
         yield server, full, adapter, processor
 
