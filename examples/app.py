@@ -22,7 +22,6 @@ from PIL import Image, ImageFilter
 from transformers import pipeline
 
 from mpiqe_hf import PIPELINE_TASK, MPIQEImageProcessor, MPIQEModel
-from mpiqe_hf.quality_map_mpiqe import compute_quality_maps
 from mpiqe_hf.visualization import render_overlay
 
 
@@ -124,12 +123,7 @@ def build_demo(scorer):
             raise gr.Error("Upload or paste an image first.")
         image = image.convert("RGB")
         num_crops = int(num_crops)
-        result = scorer(image, top_k=num_labels, return_normalized_score=True, num_crops=num_crops)
-        pixel_values = scorer.image_processor(image, num_crops=num_crops, return_tensors="pt")["pixel_values"]
-        pixel_values = pixel_values.to(scorer.device)
-        maps = compute_quality_maps(scorer.model, pixel_values, [(image.height, image.width)])
-        result["quality_map"] = maps.gradcam_maps[0].cpu()
-        result["distortion_map"] = maps.distortion_maps[0].cpu() if maps.distortion_maps is not None else None
+        result = scorer(image, top_k=num_labels, return_normalized_score=True, return_map=True, num_crops=num_crops)
         as_dict = lambda items: {item["label"]: item["score"] for item in items}  # noqa: E731
         gradcam = render_overlay(image, result["quality_map"], label="degradation")
         windows = None
