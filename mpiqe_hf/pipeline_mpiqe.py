@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ __all__ = [
 PIPELINE_TASK = "image-quality-assessment"
 #: The task under which saved checkpoints announce the remote-code pipeline: the Hub widget's task.
 REMOTE_PIPELINE_TASK = "image-classification"
+
+#: What an input that cannot be decoded does: `"raise"` a `ValueError` naming it, or `"return"` an error entry.
+ERROR_MODES = ("raise", "return")
 
 #: `"quality"`: one dict per image with score, quality level, scene and distortion.
 #: `"classification"`: the image-classification form, a list of `{"label", "score"}` over the quality levels.
@@ -65,6 +68,13 @@ def quality_level_weights(normalized_score: float, num_levels: int) -> list[floa
     return [mass / total for mass in masses]
 
 
+class _NumberedInput(NamedTuple):
+    """An item of a list input with its position, so that an error can name it."""
+
+    position: int
+    image: Any
+
+
 class ImageQualityAssessmentPipeline(Pipeline):
     """
     Scores the quality of images with an [`MPIQEModel`].
@@ -82,6 +92,10 @@ class ImageQualityAssessmentPipeline(Pipeline):
     - `return_map` (`bool`): also return `"quality_map"` and `"distortion_map"`, `(height, width)` float32 arrays in
       `[0, 1]` at the image's size ([`MPIQEModel.quality_map`]: Grad-CAM of the lowered score and the eq. 10 window
       weights of the predicted distortion, merged over the crop grid). Needs grid crops and the quality form.
+    - `errors` (`"raise"` (default) or `"return"`): an input that cannot be decoded raises a `ValueError` naming it
+      (its position in a list, and its path or kind), or, with `"return"`, gets an entry with its `"error"` message
+      (and `None` for the score, quality, scene and distortion; `{"error": ...}` in the classification form) while
+      the other inputs are scored.
 
     Output per image, `output_format="quality"`:
     `{"score": float on the model's native MOS scale, "quality": one of config.quality_levels, "scene": the most
@@ -116,6 +130,7 @@ class ImageQualityAssessmentPipeline(Pipeline):
         num_crops: int | None = None,
         return_normalized_score: bool | None = None,
         timeout: float | None = None,
+        errors: str | None = None,
         return_map: bool | None = None,
         **kwargs: Any,
     ):
@@ -128,6 +143,10 @@ class ImageQualityAssessmentPipeline(Pipeline):
             preprocess_params["num_crops"] = num_crops
         if timeout is not None:
             preprocess_params["timeout"] = timeout
+        if errors is not None:
+            if errors not in ERROR_MODES:
+                raise ValueError(f"`errors` must be one of {ERROR_MODES}, got {errors!r}.")
+            preprocess_params["errors"] = errors
         if top_k is not None:
             if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
                 raise ValueError(f"`top_k` must be a positive int, got {top_k!r}.")
@@ -151,6 +170,8 @@ class ImageQualityAssessmentPipeline(Pipeline):
             raise ValueError("No image was given.")
         if isinstance(inputs, tuple):
             inputs = list(inputs)
+        if isinstance(inputs, list):
+            inputs = [_NumberedInput(index, image) for index, image in enumerate(inputs)]
         return super().__call__(inputs, **kwargs)
 
     # -- steps ---------------------------------------------------------------------------------------------------------
@@ -180,16 +201,40 @@ class ImageQualityAssessmentPipeline(Pipeline):
         return get_image_size(array, channel_dim=infer_channel_dimension_format(array))
 
     def preprocess(
-        self, image: Any, num_crops: int | None = None, timeout: float | None = None, return_map: bool = False
+        self,
+        image: Any,
+        num_crops: int | None = None,
+        timeout: float | None = None,
+        errors: str = "raise",
+        return_map: bool = False,
     ):
-        decoded = self._decode(image, timeout)
+        position = None
+        if isinstance(image, _NumberedInput):
+            position, image = image
+        dtype = self.dtype or torch.float32
+        if return_map and getattr(self.image_processor, "crop_mode", "grid") != "grid":
+            raise ValueError("`return_map=True` places grid crops back on the image: use crop_mode='grid'.")
+        try:
+            decoded = self._decode(image, timeout)
+        except ValueError as err:
+            message = str(err) if position is None else f"input {position}: {err}"
+            if errors == "raise":
+                raise ValueError(message) from err
+            # A stand-in of the right shape keeps the batch whole; its score is dropped in `postprocess`.
+            crops = num_crops or self.image_processor.num_crops
+            size = self.image_processor.crop_size
+            stand_in = torch.zeros(1, crops, 3, size["height"], size["width"], dtype=dtype)
+            result = {"pixel_values": stand_in, "error": message}
+            if return_map:
+                result["image_size"] = torch.tensor([[size["height"], size["width"]]])
+            return result
         features = self.image_processor(decoded, num_crops=num_crops, return_tensors="pt")
-        inputs = {"pixel_values": features["pixel_values"].to(self.dtype or torch.float32)}
+        result = {"pixel_values": features["pixel_values"].to(dtype)}
         if return_map:
-            if getattr(self.image_processor, "crop_mode", "grid") != "grid":
-                raise ValueError("`return_map=True` places grid crops back on the image: use crop_mode='grid'.")
-            inputs["image_size"] = torch.tensor([self._image_size(decoded)])
-        return inputs
+            result["image_size"] = torch.tensor([self._image_size(decoded)])
+        if errors == "return":
+            result["error"] = None
+        return result
 
     def _forward(self, model_inputs, return_map: bool = False):
         if self._text_features is None:
@@ -202,6 +247,8 @@ class ImageQualityAssessmentPipeline(Pipeline):
         else:
             outputs = self.model(pixel_values=pixel_values, text_features=self._text_features)
         result = {"normalized_score": outputs.score, "native_score": self.model.to_native_scale(outputs.score)}
+        if "error" in model_inputs:
+            result["error"] = model_inputs["error"]
         if outputs.scene_logits is not None:
             result["scene_logits"] = outputs.scene_logits
         if outputs.distortion_logits is not None:
@@ -223,6 +270,11 @@ class ImageQualityAssessmentPipeline(Pipeline):
         output_format = output_format or self.default_output_format
         if return_map and output_format != "quality":
             raise ValueError("`return_map=True` needs output_format='quality' (the classification form has no map).")
+        error = model_outputs.get("error")
+        if error is not None:
+            if output_format == "classification":
+                return {"error": error}
+            return {"score": None, "quality": None, "scene": None, "distortion": None, "error": error}
         normalized = float(model_outputs["normalized_score"].reshape(-1)[0].float())
         levels = list(config.quality_levels)
         weights = quality_level_weights(normalized, len(levels))
@@ -242,6 +294,8 @@ class ImageQualityAssessmentPipeline(Pipeline):
         }
         if return_normalized_score:
             result["normalized_score"] = normalized
+        if "error" in model_outputs:
+            result["error"] = None
         families = (("scene", "scene_logits", config.scene_classes), ("distortion", "distortion_logits", config.distortion_classes))
         for key, logits_key, names in families:
             logits = model_outputs.get(logits_key)
@@ -278,10 +332,15 @@ class MPIQEImageClassificationPipeline(ImageQualityAssessmentPipeline):
 
 
 def register_pipeline() -> None:
-    """Registers the `image-quality-assessment` task with transformers: `pipeline(PIPELINE_TASK, model=...)`."""
+    """Registers the `image-quality-assessment` task with transformers: `pipeline(PIPELINE_TASK, model=...)`.
+
+    The task loads its model with `MPIQEModel.from_pretrained`, which refuses another model type before loading any
+    weights."""
+    from .modeling_mpiqe import MPIQEModel
+
     if PIPELINE_TASK not in PIPELINE_REGISTRY.get_supported_tasks():
         PIPELINE_REGISTRY.register_pipeline(
-            PIPELINE_TASK, pipeline_class=ImageQualityAssessmentPipeline, pt_model=AutoModel, type="image"
+            PIPELINE_TASK, pipeline_class=ImageQualityAssessmentPipeline, pt_model=MPIQEModel, type="image"
         )
 
 

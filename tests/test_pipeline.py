@@ -133,3 +133,26 @@ def test_a_model_that_is_not_mpiqe_is_refused_naming_its_type(tmp_path):
     ViTImageProcessor(size={"height": 30, "width": 30}).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="needs an MP-IQE model.*model_type='vit'"):
         pipeline(PIPELINE_TASK, model=str(tmp_path))
+
+
+def test_a_bad_item_raises_naming_it_or_gets_an_error_entry(checkpoint, images, tmp_path):
+    scorer = pipeline(PIPELINE_TASK, model=str(checkpoint))
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff not a jpeg")
+    inputs = [images[0], str(corrupt), images[1]]
+    with pytest.raises(ValueError, match=r"input 1: Cannot load image file '.*corrupt\.jpg'"):
+        scorer(inputs)
+    with pytest.raises(ValueError, match=r"^Cannot load in-memory image \(3 bytes\)"):
+        scorer(b"abc")
+
+    good = scorer([images[0], images[1]])
+    for batch_size in (1, 2, 3):
+        entries = scorer(inputs, errors="return", batch_size=batch_size)
+        assert entries[1] == {"score": None, "quality": None, "scene": None, "distortion": None,
+                              "error": entries[1]["error"]}
+        assert "input 1: Cannot load image file" in entries[1]["error"]
+        assert [entries[0]["score"], entries[2]["score"]] == pytest.approx([g["score"] for g in good], rel=1e-6, abs=1e-5)
+        assert entries[0]["error"] is None and entries[0]["quality"] == good[0]["quality"]
+    assert scorer(inputs, errors="return", output_format="classification")[1] == {"error": entries[1]["error"]}
+    with pytest.raises(ValueError, match="`errors` must be one of"):
+        scorer(images[0], errors="ignore")

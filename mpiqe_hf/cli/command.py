@@ -1,0 +1,426 @@
+"""The `mpiqe-score` command: arguments, the scoring loop, exit statuses."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from .errors import UsageError
+from .scoring import BACKENDS, DTYPES
+from .writers import FORMATS, RESULT_COLUMNS
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+
+EXIT_STATUS_HELP = (
+    "Exit status: 0 every input scored; 1 some inputs failed (their rows say why, status 'error') and the others "
+    "are scored; 2 usage error (bad arguments, unavailable device, existing output without --resume/--overwrite, "
+    "model or dataset that cannot be used); 130 interrupted by Ctrl-C, 143 by SIGTERM (the rows scored so far are "
+    "kept: finish with --resume)."
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mpiqe-score",
+        description="Score the quality of images with an MP-IQE model. Run it under `torchrun --nproc_per_node N -m "
+        "mpiqe_hf.cli` or `accelerate launch -m mpiqe_hf.cli` to share the images between processes.",
+        epilog=EXIT_STATUS_HELP,
+    )
+    inputs = parser.add_argument_group("inputs")
+    inputs.add_argument("paths", nargs="*", metavar="PATH", help="image files, folders, or glob patterns")
+    inputs.add_argument("--paths-from", metavar="FILE", help="a text file listing image paths, one per line (- = stdin)")
+    inputs.add_argument(
+        "--dataset",
+        metavar="NAME",
+        help="a `datasets` dataset: Hub id, save_to_disk folder, or Parquet file(s) (a path or glob ending in .parquet)",
+    )
+    inputs.add_argument("--dataset-config", default=None, help="configuration name of a Hub dataset")
+    inputs.add_argument("--split", default=None, help="dataset split (default: the only one)")
+    inputs.add_argument("--image-column", default="image", help="dataset column holding the images (default image)")
+    inputs.add_argument(
+        "--id-column", default=None, help="dataset column identifying a row in the output (default: the row index)"
+    )
+    inputs.add_argument("--streaming", action="store_true", help="stream the dataset instead of downloading it")
+    inputs.add_argument(
+        "--recursive",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="look into sub-folders of folder arguments, and let ** in globs match folders (default: on)",
+    )
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", "-m", required=True, help="Hub repo id or local folder of an MP-IQE checkpoint")
+    model.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of the model")
+    model.add_argument("--backend", choices=BACKENDS, default="torch", help="runtime that scores (default torch)")
+    model.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1, mps")
+    model.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="auto",
+        help="auto = bfloat16 on CUDA GPUs and on CPUs with AVX512-BF16 or AMX, else float32",
+    )
+    model.add_argument("--batch-size", "-b", type=int, default=16, help="images per forward pass (default 16)")
+    model.add_argument("--num-crops", type=int, default=None, help="crops per image (default: the processor's)")
+    model.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        help="DataLoader processes decoding and cropping per scoring process (default: the CPUs per process - 1, "
+        "1 to 8; 0 decodes in the scoring process)",
+    )
+    model.add_argument(
+        "--allow-pickle", action="store_true", help="also load models whose weights are pickles (trusted sources only)"
+    )
+
+    output = parser.add_argument_group("output")
+    output.add_argument(
+        "--output", "-o", default=None, help="write the rows to this file (CSV, JSONL or Parquet) instead of stdout"
+    )
+    output.add_argument(
+        "--format",
+        "-f",
+        choices=(*FORMATS, "table"),
+        default=None,
+        help="output format (default: from the --output extension; table on stdout)",
+    )
+    existing = output.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true", help="keep the rows of an existing output, score the rest")
+    existing.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    output.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar on stderr (default: when stderr is a terminal)",
+    )
+    return parser
+
+
+def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    if args.num_crops is not None and args.num_crops < 1:
+        parser.error("--num-crops must be at least 1")
+    if args.num_workers is not None and args.num_workers < 0:
+        parser.error("--num-workers must be 0 or more")
+    if args.dataset is not None and (args.paths or args.paths_from):
+        parser.error("--dataset cannot be combined with paths or --paths-from")
+    if args.dataset is None and not args.paths and args.paths_from is None:
+        parser.error("give image paths, --paths-from FILE or --dataset NAME")
+    if args.streaming and args.dataset is None:
+        parser.error("--streaming needs --dataset")
+    if args.streaming and args.id_column is None:
+        parser.error("--streaming needs --id-column: row positions are not stable when workers share a stream")
+    if args.output is not None and os.path.isdir(args.output):
+        parser.error(f"--output {args.output} is a folder")
+    if args.output is None and (args.resume or args.overwrite):
+        parser.error("--resume and --overwrite need --output")
+    if args.output is not None and args.format == "table":
+        parser.error("--format table is for the terminal; write CSV, JSONL or Parquet to --output")
+    if args.output is None and args.format == "parquet":
+        parser.error("--format parquet needs --output")
+
+
+def _is_main_process() -> bool:
+    """Rank 0 under torchrun/accelerate launch (which set RANK), or a single process."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _say(message: str) -> None:
+    if _is_main_process():
+        print(f"mpiqe-score: {message}", file=sys.stderr, flush=True)
+
+
+class Terminated(Exception):
+    """Raised in the main thread by SIGTERM, so that the writers are closed as for Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs `mpiqe-score`; returns the exit status (see `EXIT_STATUS_HELP`)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_arguments(parser, args)
+    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _Run(args).execute()
+    except UsageError as err:
+        _say(str(err))
+        return EXIT_USAGE
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Inputs:
+    """What to score: `sources[i]` keyed `keys[i]`, or the rows of a streamed dataset (`stream`)."""
+
+    keys: Sequence[Any] = ()
+    sources: Sequence[Any] = ()
+    stream: Any = None
+    problems: int = 0
+
+
+class _Run:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+
+    # -- set-up ----------------------------------------------------------------------------------------------------
+
+    def _inputs(self) -> _Inputs:
+        args = self.args
+        if args.dataset is None:
+            from .inputs import collect_files, read_path_list
+
+            files, problems = collect_files(args.paths, recursive=args.recursive) if args.paths else ([], [])
+            for argument, reason in problems:
+                _say(f"{argument}: {reason}")
+            if args.paths_from is not None:
+                files = list(dict.fromkeys(files + read_path_list(args.paths_from)))  # each path once, in order
+            if not files:
+                raise UsageError("no image files to score")
+            return _Inputs(keys=files, sources=files, problems=len(problems))
+
+        from .inputs import ColumnView, load_input_dataset, prepare_dataset_columns
+
+        dataset = load_input_dataset(args.dataset, args.dataset_config, args.split, args.streaming, args.revision)
+        dataset = prepare_dataset_columns(dataset, args.dataset, args.image_column, args.id_column)
+        if args.streaming:
+            return _Inputs(stream=dataset)
+        keys = dataset[args.id_column] if args.id_column else range(len(dataset))
+        return _Inputs(keys=keys, sources=ColumnView(dataset, args.image_column))
+
+    def _key_column(self) -> str:
+        args = self.args
+        return "path" if args.dataset is None else (args.id_column or "index")
+
+    def _output(self, world_size: int):
+        from .writers import ScoreOutput, format_from_extension
+
+        args = self.args
+        if args.output is None:
+            if world_size > 1:
+                raise UsageError("several processes write one file: pass --output")
+            return None
+        fmt = args.format or format_from_extension(args.output)
+        output = ScoreOutput(args.output, fmt, [self._key_column(), *RESULT_COLUMNS])
+        if output.has_results() and not (args.resume or args.overwrite):
+            raise UsageError(
+                f"{output.describe_existing()} already holds results; pass --resume to score only the images not in "
+                "it, or --overwrite to replace it"
+            )
+        return output
+
+    def _default_workers(self, state) -> int:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))
+        return min(8, max(1, cpus // processes_here - 1))
+
+    # -- the run ---------------------------------------------------------------------------------------------------
+
+    def execute(self) -> int:
+        from accelerate import PartialState
+        from accelerate.utils import gather_object
+
+        from .. import MPIQEImageProcessor
+        from .scoring import build_scorer, load_processor, resolve_device, resolve_dtype
+        from .writers import ScoredSoFar
+
+        args = self.args
+        device = resolve_device(args.device)
+        dtype, dtype_reason = resolve_dtype(args.dtype, device)
+        state = PartialState(cpu=device.type == "cpu")
+        if state.num_processes > 1 and device.type == "cuda":
+            if device.index is not None:
+                raise UsageError(f"--device {args.device}: with several processes each one takes its own GPU; "
+                                 "pass --device cuda")
+            device = state.device
+        output = self._output(state.num_processes)
+        inputs = self._inputs()
+
+        with state.main_process_first():  # one download from the Hub, then the others read the cache
+            scorer = build_scorer(args.backend, args.model, args.revision, args.allow_pickle, device, dtype)
+            processor = load_processor(args.model, args.revision)
+        if processor is None:
+            size = scorer.config.clip_config.vision_config.image_size
+            processor = MPIQEImageProcessor(crop_size={"height": size, "width": size})
+            _say(f"{args.model} has no preprocessor_config.json; using the default image processor ({size} x {size} "
+                 "crops)")
+
+        if output is not None and state.is_main_process:
+            if args.overwrite:
+                output.remove()
+            else:
+                output.recover()
+        state.wait_for_everyone()
+        before = output.scored_so_far() if output is not None else ScoredSoFar(set(), 0)
+
+        num_workers = self._default_workers(state) if args.num_workers is None else args.num_workers
+        loader, total = self._loader(inputs, before.keys, processor, state, num_workers, device)
+        _say(
+            f"scoring on {device} in {str(dtype).replace('torch.', '')} ({dtype_reason}), "
+            f"{state.num_processes} process(es), {num_workers} loader worker(s) each"
+            + (f"; {len(before.keys)} input(s) already in {args.output}" if before.keys else "")
+        )
+
+        writer = self._writer(output, state, scorer.config)
+        counts = {"scored": 0, "failed": 0}
+        status = EXIT_OK
+        try:
+            self._score(loader, scorer, writer, total, state, counts)
+        except KeyboardInterrupt:
+            status = EXIT_INTERRUPTED
+        except Terminated:
+            status = EXIT_TERMINATED
+        finally:
+            writer.close()
+            if output is not None and state.num_processes == 1:
+                output.fold_parts()
+
+        if status != EXIT_OK:
+            message = f"interrupted after {counts['scored'] + counts['failed']} new row(s)"
+            if output is not None:
+                where = args.output if state.num_processes == 1 else f"{args.output} and its part files"
+                message += f"; they are in {where}; run the same command with --resume to finish"
+            print(f"mpiqe-score: {message}", file=sys.stderr, flush=True)
+            return status
+
+        totals = gather_object([counts]) if state.num_processes > 1 else [counts]
+        if output is not None:
+            state.wait_for_everyone()
+            if state.is_main_process:
+                output.fold_parts()
+        scored = sum(item["scored"] for item in totals)
+        failed = sum(item["failed"] for item in totals) + before.errors + inputs.problems
+        if state.num_processes > 1:
+            state.wait_for_everyone()
+            state.destroy_process_group()
+        summary = f"{scored} scored, {sum(item['failed'] for item in totals)} failed"
+        if before.keys:
+            summary += f"; {len(before.keys)} kept from before ({before.errors} failed)"
+        _say(summary + (f"; rows in {args.output}" if output is not None else ""))
+        if failed:
+            _say(f"{failed} input(s) could not be scored (rows with status 'error', or arguments named above)")
+            # The main process carries the status: a launcher stops the other processes when one exits non-zero.
+            return EXIT_SOME_FAILED if state.is_main_process else EXIT_OK
+        return EXIT_OK
+
+    def _loader(self, inputs: _Inputs, done: set[str], processor, state, num_workers: int, device):
+        import torch
+
+        from .inputs import IndexedImages, StreamedImages, collate
+
+        args = self.args
+        if inputs.stream is not None:
+            from datasets.distributed import split_dataset_by_node
+
+            stream = split_dataset_by_node(inputs.stream, rank=state.process_index, world_size=state.num_processes)
+            dataset = StreamedImages(stream, args.image_column, args.id_column, done, processor, args.num_crops)
+            total = None
+        else:
+            remaining = [index for index, key in enumerate(inputs.keys) if str(key) not in done]
+            with state.split_between_processes(remaining) as mine:
+                positions = mine
+            dataset = IndexedImages(inputs.sources, inputs.keys, positions, processor, args.num_crops)
+            total = len(positions)
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=args.batch_size,
+            num_workers=num_workers,
+            collate_fn=collate,
+            pin_memory=device.type == "cuda",
+        )
+        return loader, total
+
+    def _writer(self, output, state, config):
+        from .writers import CSVWriter, JSONLWriter, TableWriter
+
+        args = self.args
+        if output is None:
+            columns = [self._key_column(), *RESULT_COLUMNS]
+            fmt = args.format or "table"
+            if fmt == "csv":
+                return CSVWriter(sys.stdout, columns, header=True)
+            if fmt == "jsonl":
+                return JSONLWriter(sys.stdout, columns)
+            widths = {
+                "quality": max(len("quality"), *(len(name) for name in config.quality_levels)),
+                "scene": max([len("scene"), *(len(name) for name in config.scene_classes)]),
+                "distortion": max([len("distortion"), *(len(name) for name in config.distortion_classes)]),
+            }
+            return TableWriter(sys.stdout, columns, widths)
+        if state.num_processes == 1 and output.format in ("csv", "jsonl"):
+            return output.open_for_append()
+        return output.open_part(state.process_index)
+
+    def _score(self, loader, scorer, writer, total, state, counts) -> None:
+        import torch
+        from tqdm.auto import tqdm
+
+        from ..pipeline_mpiqe import quality_level_index
+
+        args = self.args
+        config = scorer.config
+        key_column = self._key_column()
+        show = (args.progress if args.progress is not None else sys.stderr.isatty()) and state.is_main_process
+        pending_keys: list[Any] = []
+        pending_pixels: list[torch.Tensor] = []
+
+        def error_row(key, message):
+            return {key_column: key, **dict.fromkeys(RESULT_COLUMNS[:-2]), "status": "error", "error": message}
+
+        def score_pending(count: int) -> list[dict]:
+            keys = pending_keys[:count]
+            pixel_values = torch.cat(pending_pixels) if len(pending_pixels) > 1 else pending_pixels[0]
+            batch, rest = pixel_values[:count], pixel_values[count:]
+            del pending_keys[:count]
+            pending_pixels[:] = [rest] if len(rest) else []
+            result = scorer(batch)
+            rows = []
+            for index, key in enumerate(keys):
+                normalized = float(result.normalized_score[index])
+                row = {
+                    key_column: key,
+                    "score": float(result.score[index]),
+                    "quality": config.quality_levels[quality_level_index(normalized, len(config.quality_levels))],
+                    "scene": None,
+                    "distortion": None,
+                    "normalized_score": normalized,
+                    "status": "ok",
+                    "error": None,
+                }
+                if result.scene_logits is not None:
+                    row["scene"] = config.scene_classes[int(result.scene_logits[index].argmax())]
+                if result.distortion_logits is not None:
+                    row["distortion"] = config.distortion_classes[int(result.distortion_logits[index].argmax())]
+                rows.append(row)
+            return rows
+
+        with tqdm(total=total, unit="img", desc="mpiqe-score", disable=not show, file=sys.stderr) as bar:
+            for loaded in loader:
+                if loaded.failures:
+                    writer.write([error_row(key, message) for key, message in loaded.failures])
+                    counts["failed"] += len(loaded.failures)
+                    bar.update(len(loaded.failures))
+                if loaded.pixel_values is not None:
+                    pending_keys.extend(loaded.keys)
+                    pending_pixels.append(loaded.pixel_values)
+                while len(pending_keys) >= args.batch_size:
+                    rows = score_pending(args.batch_size)
+                    writer.write(rows)
+                    counts["scored"] += len(rows)
+                    bar.update(len(rows))
+            if pending_keys:
+                rows = score_pending(len(pending_keys))
+                writer.write(rows)
+                counts["scored"] += len(rows)
+                bar.update(len(rows))

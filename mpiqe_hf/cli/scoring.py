@@ -1,0 +1,147 @@
+"""
+The scoring backend of `mpiqe-score`, and the choice of device and dtype.
+
+A backend is any object with
+
+- `config`: the model's [`MPIQEConfig`] (MOS range, quality levels, scene and distortion names), and
+- `__call__(pixel_values) -> ScoreBatch`, `pixel_values` a float32 CPU tensor
+  `(batch_size, num_crops, 3, height, width)` from [`MPIQEImageProcessor`] (pinned when the device is CUDA).
+
+[`TorchScorer`] runs an [`MPIQEModel`]; another runtime plugs in by implementing the same two members and being
+returned by [`build_scorer`].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import UsageError
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+BACKENDS = ("torch",)
+
+
+@dataclass
+class ScoreBatch:
+    """Scores of a batch, as float32 numpy arrays."""
+
+    score: np.ndarray  # (batch_size,): on the training dataset's MOS scale
+    normalized_score: np.ndarray  # (batch_size,): the model's [0, 1] score
+    scene_logits: np.ndarray | None  # (batch_size, num_scene_classes), None without scene prompts
+    distortion_logits: np.ndarray | None  # (batch_size, num_distortion_classes), None without distortion prompts
+
+
+def _to_numpy(tensor: torch.Tensor | None) -> np.ndarray | None:
+    return None if tensor is None else tensor.float().cpu().numpy()
+
+
+class TorchScorer:
+    """An [`MPIQEModel`] on `device` in `dtype`; its text features are computed once, here."""
+
+    def __init__(self, model, device: torch.device, dtype: torch.dtype):
+        self.model = model.to(device=device, dtype=dtype).eval()
+        self.config = model.config
+        self.device = device
+        self.dtype = dtype
+        with torch.inference_mode():
+            self.text_features = self.model.get_text_features()
+
+    def __call__(self, pixel_values: torch.Tensor) -> ScoreBatch:
+        with torch.inference_mode():
+            pixel_values = pixel_values.to(self.device, self.dtype, non_blocking=True)
+            output = self.model(pixel_values, text_features=self.text_features)
+            normalized = output.score.float()
+            return ScoreBatch(
+                score=_to_numpy(self.model.to_native_scale(normalized)),
+                normalized_score=_to_numpy(normalized),
+                scene_logits=_to_numpy(output.scene_logits),
+                distortion_logits=_to_numpy(output.distortion_logits),
+            )
+
+
+def build_scorer(backend: str, model_name: str, revision: str | None, allow_pickle: bool, device, dtype):
+    """The scorer `--backend` names, loaded from `model_name`."""
+    if backend == "torch":
+        return TorchScorer(load_model(model_name, revision, allow_pickle), device, dtype)
+    raise UsageError(f"--backend {backend}: unknown backend; choose from {', '.join(BACKENDS)}")
+
+
+def load_model(name: str, revision: str | None, allow_pickle: bool):
+    """An [`MPIQEModel`]; `from_pretrained` refuses a checkpoint of another model type, naming it, before reading
+    its weights."""
+    from ..modeling_mpiqe import MPIQEModel
+
+    try:
+        return MPIQEModel.from_pretrained(name, revision=revision, allow_pickle=allow_pickle)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise UsageError(f"cannot load the model {name!r}: {_first_line(err)}") from err
+
+
+def load_processor(name: str, revision: str | None):
+    """The checkpoint's [`MPIQEImageProcessor`], or `None` when it has no `preprocessor_config.json`."""
+    from ..image_processing_mpiqe import MPIQEImageProcessor
+
+    try:
+        return MPIQEImageProcessor.from_pretrained(name, revision=revision)
+    except OSError:
+        return None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Device and dtype
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is CUDA where available, else the CPU; an unavailable device is a `UsageError`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UsageError(f"--device {name}: not a torch device (cpu, cuda, cuda:1, mps, ...)") from err
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+            raise UsageError(f"--device {name}: CUDA is not available ({why}: torch {torch.__version__})")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {name}: MPS is not available on this machine")
+    return device
+
+
+def cpu_bfloat16_unit() -> str | None:
+    """The CPU's bfloat16 matrix unit, if it has one: then bfloat16 is about twice as fast as float32 or more."""
+    if torch.cpu._is_amx_tile_supported():
+        return "AMX"
+    if torch.cpu._is_avx512_bf16_supported():
+        return "AVX512-BF16"
+    return None
+
+
+def resolve_dtype(name: str, device: torch.device) -> tuple[torch.dtype, str]:
+    """The dtype to score in, and why: `auto` is bfloat16 on CUDA GPUs and CPUs that compute it natively."""
+    if name != "auto":
+        dtype = getattr(torch, name)
+        if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise UsageError(f"--dtype bfloat16: {torch.cuda.get_device_name(device)} does not support it")
+        return dtype, "--dtype"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, "auto: this GPU computes bfloat16"
+        return torch.float32, "auto: this GPU has no bfloat16"
+    if device.type == "cpu":
+        unit = cpu_bfloat16_unit()
+        if unit is not None:
+            return torch.bfloat16, f"auto: this CPU has {unit}"
+        return torch.float32, "auto: this CPU has no bfloat16 unit"
+    return torch.float32, f"auto: {device.type}"
