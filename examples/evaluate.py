@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""Score saved MP-IQE models on an IQA dataset: one split, the paper's 10-split median (Table 1) or cross-dataset
-(Table 3). Writes per-image predictions (CSV), a scatter plot of predicted score vs MOS (PNG) and results.json.
+"""Score saved MP-IQE models on an IQA dataset: the held-out part of a model's own split (default), the paper's
+10-split median (Table 1) or cross-dataset (Table 3). Writes per-image predictions (CSV), a scatter plot of
+predicted score vs MOS (PNG) and results.json; `--clip_iqa` adds the zero-shot CLIP-IQA baseline on the same images.
 
-    # one model on the test part of its split (dataset and split read from the model's training_args.json)
+    # the held-out part of the split the model was trained on (read from its training_args.json)
     python examples/evaluate.py --model_name_or_path runs/koniq/split_1
     # the 10-split protocol: median SRCC/PLCC over the models in runs/koniq/split_*
     python examples/evaluate.py --protocol paper_splits --model_name_or_path runs/koniq
@@ -15,79 +16,99 @@ Works under `accelerate launch` too (predictions are gathered with `gather_for_m
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
-import os
 import re
 import statistics
+import sys
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Optional
 
+import datasets
 import numpy as np
 import torch
 from accelerate import Accelerator
+from transformers import AutoTokenizer, HfArgumentParser
 
 from mpiqe_hf import MPIQEImageProcessor, MPIQEModel
-from mpiqe_hf.data import liqe_splits, load_iqa_dataset, paper_splits, skipped_samples
-from mpiqe_hf.data.specs import canonical_dataset_name
+from mpiqe_hf.data import skipped_samples
 from mpiqe_hf.metrics import compute_metrics
-from mpiqe_hf.training import IQATrainingDataset, collate_iqa_batch, predict
+from mpiqe_hf.training import (
+    DataArguments,
+    IQATransform,
+    ModelSourceUnavailable,
+    check_model_source,
+    collate_iqa_batch,
+    iqa_split,
+    load_split_sources,
+    plan_split,
+    predict,
+    predict_clip_iqa,
+)
 
 logger = logging.getLogger(__name__)
 TRAINING_ARGS_FILE = "training_args.json"
+# DataArguments fields that name the data; when none is given, the data and split come from training_args.json.
+SOURCE_FIELDS = ("dataset_name", "dataset_config_name", "dataset_split", "data_dir", "label_file", "train_dir",
+                 "validation_dir")
+# DataArguments fields that always come from this command line, never from training.
+EVALUATION_FIELDS = ("skip_bad_samples", "verify_images", "max_image_size", "max_eval_samples",
+                     "dataloader_num_workers")
+
+
+@dataclass
+class EvaluationArguments:
+    model_name_or_path: list[str] = field(metadata={"help": (
+        "Saved model folders or Hub ids; a folder without config.json stands for its model subfolders (split_1, ...).")})
+    protocol: str = field(default="single", metadata={"choices": ["single", "paper_splits", "cross"], "help": (
+        "single: each model on the held-out part of its split (or the whole dataset with --whole_dataset); "
+        "paper_splits: each model on the held-out part of its own split, median reported; cross: each model on the "
+        "whole dataset, median reported.")})
+    whole_dataset: bool = field(default=False, metadata={"help": (
+        "single: score every image of the dataset, training images included, instead of the held-out part.")})
+    num_crops: Optional[int] = field(default=None, metadata={"help": "Grid crops per image (default: the "
+                                                                     "processor's)."})
+    per_device_eval_batch_size: int = 16
+    clip_iqa: bool = field(default=False, metadata={"help": (
+        "Also score the same images with zero-shot CLIP-IQA ('Good photo.' vs 'Bad photo.') on the model's own "
+        "frozen CLIP, and print it beside the model.")})
+    clip_model_name_or_path: Optional[str] = field(default=None, metadata={"help": (
+        "Where the CLIP tokenizer for --clip_iqa is (default: the CLIP the model was trained from).")})
+    output_dir: str = "mpiqe-eval"
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Evaluate MP-IQE models (single split, 10-split median, cross-dataset).")
-    parser.add_argument("--model_name_or_path", nargs="+", required=True,
-                        help="Saved model folders or Hub ids; a folder without config.json stands for its model "
-                             "subfolders (split_1, split_2, ...).")
-    parser.add_argument("--protocol", choices=["single", "paper_splits", "cross"], default="single",
-                        help="single: each model on --split_index's test part (or the whole dataset); paper_splits: "
-                             "each model on the test part of the split it was trained on, median reported; cross: "
-                             "each model on the whole dataset, median reported.")
-    parser.add_argument("--dataset_name", type=str, default=None,
-                        help="As in train.py; default: the dataset the (first) model was trained on.")
-    parser.add_argument("--data_dir", type=str, default=None)
-    parser.add_argument("--label_file", type=str, default=None)
-    parser.add_argument("--validation_dir", type=str, default=None, help="A metadata.csv folder to score whole.")
-    parser.add_argument("--dataset_split", type=str, default=None, help="Split of a Hub dataset.")
-    parser.add_argument("--cache_dir", type=str, default=None)
-    parser.add_argument("--mos_range", type=float, nargs=2, default=None, metavar=("LO", "HI"))
-    parser.add_argument("--lower_is_better", action="store_true")
-    parser.add_argument("--skip_bad_samples", action="store_true")
-    parser.add_argument("--split_protocol", choices=["auto", "paper", "liqe"], default="auto",
-                        help="Which splits define test parts (auto: liqe with --label_file, else paper).")
-    parser.add_argument("--split_index", type=int, default=None,
-                        help="single: score the test part of this split (1..10) instead of the whole dataset.")
-    parser.add_argument("--split_seed", type=int, default=None, help="Seed of the paper splits (default: training's).")
-    parser.add_argument("--num_crops", type=int, default=None, help="Grid crops per image (default: the processor's).")
-    parser.add_argument("--per_device_eval_batch_size", type=int, default=16)
-    parser.add_argument("--dataloader_num_workers", type=int, default=min(4, os.cpu_count() or 1))
-    parser.add_argument("--max_eval_samples", type=int, default=None)
-    parser.add_argument("--output_dir", type=str, default="mpiqe-eval")
-    args = parser.parse_args(argv)
-    if args.split_index is not None and not 1 <= args.split_index <= 10:
-        parser.error("--split_index must be in 1..10.")
-    return args
+    parser = HfArgumentParser((EvaluationArguments, DataArguments),
+                              description="Evaluate MP-IQE models (held-out part, 10-split median, cross-dataset).")
+    try:
+        eval_args, data_args = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as err:
+        parser.error(str(err))
+    return eval_args, data_args
 
 
 def _natural_key(path: Path):
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
 
+def _is_model_dir(path: Path) -> bool:
+    return (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
+
+
 def resolve_models(paths):
-    """Expands folders without a config.json into their model subfolders (split_1, split_2, ... in natural order)."""
+    """Expands folders that hold no model into their model subfolders (split_1, split_2, ... in natural order)."""
     models = []
     for entry in paths:
         path = Path(entry)
-        if path.is_dir() and not (path / "config.json").is_file():
-            found = sorted((p for p in path.iterdir() if p.is_dir() and (p / "config.json").is_file()), key=_natural_key)
+        if path.is_dir() and not _is_model_dir(path):
+            found = sorted((p for p in path.iterdir() if p.is_dir() and _is_model_dir(p)), key=_natural_key)
             if not found:
                 raise ValueError(f"{path} holds neither a model (config.json) nor model subfolders.")
             models.extend(str(p) for p in found)
         else:
+            check_model_source(str(entry), "the MP-IQE model")
             models.append(str(entry))
     return models
 
@@ -97,38 +118,17 @@ def training_args_of(model_path):
     return json.loads(file.read_text()) if file.is_file() else {}
 
 
-def dataset_source(args, trained):
-    """`(name, loader kwargs)`: from the command line, else from the first model's training arguments."""
-    if args.validation_dir or args.dataset_name or args.label_file or args.data_dir:
-        name = args.validation_dir or args.dataset_name or "synthetic"
-        source = dict(data_dir=args.data_dir, label_file=args.label_file, cache_dir=args.cache_dir)
-        if args.dataset_split:
-            source["split"] = args.dataset_split
-        folder = dict(mos_range=args.mos_range, higher_is_better=not args.lower_is_better)
-    else:
-        name = trained.get("train_dir") or trained.get("dataset_name") or "synthetic"
-        source = dict(data_dir=trained.get("data_dir"), label_file=trained.get("label_file"),
-                      cache_dir=args.cache_dir or trained.get("cache_dir"))
-        if trained.get("dataset_split"):
-            source["split"] = trained["dataset_split"]
-        folder = dict(mos_range=trained.get("mos_range"), higher_is_better=not trained.get("lower_is_better", False))
-    if os.path.isdir(name) and os.path.isfile(os.path.join(name, "metadata.csv")):
-        source.update(folder)
-        source = {k: v for k, v in source.items() if k not in ("data_dir", "label_file")}
-    return name, source
-
-
-def test_indices(ds, name, label_file, protocol, split_index, split_seed, split_by_image=False):
-    if protocol == "auto":
-        protocol = "liqe" if label_file else "paper"
-    if protocol == "liqe":
-        if not label_file:
-            raise ValueError("LIQE splits need --label_file.")
-        label_path = Path(label_file)
-        source = label_path if label_path.is_dir() else label_path.parent
-        source = canonical_dataset_name(name) if source.name == "splits2" else source
-        return liqe_splits(source, split_index, dataset=ds)["test"]
-    return paper_splits(ds, seed=split_seed, by_content=False if split_by_image else None)[split_index - 1][1]
+def data_arguments_for(trained: dict, cli: DataArguments, cli_names_data: bool) -> DataArguments:
+    """The data and split to score a model on: the command line's when it names data, else the model's own
+    (`training_args.json`), with the evaluation options of the command line either way."""
+    if cli_names_data or not trained:
+        return cli
+    known = {f.name for f in fields(DataArguments)}
+    values = {key: value for key, value in trained.items() if key in known and key not in EVALUATION_FIELDS}
+    values.update({key: getattr(cli, key) for key in EVALUATION_FIELDS})
+    values["cache_dir"] = cli.cache_dir or trained.get("cache_dir")
+    values["max_train_samples"] = None
+    return DataArguments(**values)
 
 
 def write_scatter(path, groups, title):
@@ -151,106 +151,140 @@ def write_scatter(path, groups, title):
     plt.close(figure)
 
 
+def clip_iqa_tokenizer(eval_args, trained, model):
+    source = (eval_args.clip_model_name_or_path or model.config.base_model_name_or_path
+              or trained.get("clip_model_name_or_path"))
+    if trained.get("clip_config_name") and not eval_args.clip_model_name_or_path:
+        source = None  # a random CLIP has no tokenizer
+    if not source:
+        raise ValueError("--clip_iqa needs the CLIP tokenizer: this model was built on a random CLIP; pass "
+                         "--clip_model_name_or_path with a folder that holds a CLIP tokenizer.")
+    check_model_source(source, "the CLIP tokenizer for --clip_iqa")
+    return AutoTokenizer.from_pretrained(source)
+
+
 def main(argv=None):
-    args = parse_args(argv)
+    eval_args, cli_data = parse_args(argv)
+    cli_names_data = any(getattr(cli_data, name) is not None for name in SOURCE_FIELDS)
+    # A lone --validation_dir is a folder of images to score, all of them.
+    lone_folder = cli_data.validation_dir is not None and not (cli_data.train_dir or cli_data.dataset_name)
+    if lone_folder:
+        cli_data = DataArguments(**{**vars(cli_data), "dataset_name": cli_data.validation_dir, "validation_dir": None})
     accelerator = Accelerator()
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
-    models = resolve_models(args.model_name_or_path)
-    trained_first = training_args_of(models[0])
-    name, source = dataset_source(args, trained_first)
-    with accelerator.main_process_first():
-        ds = load_iqa_dataset(name, skip_bad_samples=args.skip_bad_samples, **source)
-    for bad in skipped_samples(ds):
-        logger.warning(f"skipped: {bad}")
-    label_file = source.get("label_file")
-    paths = [(image or {}).get("path") for image in ds.cast_column("image", _undecoded())["image"]]
+    models = resolve_models(eval_args.model_name_or_path)
 
-    per_model, rows, groups = [], [], []
-    for position, model_path in enumerate(models):
+    loaded = {}  # the datasets, loaded once per source
+    per_model, baselines, rows, groups = [], [], [], []
+    for model_path in models:
         trained = training_args_of(model_path)
-        split_index = None
-        if args.protocol == "paper_splits":
-            split_index = trained.get("split_index") or position + 1
-        elif args.protocol == "single":
-            split_index = args.split_index
-        if split_index is None:
+        data_args = data_arguments_for(trained, cli_data, cli_names_data)
+        if eval_args.protocol == "paper_splits" and cli_names_data and trained.get("split_index"):
+            data_args = DataArguments(**{**vars(data_args), "split_index": trained["split_index"]})
+        key = json.dumps({name: getattr(data_args, name) for name in SOURCE_FIELDS + ("split_protocol",
+                                                                                      "mos_range", "lower_is_better")})
+        if key not in loaded:
+            with accelerator.main_process_first():
+                loaded[key] = load_split_sources(data_args)
+            for ds in loaded[key]:
+                for bad in skipped_samples(ds) if ds is not None else []:
+                    logger.warning(f"skipped: {bad}")
+        if lone_folder or eval_args.protocol == "cross" or eval_args.whole_dataset:
+            ds, split_index = loaded[key][0], None
             indices = list(range(len(ds)))
+            part = f"all of {data_args.dataset_name or data_args.train_dir or 'synthetic'}"
+            if not lone_folder and eval_args.protocol == "single":
+                part += " (training images included)"
         else:
-            seed = args.split_seed if args.split_seed is not None else trained.get("split_seed", 0)
-            protocol = args.split_protocol
-            if protocol == "auto" and trained.get("split_protocol") in ("paper", "liqe"):
-                protocol = trained["split_protocol"]
-            indices = test_indices(
-                ds, name, label_file, protocol, split_index, seed, split_by_image=trained.get("split_by_image", False)
-            )
-        if args.max_eval_samples is not None:
-            indices = indices[: args.max_eval_samples]
+            plan = plan_split(data_args, seed=trained.get("seed", 0), loaded=loaded[key])
+            ds, indices, part_name = plan.held_out
+            part = f"the {part_name} part of {plan.description}"
+            split_index = data_args.split_index
+        if data_args.max_eval_samples is not None:
+            indices = indices[: data_args.max_eval_samples]
+        accelerator.print(f"{model_path}: scoring {part}: {len(indices)} images")
 
         model = MPIQEModel.from_pretrained(model_path)
         try:
             processor = MPIQEImageProcessor.from_pretrained(model_path)
         except OSError:
-            processor = MPIQEImageProcessor(crop_size=model.config.clip_config.vision_config.image_size)
-        if args.num_crops is not None:
-            processor.num_crops = args.num_crops
-        dataset = IQATrainingDataset(ds, processor, model.config.scene_classes, model.config.distortion_classes,
-                                     indices=indices, train=False)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=args.per_device_eval_batch_size,
-                                             collate_fn=collate_iqa_batch, num_workers=args.dataloader_num_workers)
+            size = model.config.clip_config.vision_config.image_size
+            processor = MPIQEImageProcessor(crop_size={"height": size, "width": size})
+        if eval_args.num_crops is not None:
+            processor.num_crops = eval_args.num_crops
+        transform = IQATransform(ds, processor, model.config.scene_classes, model.config.distortion_classes,
+                                 random_crops=False, max_image_size=data_args.max_image_size,
+                                 skip_bad_samples=data_args.skip_bad_samples)
+        loader = torch.utils.data.DataLoader(iqa_split(ds, indices, transform),
+                                             batch_size=eval_args.per_device_eval_batch_size,
+                                             collate_fn=collate_iqa_batch,
+                                             num_workers=data_args.dataloader_num_workers)
+        tokenizer = clip_iqa_tokenizer(eval_args, trained, model) if eval_args.clip_iqa else None
         model, loader = accelerator.prepare(model, loader)
         predictions = predict(model, loader, accelerator)
         model = accelerator.unwrap_model(model)
+        for error in predictions["skipped"]:
+            logger.warning(f"skipped an undecodable image: {error}")
         metrics = compute_metrics(predictions["score"], predictions["mos"])
-        metrics.update(model=model_path, split_index=split_index, num_samples=int(len(predictions["score"])))
+        metrics.update(model=model_path, split_index=split_index, part=part,
+                       num_samples=int(len(predictions["score"])), skipped=predictions["skipped"])
+        line = f"{model_path}: SRCC {metrics['srcc']:.4f}  PLCC {metrics['plcc']:.4f}  ({metrics['num_samples']} images)"
+        if tokenizer is not None:
+            baseline = predict_clip_iqa(model.clip, tokenizer, loader, accelerator)
+            base = compute_metrics(baseline["score"], baseline["mos"])
+            metrics["clip_iqa"] = {"srcc": base["srcc"], "plcc": base["plcc"], "num_samples": len(baseline["score"])}
+            baselines.append(metrics["clip_iqa"])
+            line += f"   zero-shot CLIP-IQA on the same images: SRCC {base['srcc']:.4f}  PLCC {base['plcc']:.4f}"
+        accelerator.print(line)
         per_model.append(metrics)
         native = model.to_native_scale(torch.as_tensor(predictions["score"])).numpy()
         mos_native = np.asarray(ds.select_columns(["mos"])[predictions["index"].tolist()]["mos"], dtype=np.float64)
-        label = Path(model_path).name or model_path
-        groups.append((label, mos_native, native))
-        for row, index in enumerate(predictions["index"].tolist()):
-            rows.append([model_path, split_index if split_index is not None else "", paths[index],
+        groups.append((Path(model_path).name or model_path, mos_native, native))
+        paths = [(image or {}).get("path") for image in
+                 ds.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))[
+                     predictions["index"].tolist()]["image"]]
+        for row in range(len(paths)):
+            rows.append([model_path, split_index if split_index is not None else "", paths[row],
                          f"{mos_native[row]:.6g}", f"{predictions['mos'][row]:.6g}", f"{native[row]:.6g}",
                          f"{predictions['score'][row]:.6g}"])
-        accelerator.print(f"{model_path}: SRCC {metrics['srcc']:.4f}  PLCC {metrics['plcc']:.4f}  "
-                          f"({metrics['num_samples']} images" + (f", split {split_index})" if split_index else ")"))
         accelerator.free_memory()
 
     summary = {
-        "protocol": args.protocol,
-        "dataset": name,
+        "protocol": eval_args.protocol,
         "num_models": len(per_model),
         "median_srcc": statistics.median(m["srcc"] for m in per_model),
         "median_plcc": statistics.median(m["plcc"] for m in per_model),
         "median_plcc_logistic": statistics.median(m["plcc_logistic"] for m in per_model),
         "per_model": per_model,
     }
+    if baselines:
+        summary["clip_iqa_median_srcc"] = statistics.median(b["srcc"] for b in baselines)
+        summary["clip_iqa_median_plcc"] = statistics.median(b["plcc"] for b in baselines)
     if accelerator.is_main_process:
-        out = Path(args.output_dir)
+        out = Path(eval_args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "predictions.csv", "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["model", "split_index", "path", "mos", "mos_normalized", "predicted_mos",
                              "predicted_score"])
             writer.writerows(rows)
-        title = (f"{name}: median SRCC {summary['median_srcc']:.3f}, PLCC {summary['median_plcc']:.3f} "
-                 f"({len(per_model)} model{'s' if len(per_model) > 1 else ''}, {args.protocol})")
+        what = {"paper_splits": f"median of {len(per_model)} splits", "cross": f"cross-dataset, median of "
+                f"{len(per_model)} model(s)", "single": f"{len(per_model)} model(s), median"}[eval_args.protocol]
+        title = (f"median SRCC {summary['median_srcc']:.3f}, PLCC {summary['median_plcc']:.3f} ({what})")
         write_scatter(out / "scatter.png", groups, title)
         (out / "results.json").write_text(json.dumps(summary, indent=2))
-        what = {"paper_splits": f"median of {len(per_model)} splits", "cross": f"cross-dataset, median of "
-                f"{len(per_model)} model(s)", "single": f"{len(per_model)} model(s), median"}[args.protocol]
-        trained_on = trained_first.get("train_dir") or trained_first.get("dataset_name") or "synthetic"
-        print(f"\n| training | testing | PLCC | SRCC |  ({what})\n|---|---|---|---|\n"
-              f"| {Path(str(trained_on)).name} | {Path(str(name)).name} | {summary['median_plcc']:.3f} | "
-              f"{summary['median_srcc']:.3f} |")
+        table = f"\n| method | PLCC | SRCC |  ({what}; {per_model[0]['part']})\n|---|---|---|\n"
+        if baselines:
+            table += (f"| CLIP-IQA (zero-shot, same CLIP) | {summary['clip_iqa_median_plcc']:.3f} | "
+                      f"{summary['clip_iqa_median_srcc']:.3f} |\n")
+        table += f"| MP-IQE | {summary['median_plcc']:.3f} | {summary['median_srcc']:.3f} |"
+        print(table)
     accelerator.wait_for_everyone()
     return summary
 
 
-def _undecoded():
-    import datasets
-
-    return datasets.Image(decode=False)
-
-
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ModelSourceUnavailable, ValueError) as err:
+        sys.exit(f"error: {err}")

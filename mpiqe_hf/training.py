@@ -1,27 +1,40 @@
 """Training helpers shared by `examples/train.py` and `examples/evaluate.py`.
 
-- [`IQATrainingDataset`] wraps a `datasets.Dataset` of the library's layout (see `docs/data.md`) as a torch
-  `Dataset` whose items hold the model inputs: `pixel_values` (K crops), `mos` (normalised), `scene_labels`
-  (multi-hot) and `distortion_labels` (index or -100), plus the row `index`.
-- [`EpochShuffleSampler`] shuffles with a permutation that depends only on `(seed, epoch)`.
-- [`collate_iqa_batch`] stacks items and drops the ones that failed to decode (when skipping is on).
-- [`predict`] and [`evaluate_model`] score a dataloader, gathering across processes with
-  `accelerator.gather_for_metrics`, and compute SRCC/PLCC with [`compute_metrics`].
+A split is a small `datasets.Dataset` of samples, one row per `(row, visit)`: `row` indexes the IQA dataset (the
+layout of `mpiqe_hf.data.load_iqa_dataset`, see `docs/data.md`) and `visit` numbers the times an epoch visits that
+image. [`IQATransform`], set with `Dataset.with_transform`, decodes the images of a batch of samples and makes their
+crops, so nothing is decoded before it is needed.
 
-Random crops are drawn from a `torch.Generator` seeded with `(seed, epoch, row index)`, not from the process-wide
-RNG: the crops an image gets do not depend on the number of dataloader workers or processes, on prefetching, or on
-where a run was interrupted, which is what makes `--resume_from_checkpoint` continue exactly.
+- Paper preset (per-crop training): [`make_samples`] with `visits=num_crops` lists every training image `num_crops`
+  times; each visit is one fresh random crop and its own sample (`pixel_values` `(1, 3, S, S)`), so batches count
+  crops and the losses apply per crop, as in the paper's code base.
+- Per-image training: `visits=1` and `crops_per_sample=num_crops`: one sample holds an image's `num_crops` random
+  crops, whose scores the model averages before the loss.
+- Evaluation: `visits=1`, grid crops; the model averages an image's crops.
+
+The random crop (and optional flip) of a sample is drawn from a generator seeded with `(seed, epoch, row, visit)`,
+not from the process-wide RNG: a sample's crop does not depend on the number of dataloader workers or processes, on
+prefetching, or on where a run was interrupted, which is what makes `--resume_from_checkpoint` continue exactly.
+Shuffling is Accelerate's seedable sampler (`DataLoaderConfiguration(use_seedable_sampler=True)`), whose order
+depends on `(data_seed, epoch)` only.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional, Sequence
 
 import datasets
 import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image
 
+from .data import liqe_splits, load_iqa_dataset, paper_splits, subsample
+from .data.specs import canonical_dataset_name
 from .image_processing_mpiqe import MPIQEImageProcessor
 from .image_utils_mpiqe import load_image
 from .metrics import compute_metrics
@@ -29,31 +42,93 @@ from .metrics import compute_metrics
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
+REQUIRED_COLUMNS = ("image", "mos_normalized", "scene", "distortion")
 
 
-def _derived_seed(seed: int, epoch: int, index: int, stream: int) -> int:
-    """A 32-bit seed drawn from `(seed, epoch, stream, index)`: stream 0 = crops of row `index`, 1 = shuffling."""
-    entropy = [int(seed) & 0xFFFFFFFF, int(epoch), int(stream), int(index)]
+def derived_seed(seed: int, epoch: int, row: int, visit: int) -> int:
+    """A 32-bit seed drawn from `(seed, epoch, row, visit)`."""
+    entropy = [int(seed) & 0xFFFFFFFF, int(epoch), int(row), int(visit)]
     return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
-class IQATrainingDataset(torch.utils.data.Dataset):
+def make_samples(indices: Sequence[int], visits: int = 1) -> datasets.Dataset:
+    """The samples of a split: columns `row` (each of `indices`, `visits` times in a row) and `visit` (0..visits-1)."""
+    indices = np.asarray(list(indices), dtype=np.int64)
+    if indices.size == 0:
+        raise ValueError("The split is empty.")
+    if visits < 1:
+        raise ValueError(f"visits must be at least 1, got {visits}.")
+    return datasets.Dataset.from_dict(
+        {"row": np.repeat(indices, visits), "visit": np.tile(np.arange(visits, dtype=np.int64), indices.size)}
+    )
+
+
+class LabelEncoder:
     """
-    A torch view of an IQA `datasets.Dataset` (columns `image`, `mos_normalized`, `scene`, `distortion`).
+    Turns a row's `scene` and `distortion` values into the model's targets, by class name.
+
+    The values may be names (strings) or `ClassLabel` ints of the dataset's features; a missing label (None, "", or
+    a negative int) becomes an all-zero scene row or `IGNORE_INDEX`, which the model's losses skip.
+    """
+
+    def __init__(self, features: datasets.Features, scene_classes: Sequence[str], distortion_classes: Sequence[str]):
+        self.scene_classes = list(scene_classes)
+        self.scene_index = {name: i for i, name in enumerate(self.scene_classes)}
+        self.distortion_index = {name: i for i, name in enumerate(distortion_classes)}
+        self.distortion_classes = list(distortion_classes)
+        scene = features.get("scene")
+        scene = getattr(scene, "feature", None) or (scene[0] if isinstance(scene, list) and scene else None)
+        distortion = features.get("distortion")
+        self.scene_names = scene.names if isinstance(scene, datasets.ClassLabel) else None
+        self.distortion_names = distortion.names if isinstance(distortion, datasets.ClassLabel) else None
+
+    @staticmethod
+    def _name(value, names):
+        if value is None or value == "":
+            return None
+        if names is not None and isinstance(value, (int, np.integer)):
+            return None if value < 0 else names[value]
+        return value
+
+    def scene_target(self, scenes) -> torch.Tensor:
+        target = torch.zeros(len(self.scene_classes), dtype=torch.float32)
+        for value in scenes or []:
+            name = self._name(value, self.scene_names)
+            if name is None:
+                continue
+            if name not in self.scene_index:
+                raise ValueError(f"Unknown scene {name!r}; the model knows {self.scene_classes}.")
+            target[self.scene_index[name]] = 1.0
+        return target
+
+    def distortion_target(self, distortion) -> int:
+        name = self._name(distortion, self.distortion_names)
+        if name is None:
+            return IGNORE_INDEX
+        if name not in self.distortion_index:
+            raise ValueError(f"Unknown distortion {name!r}; the model knows {self.distortion_classes}.")
+        return self.distortion_index[name]
+
+
+class IQATransform:
+    """
+    The `Dataset.with_transform` function of a split made by [`make_samples`].
 
     Args:
-        dataset (`datasets.Dataset`): rows in the layout of `mpiqe_hf.data.load_iqa_dataset`.
-        image_processor ([`MPIQEImageProcessor`]): makes the crops (its `crop_size` and `num_crops`).
+        dataset (`datasets.Dataset`): the IQA dataset the samples' `row`s index.
+        image_processor ([`MPIQEImageProcessor`]): makes the crops (its crop size; its `num_crops` for grid crops).
         scene_classes, distortion_classes (`Sequence[str]`): the model's vocabularies (`config.scene_classes`, ...).
-        indices (`Sequence[int]`, *optional*): rows of `dataset` to use (a split); default all.
-        train (`bool`): random crops (training) or the deterministic grid (evaluation).
-        seed (`int`): base seed of the random crops; the crops of row `i` in epoch `e` are drawn from a generator
-            seeded with `(seed, e, i)`.
-        skip_bad_samples (`bool`): return `None` for an image that fails to decode (the collate function drops it
-            and logs a warning) instead of raising.
+        random_crops (`bool`): random crops (training) or the processor's deterministic grid (evaluation).
+        crops_per_sample (`int`): random crops per sample: 1 in per-crop training, `num_crops` in per-image training.
+        seed (`int`): base seed of the random crops and flips; see [`derived_seed`].
+        horizontal_flip (`bool`): flip each random crop with probability 1/2.
+        max_image_size (`int`, *optional*): downscale images whose longer side exceeds this before cropping.
+        skip_bad_samples (`bool`): an image that fails to decode is dropped from its batch with a warning (and
+            counted, see [`collate_iqa_batch`]) instead of stopping the run.
 
-    Items are dicts with `pixel_values` `(K, 3, S, S)`, `mos` `()`, `scene_labels` `(num_scenes,)` float,
-    `distortion_labels` `()` long (-100 = no label) and `index` `()` long (the row in `dataset`).
+    Each sample becomes `pixel_values` `(crops, 3, S, S)`, `mos` `()` (normalised), `scene_labels`
+    `(num_scene_classes,)` multi-hot, `distortion_labels` `()` (`IGNORE_INDEX` = no label) and `index` `()` (the
+    row), or, when skipped, `pixel_values=None` and `error` saying why.
     """
 
     def __init__(
@@ -62,125 +137,108 @@ class IQATrainingDataset(torch.utils.data.Dataset):
         image_processor: MPIQEImageProcessor,
         scene_classes: Sequence[str],
         distortion_classes: Sequence[str],
-        indices: Optional[Sequence[int]] = None,
-        train: bool = True,
+        *,
+        random_crops: bool,
+        crops_per_sample: int = 1,
         seed: int = 0,
+        horizontal_flip: bool = False,
+        max_image_size: Optional[int] = None,
         skip_bad_samples: bool = False,
     ):
-        missing = {"image", "mos_normalized", "scene", "distortion"} - set(dataset.column_names)
+        missing = set(REQUIRED_COLUMNS) - set(dataset.column_names)
         if missing:
             raise ValueError(f"The dataset lacks the columns {sorted(missing)}; load it with `load_iqa_dataset`.")
-        # Undecoded {"path", "bytes"} dicts: decoding goes through `load_image`, whose errors name the file.
+        self.labels = LabelEncoder(dataset.features, scene_classes, distortion_classes)
+        # Undecoded {"path", "bytes"} dicts: `load_image` decodes one image at a time and its errors name the file,
+        # so one bad image costs one sample, not the batch that `datasets`' own decoding would fail as a whole.
         if isinstance(dataset.features["image"], datasets.Image):
             dataset = dataset.cast_column("image", datasets.Image(decode=False))
-        self.dataset = dataset
-        self.indices = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
-        if not self.indices:
-            raise ValueError("The split is empty.")
+        self.dataset = dataset.select_columns(list(REQUIRED_COLUMNS))
         self.image_processor = image_processor
-        self.scene_classes = list(scene_classes)
-        self.distortion_classes = list(distortion_classes)
-        self._scene_index = {name: i for i, name in enumerate(self.scene_classes)}
-        self._distortion_index = {name: i for i, name in enumerate(self.distortion_classes)}
-        self.train = train
+        self.random_crops = random_crops
+        self.crops_per_sample = int(crops_per_sample)
         self.seed = int(seed)
-        self.epoch = 0
+        self.horizontal_flip = horizontal_flip
+        self.max_image_size = max_image_size
         self.skip_bad_samples = skip_bad_samples
+        self.epoch = 0
 
     def set_epoch(self, epoch: int):
         """Selects the random crops of `epoch` (call before iterating, like `DistributedSampler.set_epoch`)."""
         self.epoch = int(epoch)
 
-    def __len__(self):
-        return len(self.indices)
+    def describe(self, row: int, image) -> str:
+        return (image or {}).get("path") or f"row {row}"
 
-    def image_path(self, position: int) -> str:
-        image = self.dataset[self.indices[position]]["image"]
-        return (image or {}).get("path") or f"<embedded image, row {self.indices[position]}>"
+    def crops(self, image: Image.Image, row: int, visit: int) -> torch.Tensor:
+        if self.max_image_size is not None and max(image.size) > self.max_image_size:
+            image = image.copy()
+            image.thumbnail((self.max_image_size, self.max_image_size), Image.Resampling.BICUBIC)
+        if not self.random_crops:
+            return self.image_processor(image, crop_mode="grid", return_tensors="pt")["pixel_values"][0]
+        seed = derived_seed(self.seed, self.epoch, row, visit)
+        pixel_values = self.image_processor(
+            image, num_crops=self.crops_per_sample, crop_mode="random", seed=seed, return_tensors="pt"
+        )["pixel_values"][0]
+        if self.horizontal_flip:
+            flips = torch.rand(self.crops_per_sample, generator=torch.Generator().manual_seed(seed ^ 0x5EED)) < 0.5
+            pixel_values[flips] = pixel_values[flips].flip(-1)
+        return pixel_values
 
-    def scene_target(self, scenes) -> torch.Tensor:
-        target = torch.zeros(len(self.scene_classes), dtype=torch.float32)
-        for name in scenes or []:
-            if name not in self._scene_index:
-                raise ValueError(f"Unknown scene {name!r}; the model knows {self.scene_classes}.")
-            target[self._scene_index[name]] = 1.0
-        return target
+    def __call__(self, batch: dict) -> dict:
+        rows = [int(row) for row in batch["row"]]
+        visits = [int(visit) for visit in batch.get("visit", [0] * len(rows))]
+        records = self.dataset[rows]
+        out = {key: [] for key in ("pixel_values", "mos", "scene_labels", "distortion_labels", "index", "error")}
+        for position, (row, visit) in enumerate(zip(rows, visits)):
+            image = records["image"][position]
+            where = self.describe(row, image)
+            try:
+                pixel_values = self.crops(load_image(image), row, visit)
+                error = None
+            except ValueError as err:
+                if not self.skip_bad_samples:
+                    raise ValueError(f"Dataset row {row}: {err}") from err
+                pixel_values, error = None, f"row {row} ({where}): {err}"
+            mos = records["mos_normalized"][position]
+            if mos is None or not np.isfinite(mos):
+                raise ValueError(f"Dataset row {row} ({where}): the normalised MOS is {mos!r}.")
+            try:
+                scene_labels = self.labels.scene_target(records["scene"][position])
+                distortion = self.labels.distortion_target(records["distortion"][position])
+            except ValueError as err:
+                raise ValueError(f"Dataset row {row} ({where}): {err}") from err
+            out["pixel_values"].append(pixel_values)
+            out["mos"].append(torch.tensor(float(mos), dtype=torch.float32))
+            out["scene_labels"].append(scene_labels)
+            out["distortion_labels"].append(torch.tensor(distortion, dtype=torch.long))
+            out["index"].append(torch.tensor(row, dtype=torch.long))
+            out["error"].append(error)
+        return out
 
-    def distortion_target(self, distortion) -> int:
-        if distortion is None or distortion == "":
-            return IGNORE_INDEX
-        if distortion not in self._distortion_index:
-            raise ValueError(f"Unknown distortion {distortion!r}; the model knows {self.distortion_classes}.")
-        return self._distortion_index[distortion]
 
-    def __getitem__(self, position: int):
-        row_index = self.indices[position]
-        row = self.dataset[row_index]
-        where = (row["image"] or {}).get("path") or f"row {row_index}"
-        try:
-            image = load_image(row["image"])
-            if self.train:
-                pixel_values = self.image_processor.preprocess(
-                    image, crop_mode="random", seed=_derived_seed(self.seed, self.epoch, row_index, 0), return_tensors="pt"
-                )["pixel_values"][0]
-            else:
-                pixel_values = self.image_processor.preprocess(image, crop_mode="grid", return_tensors="pt")[
-                    "pixel_values"
-                ][0]
-        except ValueError as err:
-            if self.skip_bad_samples:
-                logger.warning(f"Skipping dataset row {row_index}: {err}")
-                return None
-            raise ValueError(f"Dataset row {row_index}: {err}") from err
-        mos = row["mos_normalized"]
-        if mos is None or not np.isfinite(mos):
-            raise ValueError(f"Dataset row {row_index} ({where}): the normalised MOS is {mos!r}.")
-        try:
-            scene_labels = self.scene_target(self.dataset.features["scene"].feature.int2str(row["scene"]))
-            distortion = self.distortion_target(
-                self.dataset.features["distortion"].int2str(row["distortion"]) if row["distortion"] >= 0 else None
-            )
-        except ValueError as err:
-            raise ValueError(f"Dataset row {row_index} ({where}): {err}") from err
-        return {
-            "pixel_values": pixel_values,
-            "mos": torch.tensor(float(mos), dtype=torch.float32),
-            "scene_labels": scene_labels,
-            "distortion_labels": torch.tensor(distortion, dtype=torch.long),
-            "index": torch.tensor(row_index, dtype=torch.long),
-        }
+def iqa_split(dataset: datasets.Dataset, indices: Sequence[int], transform: IQATransform, visits: int = 1):
+    """The samples of `indices` ([`make_samples`]) with `transform` set: a map-style dataset for a `DataLoader`."""
+    return make_samples(indices, visits).with_transform(transform)
 
 
 def collate_iqa_batch(items):
-    """Stacks the items of [`IQATrainingDataset`]; `None` items (images skipped by `skip_bad_samples`) are dropped."""
-    kept = [item for item in items if item is not None]
-    if len(kept) < len(items):
-        logger.warning(f"Dropped {len(items) - len(kept)} undecodable image(s) from a batch.")
+    """
+    Stacks the samples of [`IQATransform`]. Samples whose image failed to decode (`skip_bad_samples`) are dropped
+    with a warning; their descriptions are in the batch's `skipped` list.
+    """
+    kept = [item for item in items if item["pixel_values"] is not None]
+    skipped = [item["error"] for item in items if item["pixel_values"] is None]
+    for error in skipped:
+        logger.warning(f"Dropped an undecodable image: {error}")
     if not kept:
-        raise ValueError("Every image of a batch failed to decode; check the dataset (e.g. with --verify_images).")
-    return {key: torch.stack([item[key] for item in kept]) for key in kept[0]}
-
-
-class EpochShuffleSampler(torch.utils.data.Sampler):
-    """Yields `range(num_samples)` in an order drawn from `(seed, epoch)` only, so a resumed run sees the same order."""
-
-    def __init__(self, num_samples: int, seed: int = 0, shuffle: bool = True):
-        self.num_samples = int(num_samples)
-        self.seed = int(seed)
-        self.shuffle = shuffle
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int):
-        self.epoch = int(epoch)
-
-    def __len__(self):
-        return self.num_samples
-
-    def __iter__(self):
-        if not self.shuffle:
-            return iter(range(self.num_samples))
-        generator = torch.Generator().manual_seed(_derived_seed(self.seed, self.epoch, 0, 1))
-        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
+        raise ValueError(
+            "Every image of a batch failed to decode; check the dataset (load_iqa_dataset(..., verify_images=True) "
+            "lists every bad file)."
+        )
+    batch = {key: torch.stack([item[key] for item in kept]) for key in kept[0] if key != "error"}
+    batch["skipped"] = skipped
+    return batch
 
 
 @torch.no_grad()
@@ -188,17 +246,20 @@ def predict(model, dataloader, accelerator=None) -> dict:
     """
     Scores every image of `dataloader` (batches of [`collate_iqa_batch`]).
 
-    Returns a dict of numpy arrays: `index` (rows of the dataset), `score` (predicted, normalised to [0, 1], higher =
-    better) and `mos` (the normalised ground truth). With an `accelerator` the results of all processes are gathered
-    with `gather_for_metrics` (the samples that padding duplicated are dropped).
+    Returns a dict: `index` (rows of the dataset), `score` (predicted, normalised to [0, 1], higher = better) and
+    `mos` (the normalised ground truth) as numpy arrays, and `skipped` (descriptions of the images that failed to
+    decode). With an `accelerator` the results of all processes are gathered with `gather_for_metrics` (the samples
+    that padding duplicated are dropped).
     """
     was_training = model.training
     model.eval()
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
-    indices, scores, targets = [], [], []
+    indices, scores, targets, skipped = [], [], [], []
+    # The text side does not depend on the image: computed once for the whole evaluation.
+    text_features = (accelerator.unwrap_model(model) if accelerator is not None else model).get_text_features()
     for batch in dataloader:
-        pixel_values = batch["pixel_values"].to(device)
-        outputs = model(pixel_values=pixel_values)
+        skipped.extend(batch["skipped"])
+        outputs = model(pixel_values=batch["pixel_values"].to(device), text_features=text_features)
         score, mos, index = outputs.score.float(), batch["mos"].to(device), batch["index"].to(device)
         if accelerator is not None:
             score, mos, index = accelerator.gather_for_metrics((score, mos, index))
@@ -212,6 +273,7 @@ def predict(model, dataloader, accelerator=None) -> dict:
         "index": torch.cat(indices).numpy(),
         "score": torch.cat(scores).numpy().astype(np.float64),
         "mos": torch.cat(targets).numpy().astype(np.float64),
+        "skipped": skipped,
     }
 
 
@@ -226,11 +288,283 @@ def evaluate_model(model, dataloader, accelerator=None) -> dict:
     return metrics
 
 
+CLIP_IQA_PROMPTS = ("Good photo.", "Bad photo.")
+
+
+@torch.no_grad()
+def predict_clip_iqa(clip, tokenizer, dataloader, accelerator=None) -> dict:
+    """
+    The zero-shot CLIP-IQA baseline (Wang et al. 2023) on the crops of `dataloader`: each crop's softmax over its
+    cosine similarities (times CLIP's logit scale) with the antonym prompts "Good photo." and "Bad photo."; an image's
+    score is P(good) averaged over its crops. `clip` is a `CLIPModel` (MP-IQE's frozen `model.clip`, so the baseline
+    uses the same CLIP). Returns the same dict as [`predict`].
+    """
+    device = accelerator.device if accelerator is not None else next(clip.parameters()).device
+    encoded = tokenizer(list(CLIP_IQA_PROMPTS), padding=True, return_tensors="pt").to(device)
+    text = F.normalize(clip.get_text_features(**encoded).pooler_output.float(), dim=-1)
+    indices, scores, targets, skipped = [], [], [], []
+    for batch in dataloader:
+        skipped.extend(batch["skipped"])
+        pixel_values = batch["pixel_values"].to(device)
+        batch_size, num_crops = pixel_values.shape[:2]
+        image = clip.get_image_features(pixel_values=pixel_values.flatten(0, 1)).pooler_output.float()
+        logits = clip.logit_scale.exp() * F.normalize(image, dim=-1) @ text.T
+        score = logits.softmax(dim=-1)[:, 0].view(batch_size, num_crops).mean(dim=1)
+        mos, index = batch["mos"].to(device), batch["index"].to(device)
+        if accelerator is not None:
+            score, mos, index = accelerator.gather_for_metrics((score, mos, index))
+        indices.append(index.cpu())
+        scores.append(score.cpu())
+        targets.append(mos.cpu())
+    return {
+        "index": torch.cat(indices).numpy(),
+        "score": torch.cat(scores).numpy().astype(np.float64),
+        "mos": torch.cat(targets).numpy().astype(np.float64),
+        "skipped": skipped,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data arguments and splits (shared by examples/train.py and examples/evaluate.py)
+# ---------------------------------------------------------------------------------------------------------------------
+
+SPLIT_PROTOCOLS = ("paper", "liqe", "none")
+
+
+@dataclass
+class DataArguments:
+    """Where the images and scores come from and which split is used; `training_args.json` records them."""
+
+    dataset_name: Optional[str] = field(default=None, metadata={"help": (
+        "Built-in name (koniq10k, kadid10k, live, csiq, livec, bid, synthetic), a folder with metadata.csv, a "
+        "save_to_disk folder or a Hub dataset. Default: synthetic (the embedded set).")})
+    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset configuration."})
+    dataset_split: Optional[str] = field(default=None, metadata={"help": "Split of a Hub dataset (e.g. train)."})
+    data_dir: Optional[str] = field(default=None, metadata={"help": "Image root of a built-in dataset."})
+    label_file: Optional[str] = field(default=None, metadata={"help": (
+        "A LIQE label file (*_clip.txt) or LIQE database folder: LIQE's MOS, scene and distortion labels. It does "
+        "not change the split; --split_protocol liqe selects LIQE's splits2/<k>.")})
+    train_dir: Optional[str] = field(default=None, metadata={"help": "Folder with metadata.csv and training images."})
+    validation_dir: Optional[str] = field(default=None, metadata={"help": "Folder with metadata.csv for validation."})
+    cache_dir: Optional[str] = field(default=None, metadata={"help": "Cache of the synthetic set and Hub downloads."})
+    split_protocol: Optional[str] = field(default=None, metadata={"choices": list(SPLIT_PROTOCOLS), "help": (
+        "paper (default): the paper's random 80/20 split, 10 repetitions (content-disjoint for synthetic datasets); "
+        "liqe: LIQE's splits2/<k> 70/10/20 train/val/test (needs --label_file); none: train on all of --train_dir, "
+        "validate on --validation_dir (the default when --validation_dir is given).")})
+    split_index: int = field(default=1, metadata={"help": "Which of the 10 splits (1..10)."})
+    split_seed: int = field(default=0, metadata={"help": "Seed of the paper splits (see paper_splits)."})
+    split_by_image: bool = field(default=False, metadata={"help": (
+        "Paper splits at random over images even for synthetic datasets, whose splits are otherwise disjoint by "
+        "reference content.")})
+    train_fraction: float = field(default=1.0, metadata={"help": (
+        "Use this fraction of the training part (0.2/0.4/0.6: Table 5's data-efficiency study).")})
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the training part."})
+    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the evaluated part."})
+    mos_range: Optional[list[float]] = field(default=None, metadata={"help": (
+        "LO HI: native MOS range of --train_dir/--validation_dir folders (default: from the data).")})
+    lower_is_better: bool = field(default=False, metadata={"help": "Folder MOS are DMOS (lower = better)."})
+    skip_bad_samples: bool = field(default=False, metadata={"help": (
+        "Leave out bad rows (missing or undecodable images, bad MOS, unknown labels), report them and go on.")})
+    verify_images: bool = field(default=True, metadata={"help": (
+        "Decode every image once before starting, so that all bad files are reported together (--no_verify_images "
+        "to skip). An image that still fails later is dropped with a warning and counted.")})
+    max_image_size: Optional[int] = field(default=None, metadata={"help": (
+        "Downscale images whose longer side exceeds this (px) before cropping (BID's reach 2,816 px); off by "
+        "default, as in the paper.")})
+    dataloader_num_workers: int = field(default=min(4, os.cpu_count() or 1))
+
+    def __post_init__(self):
+        if self.train_dir is not None and self.dataset_name is not None:
+            raise ValueError("Give either --dataset_name or --train_dir, not both.")
+        if not 1 <= self.split_index <= 10:
+            raise ValueError(f"--split_index must be in 1..10, got {self.split_index}.")
+        if not 0.0 < self.train_fraction <= 1.0:
+            raise ValueError(f"--train_fraction must be in (0, 1], got {self.train_fraction}.")
+        if self.mos_range is not None and len(self.mos_range) != 2:
+            raise ValueError(f"--mos_range takes two numbers LO HI, got {self.mos_range}.")
+        if self.max_image_size is not None and self.max_image_size < 1:
+            raise ValueError(f"--max_image_size must be positive, got {self.max_image_size}.")
+
+    @property
+    def resolved_split_protocol(self) -> str:
+        """The protocol in force: `split_protocol`, else `none` with a --validation_dir for training, else `paper`."""
+        if self.split_protocol is not None:
+            return self.split_protocol
+        return "none" if self.train_dir is not None and self.validation_dir is not None else "paper"
+
+
+@dataclass
+class SplitPlan:
+    """The parts of a split: training, validation (model selection) and, with LIQE's splits, test."""
+
+    protocol: str
+    description: str
+    train_ds: datasets.Dataset
+    train_idx: list
+    eval_ds: datasets.Dataset
+    eval_idx: list
+    test_ds: Optional[datasets.Dataset] = None
+    test_idx: Optional[list] = None
+
+    @property
+    def held_out(self):
+        """`(dataset, indices, name)` of the part a trained model is scored on: LIQE's test part, else validation."""
+        if self.test_idx is not None:
+            return self.test_ds, self.test_idx, "test"
+        return self.eval_ds, self.eval_idx, "validation" if self.protocol == "none" else "held-out 20 %"
+
+
+def load_source(name, data_args: DataArguments, verify_images: Optional[bool] = None, **extra):
+    """`load_iqa_dataset` with the options of `data_args` (folder options only for metadata.csv folders)."""
+    kwargs = dict(cache_dir=data_args.cache_dir, skip_bad_samples=data_args.skip_bad_samples,
+                  verify_images=data_args.verify_images if verify_images is None else verify_images)
+    if name is not None and os.path.isdir(name) and os.path.isfile(os.path.join(name, "metadata.csv")):
+        kwargs.update(mos_range=data_args.mos_range, higher_is_better=not data_args.lower_is_better)
+    else:
+        kwargs.update(data_dir=data_args.data_dir, label_file=data_args.label_file, split=data_args.dataset_split)
+        if data_args.dataset_config_name is not None:
+            kwargs["name"] = data_args.dataset_config_name
+    kwargs.update(extra)
+    return load_iqa_dataset(name, **kwargs)
+
+
+def _truncate(indices, limit, seed):
+    if limit is None or limit >= len(indices):
+        return list(indices)
+    rng = np.random.default_rng([int(seed), 104729])
+    return sorted(rng.choice(np.asarray(indices), size=limit, replace=False).tolist())
+
+
+def _liqe_parts(data_args: DataArguments, name: str, dataset):
+    if data_args.label_file is None:
+        raise ValueError("--split_protocol liqe needs --label_file (LIQE's splits2/<k> files).")
+    label_path = Path(data_args.label_file)
+    source = label_path if label_path.is_dir() else label_path.parent
+    source = canonical_dataset_name(name) if source.name == "splits2" else source
+    return liqe_splits(source, data_args.split_index, dataset=dataset)
+
+
+def load_split_sources(data_args: DataArguments, verify_images: Optional[bool] = None):
+    """`(dataset, validation dataset or None)`: the data `plan_split` splits (load once, split many times)."""
+    name = data_args.train_dir or data_args.dataset_name or "synthetic"
+    validation = None
+    if data_args.resolved_split_protocol == "none":
+        if data_args.validation_dir is None:
+            raise ValueError("--split_protocol none needs --train_dir and --validation_dir.")
+        validation = load_source(data_args.validation_dir, data_args, verify_images)
+    return load_source(name, data_args, verify_images), validation
+
+
+def plan_split(data_args: DataArguments, seed: int = 0, loaded=None) -> SplitPlan:
+    """Splits the data of `data_args` (loaded here, or `loaded` from [`load_split_sources`]) by the protocol in force
+    (see `DataArguments.split_protocol`); `seed` draws the `--max_*_samples` truncations."""
+    protocol = data_args.resolved_split_protocol
+    by_content = False if data_args.split_by_image else None
+    name = data_args.train_dir or data_args.dataset_name or "synthetic"
+    train_ds, validation_ds = loaded if loaded is not None else load_split_sources(data_args)
+    eval_ds, test_ds, test_idx = train_ds, None, None
+    k = data_args.split_index
+    if protocol == "none":
+        eval_ds = validation_ds
+        train_idx, eval_idx = list(range(len(train_ds))), list(range(len(eval_ds)))
+        description = f"none: all of {name} for training, all of {data_args.validation_dir} for validation"
+    elif protocol == "liqe":
+        parts = _liqe_parts(data_args, name, train_ds)
+        train_idx, eval_idx, test_ds, test_idx = parts["train"], parts["val"], train_ds, parts["test"]
+        description = f"liqe: LIQE's splits2/{k} of {name} (train/val/test 70/10/20)"
+    elif protocol == "paper":
+        if data_args.validation_dir is not None and data_args.train_dir is not None:
+            raise ValueError("--validation_dir is only used with --split_protocol none; drop one of them.")
+        train_idx, eval_idx = paper_splits(train_ds, seed=data_args.split_seed, by_content=by_content)[k - 1]
+        description = (f"paper: random 80/20 split {k} of 10 of {name} (seed {data_args.split_seed}"
+                       + (", by image" if data_args.split_by_image else "") + ")")
+    else:
+        raise ValueError(f"Unknown split protocol {protocol!r}; choose from {SPLIT_PROTOCOLS}.")
+    if data_args.train_fraction < 1.0:
+        train_idx = subsample(train_idx, data_args.train_fraction, seed=data_args.split_seed)
+        description += f", {data_args.train_fraction:.0%} of the training part"
+    train_idx = _truncate(train_idx, data_args.max_train_samples, seed)
+    eval_idx = _truncate(eval_idx, data_args.max_eval_samples, seed)
+    if test_idx is not None:
+        test_idx = _truncate(test_idx, data_args.max_eval_samples, seed)
+    return SplitPlan(protocol, description, train_ds, train_idx, eval_ds, eval_idx, test_ds, test_idx)
+
+
+def label_coverage(dataset: datasets.Dataset, indices: Sequence[int]) -> dict:
+    """How many rows of `indices` carry a scene label and a distortion label: `{"scene": n, "distortion": m}`."""
+    columns = dataset.select_columns(["scene", "distortion"]).select(list(indices))
+    encoder = LabelEncoder(dataset.features, [], [])
+    scene = sum(any(encoder._name(v, encoder.scene_names) is not None for v in scenes or [])
+                for scenes in columns["scene"])
+    distortion = sum(encoder._name(v, encoder.distortion_names) is not None for v in columns["distortion"])
+    return {"scene": int(scene), "distortion": int(distortion)}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Model sources
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class ModelSourceUnavailable(RuntimeError):
+    """A model the run needs can be neither found locally nor downloaded; the message says what to do instead."""
+
+
+def check_model_source(name_or_path: str, what: str, alternatives: Sequence[str] = (), revision=None):
+    """
+    Fails in seconds, with one message, when `name_or_path` (a Hub id) is neither a local folder, nor in the local
+    Hugging Face cache, nor reachable on the Hub: before any output is written, instead of after the retries of a
+    download. `what` names the model ("the CLIP model"); `alternatives` are extra suggestions.
+    """
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    path = Path(name_or_path)
+    if path.is_dir():
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+            raise ModelSourceUnavailable(f"{what} folder {path} holds no config.json.")
+        return
+    if path.suffix or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise ModelSourceUnavailable(f"{what} {name_or_path!r}: no such folder.")
+    for filename in ("config.json", "adapter_config.json"):
+        if isinstance(try_to_load_from_cache(name_or_path, filename, revision=revision), str):
+            return
+    if constants.HF_HUB_OFFLINE:
+        reason = "it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+    else:
+        try:
+            HfApi().model_info(name_or_path, revision=revision, timeout=10)
+            return
+        except (RepositoryNotFoundError, GatedRepoError) as err:
+            reason = f"the Hub refuses it ({type(err).__name__}: {str(err).splitlines()[0]})"
+        except Exception as err:  # no network: httpx errors, timeouts, proxies
+            reason = f"it is not in the local Hugging Face cache and the Hub cannot be reached ({type(err).__name__})"
+    suggestions = [
+        f"download it once where the Hub is reachable (`hf download {name_or_path}`) and run with HF_HUB_OFFLINE=1",
+        "pass a local folder that holds it",
+        *alternatives,
+    ]
+    raise ModelSourceUnavailable(f"Cannot load {what} {name_or_path!r}: {reason}. Instead: " + "; or ".join(suggestions)
+                                 + ".")
+
+
 __all__ = [
-    "IQATrainingDataset",
-    "EpochShuffleSampler",
+    "DataArguments",
+    "SplitPlan",
+    "plan_split",
+    "load_split_sources",
+    "load_source",
+    "label_coverage",
+    "ModelSourceUnavailable",
+    "check_model_source",
+    "IGNORE_INDEX",
+    "LabelEncoder",
+    "IQATransform",
+    "make_samples",
+    "iqa_split",
+    "derived_seed",
     "collate_iqa_batch",
     "predict",
     "evaluate_model",
-    "IGNORE_INDEX",
+    "predict_clip_iqa",
+    "CLIP_IQA_PROMPTS",
 ]

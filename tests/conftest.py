@@ -1,26 +1,10 @@
 """Shared fixtures: tiny random CLIP configs (transformers' own testing trick) and a tiny CLIP tokenizer."""
 
-import string
-
 import pytest
 import torch
-from transformers import CLIPConfig
 
 from mpiqe_hf import MPIQEConfig, MPIQEModel
-
-TINY_VOCAB_SIZE = 99
-
-
-def tiny_tokenizer_vocab():
-    """Byte-pair vocabulary covering lowercase words and '.': each character, alone and word-final."""
-    symbols = list(string.ascii_lowercase + ".-")
-    vocab = {}
-    for symbol in symbols:
-        vocab[symbol] = len(vocab)
-        vocab[symbol + "</w>"] = len(vocab)
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    return vocab
+from mpiqe_hf.testing_utils import save_tiny_clip, tiny_clip_config, tiny_tokenizer_vocab  # noqa: F401 (re-exported)
 
 
 class MPIQEModelTester:
@@ -35,29 +19,7 @@ class MPIQEModelTester:
         self.num_crops = num_crops
 
     def clip_config(self):
-        vocab = tiny_tokenizer_vocab()
-        return CLIPConfig(
-            text_config=dict(
-                hidden_size=32,
-                intermediate_size=37,
-                num_hidden_layers=self.text_layers,
-                num_attention_heads=4,
-                vocab_size=TINY_VOCAB_SIZE,
-                max_position_embeddings=77,
-                bos_token_id=vocab["<|startoftext|>"],
-                eos_token_id=vocab["<|endoftext|>"],
-                pad_token_id=vocab["<|endoftext|>"],
-            ),
-            vision_config=dict(
-                hidden_size=32,
-                intermediate_size=37,
-                num_hidden_layers=self.vision_layers,
-                num_attention_heads=4,
-                image_size=self.image_size,
-                patch_size=self.patch_size,
-            ),
-            projection_dim=32,
-        )
+        return tiny_clip_config(self.vision_layers, self.text_layers, self.image_size, self.patch_size)
 
     def config(self, **overrides):
         settings = dict(
@@ -95,13 +57,7 @@ def tester():
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory):
     """A local folder with a tiny random CLIPModel and its CLIPTokenizer, usable as `clip_model_name_or_path`."""
-    from transformers import CLIPModel, CLIPTokenizer
-
-    directory = tmp_path_factory.mktemp("tiny_clip")
-    torch.manual_seed(7)
-    CLIPModel(MPIQEModelTester().clip_config()).save_pretrained(directory)
-    CLIPTokenizer(vocab=tiny_tokenizer_vocab(), merges=[]).save_pretrained(directory)
-    return str(directory)
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny_clip"), seed=7)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from test_train import ROOT, _load_script, tiny_args, train_script, write_blur_folder
 
 from mpiqe_hf.data import load_iqa_dataset, paper_splits
@@ -86,3 +87,76 @@ def test_run_protocol_trains_each_split_and_reports(tiny_clip, synthetic_cache, 
     # a finished split is not trained again
     again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "split 2: already trained" in again.stdout
+
+
+@pytest.mark.parametrize("table, runs", [(1, 6), (4, 10), (5, 6), (6, 16)])
+def test_run_protocol_tables_use_the_papers_protocol(table, runs, capsys):
+    protocol = _load_script("run_protocol")
+    text = protocol.main(["--table", str(table), "--liqe_root", "/data/IQA_Database", "--output_dir", "/tmp/never",
+                          "--num_splits", "2", "--dry_run"])
+    commands = [line for line in capsys.readouterr().out.splitlines() if line.startswith("+ ")]
+    trains = [c for c in commands if "train.py" in c]
+    assert len(trains) == runs * 2 and len([c for c in commands if "evaluate.py" in c]) == runs
+    for command in trains:  # LIQE's labels on the paper's 80/20 split, never LIQE's own split
+        assert "--split_protocol paper" in command and "--label_file /data/IQA_Database/" in command
+        assert "--split_index 1" in command or "--split_index 2" in command
+    assert "(paper)" in text or "paper" in text.splitlines()[4]
+    if table == 1:
+        assert "| KonIQ | — | — | 0.904 | 0.898 |" in text and "--data_dir /data/IQA_Database/koniq-10k" in trains[-1]
+    if table == 4:
+        assert sum("use_scene_prompts=false" in c for c in trains) == 4  # CSIQ and LIVEC, 2 splits each
+
+
+def test_default_scores_the_held_out_part_with_clip_iqa_beside(split_runs, synthetic_cache, tmp_path, capsys):
+    summary = evaluate_script.main(["--model_name_or_path", str(split_runs / "split_1"), "--output_dir",
+                                    str(tmp_path / "eval"), "--dataloader_num_workers", "0", "--clip_iqa"])
+    ds = load_iqa_dataset("synthetic", cache_dir=synthetic_cache)
+    held_out = paper_splits(ds)[0][1]
+    model = summary["per_model"][0]
+    # all of the held-out part of split 1 (training capped it at 6 for validation; evaluation does not)
+    assert model["num_samples"] == len(held_out) == 56 and model["split_index"] == 1
+    printed = capsys.readouterr().out
+    assert "the held-out 20 % part of paper: random 80/20 split 1 of 10" in printed and "56 images" in printed
+    with open(tmp_path / "eval" / "predictions.csv") as f:
+        paths = {row["path"] for row in csv.DictReader(f)}
+    plain = ds.cast_column("image", __import__("datasets").Image(decode=False))
+    assert paths == {plain[i]["image"]["path"] for i in held_out}
+    assert "zero-shot CLIP-IQA on the same images" in printed and "| CLIP-IQA (zero-shot, same CLIP) |" in printed
+    assert model["clip_iqa"]["num_samples"] == 56 and summary["clip_iqa_median_srcc"] == model["clip_iqa"]["srcc"]
+    whole = evaluate_script.main(["--model_name_or_path", str(split_runs / "split_1"), "--whole_dataset",
+                                  "--output_dir", str(tmp_path / "whole"), "--dataloader_num_workers", "0"])
+    assert whole["per_model"][0]["num_samples"] == len(ds) == 336
+
+
+def test_clip_iqa_scores_are_p_good_averaged_over_crops(tiny_clip):
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from mpiqe_hf.training import predict_clip_iqa
+
+    clip, tokenizer = CLIPModel.from_pretrained(tiny_clip), CLIPTokenizer.from_pretrained(tiny_clip)
+    pixel_values = torch.randn(2, 3, 3, 30, 30, generator=torch.Generator().manual_seed(0))
+    batch = {"pixel_values": pixel_values, "mos": torch.tensor([0.1, 0.9]), "index": torch.tensor([4, 7]),
+             "skipped": []}
+    scores = predict_clip_iqa(clip, tokenizer, [batch])["score"]
+    with torch.no_grad():
+        text = clip.get_text_features(**tokenizer(["Good photo.", "Bad photo."], padding=True,
+                                                   return_tensors="pt")).pooler_output
+        for image in range(2):
+            image_features = clip.get_image_features(pixel_values=pixel_values[image]).pooler_output
+            similarity = torch.nn.functional.cosine_similarity(image_features[:, None], text[None], dim=-1)
+            p_good = (clip.logit_scale.exp() * similarity).softmax(-1)[:, 0].mean()
+            assert scores[image] == pytest.approx(p_good.item(), abs=1e-6)
+
+
+def test_models_trained_on_folders_are_scored_on_their_validation_folder(tiny_clip, tmp_path):
+    train_dir = write_blur_folder(tmp_path / "train", contents=3, seed=1)
+    val_dir = write_blur_folder(tmp_path / "val", contents=2, seed=2)
+    (val_dir / "images" / "c1_l2.png").write_bytes(b"garbage")
+    out = tmp_path / "run"
+    train_script.main(tiny_args(tiny_clip, out, "--train_dir", str(train_dir), "--validation_dir", str(val_dir),
+                                "--mos_range", "1", "5", "--skip_bad_samples", steps=1))
+    summary = evaluate_script.main(["--model_name_or_path", str(out), "--output_dir", str(tmp_path / "eval"),
+                                    "--dataloader_num_workers", "0", "--skip_bad_samples", "--no_verify_images"])
+    model = summary["per_model"][0]
+    assert model["part"].startswith("the validation part of none") and model["num_samples"] == 7
+    assert len(model["skipped"]) == 1 and "c1_l2.png" in model["skipped"][0]

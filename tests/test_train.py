@@ -17,9 +17,10 @@ from safetensors.torch import load_file
 
 from mpiqe_hf import MPIQEImageProcessor, MPIQEModel
 from mpiqe_hf.data import load_iqa_dataset
-from mpiqe_hf.training import EpochShuffleSampler, IQATrainingDataset, collate_iqa_batch, evaluate_model
+from mpiqe_hf.training import IQATransform, collate_iqa_batch, evaluate_model, iqa_split
 
 from conftest import MPIQEModelTester
+from hub_server import hub_endpoint  # noqa: F401  (the fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _load_script(name):
     spec = importlib.util.spec_from_file_location(f"mpiqe_example_{name}", ROOT / "examples" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and HfArgumentParser resolve the annotations through it
     spec.loader.exec_module(module)
     return module
 
@@ -54,19 +56,22 @@ def write_blur_folder(folder, contents=4, levels=4, size=40, seed=0, bad_rows=()
     return folder
 
 
-def tiny_args(tiny_clip, output_dir, *extra, steps=2):
-    return [
+def tiny_args(tiny_clip, output_dir, *extra, steps=2, warmup_steps=1):
+    """train.py options for a tiny run; `steps=None` trains for `--num_train_epochs` (in `extra`)."""
+    args = [
         "--clip_model_name_or_path", tiny_clip,
         "--output_dir", str(output_dir),
-        "--max_train_steps", str(steps),
         "--per_device_train_batch_size", "4",
         "--num_crops", "2",
         "--dataloader_num_workers", "0",
-        "--num_warmup_steps", "1",
         "--learning_rate", "1e-3",
         "--seed", "3",
-        *extra,
     ]
+    if steps is not None:
+        args += ["--max_train_steps", str(steps)]
+    if warmup_steps is not None:
+        args += ["--num_warmup_steps", str(warmup_steps)]
+    return args + list(extra)
 
 
 def trainable_state(directory):
@@ -74,12 +79,21 @@ def trainable_state(directory):
     return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
 
 
-def test_train_on_embedded_synthetic_saves_loadable_model(tiny_clip, synthetic_cache, tmp_path):
+def test_train_on_embedded_synthetic_saves_loadable_model(tiny_clip, synthetic_cache, tmp_path, caplog):
     out = tmp_path / "run"
-    results = train_script.main(
-        tiny_args(tiny_clip, out, "--cache_dir", synthetic_cache, "--max_train_samples", "12",
-                  "--max_eval_samples", "8", "--checkpointing_steps", "epoch")
-    )
+    with caplog.at_level("INFO"):
+        results = train_script.main(
+            tiny_args(tiny_clip, out, "--cache_dir", synthetic_cache, "--max_train_samples", "12",
+                      "--max_eval_samples", "8", "--checkpointing_steps", "epoch", warmup_steps=None)
+        )
+    # 5 warm-up epochs of 6 steps would be 30 steps of a 2-step run: clamped to the paper's 5/30 of it
+    assert "The warm-up (30 steps) is not shorter than the run (2 steps)" in caplog.text
+    assert "Warm-up clamped to 0 steps" in caplog.text
+    assert json.loads((out / "training_args.json").read_text())["num_warmup_steps"] == 0
+    # the run says what it will cost before it starts
+    assert "12 images x 2 sample(s) = 24 samples an epoch (per_crop); 1 epoch(s) of 6 optimizer steps = 2 steps" \
+        in caplog.text
+    assert "4 samples (4 crops) a step" in caplog.text and "cost: about" in caplog.text
     model = MPIQEModel.from_pretrained(out)
     assert (model.config.mos_min, model.config.mos_max, model.config.mos_higher_is_better) == (1.0, 5.0, True)
     assert model.config.score_loss_weight == 0.5 and model.config.visual_prompt_depth == 2
@@ -100,9 +114,10 @@ def test_train_on_embedded_synthetic_saves_loadable_model(tiny_clip, synthetic_c
 
 
 def test_resume_from_checkpoint_continues_exactly(tiny_clip, synthetic_cache, tmp_path):
-    # 12 samples in batches of 4 = 3 steps per epoch: the run crosses an epoch boundary (and its evaluation), and the
-    # checkpoint after step 2 is in the middle of epoch 0.
-    common = ["--cache_dir", synthetic_cache, "--max_train_samples", "12", "--max_eval_samples", "6"]
+    # 12 images x 2 crops in batches of 8 crops = 3 steps per epoch: the run crosses an epoch boundary (and its
+    # evaluation), and the checkpoint after step 2 is in the middle of epoch 0.
+    common = ["--cache_dir", synthetic_cache, "--max_train_samples", "12", "--max_eval_samples", "6",
+              "--per_device_train_batch_size", "8"]
     straight = tmp_path / "straight"
     train_script.main(tiny_args(tiny_clip, straight, *common, "--checkpointing_steps", "2", steps=4))
     resumed = tmp_path / "resumed"
@@ -132,6 +147,12 @@ def test_resume_from_checkpoint_continues_exactly(tiny_clip, synthetic_cache, tm
     straight_results = json.loads((straight / "all_results.json").read_text())
     assert resumed_results["step"] == straight_results["step"] == 4
     assert resumed_results["srcc"] == pytest.approx(straight_results["srcc"], abs=1e-6)
+    # resuming the finished run from its last checkpoint trains nothing more
+    again = train_script.main(tiny_args(tiny_clip, straight, *common, "--resume_from_checkpoint", "latest",
+                                        "--checkpointing_steps", "1", steps=4))
+    assert again["step"] == 4 and sorted(p.name for p in straight.glob("step_*")) == ["step_2", "step_4"]
+    after = trainable_state(straight)
+    assert all(torch.equal(after[name], a[name]) for name in a)
 
 
 def test_train_on_metadata_folders(tiny_clip, tmp_path):
@@ -178,46 +199,67 @@ def test_corrupt_image_at_decode_time_names_the_file(tmp_path):
     folder = write_blur_folder(tmp_path / "data", contents=2, levels=2)
     (folder / "images" / "c1_l1.png").write_bytes(b"garbage")  # after loading: only decoding can notice
     ds = load_iqa_dataset(str(folder))
-    tester = MPIQEModelTester()
-    config = tester.config()
-    dataset = IQATrainingDataset(ds, MPIQEImageProcessor(crop_size=30, num_crops=2), config.scene_classes,
-                                 config.distortion_classes)
+    config = MPIQEModelTester().config()
+    classes = dict(scene_classes=config.scene_classes, distortion_classes=config.distortion_classes)
+    processor = MPIQEImageProcessor(crop_size=30, num_crops=2)
+    strict = iqa_split(ds, range(4), IQATransform(ds, processor, random_crops=False, **classes))
     with pytest.raises(ValueError, match=r"c1_l1\.png"):
-        dataset[3]
-    skipping = IQATrainingDataset(ds, MPIQEImageProcessor(crop_size=30, num_crops=2), config.scene_classes,
-                                  config.distortion_classes, skip_bad_samples=True)
-    batch = collate_iqa_batch([skipping[i] for i in range(4)])
+        strict[3]
+    skipping = iqa_split(ds, range(4), IQATransform(ds, processor, random_crops=False, skip_bad_samples=True,
+                                                     **classes))
+    batch = collate_iqa_batch(skipping.__getitems__([0, 1, 2, 3]))
     assert batch["pixel_values"].shape == (3, 2, 3, 30, 30)
+    assert batch["index"].tolist() == [0, 1, 2] and len(batch["skipped"]) == 1 and "c1_l1.png" in batch["skipped"][0]
 
 
-def test_dataset_items_and_evaluate_model(tmp_path):
+def test_per_crop_samples_and_evaluate_model(tmp_path):
     folder = write_blur_folder(tmp_path / "data", contents=2, levels=3)
     ds = load_iqa_dataset(str(folder))
-    tester = MPIQEModelTester()
-    model = tester.model()
+    model = MPIQEModelTester().model()
     config = model.config
+    classes = dict(scene_classes=config.scene_classes, distortion_classes=config.distortion_classes)
     processor = MPIQEImageProcessor(crop_size=30, num_crops=2)
-    train = IQATrainingDataset(ds, processor, config.scene_classes, config.distortion_classes, seed=5)
-    item = train[1]
-    assert item["pixel_values"].shape == (2, 3, 30, 30)
-    assert item["distortion_labels"].item() == config.distortion_classes.index("blur")
-    assert train[0]["distortion_labels"].item() == -100 and train[0]["scene_labels"].sum() == 0
-    assert item["mos"].item() == pytest.approx(ds[1]["mos_normalized"])
-    # random crops: reproducible for one epoch, different in the next
-    assert torch.equal(train[1]["pixel_values"], item["pixel_values"])
-    train.set_epoch(1)
-    assert not torch.equal(train[1]["pixel_values"], item["pixel_values"])
-    sampler = EpochShuffleSampler(6, seed=1)
-    first = list(sampler)
-    sampler.set_epoch(1)
-    assert sorted(first) == list(range(6)) and list(sampler) != first
-    sampler.set_epoch(0)
-    assert list(sampler) == first
+    transform = IQATransform(ds, processor, random_crops=True, seed=5, **classes)
+    # per-crop: every image 3 times, each visit one crop of its own
+    train = iqa_split(ds, [1, 4], transform, visits=3)
+    plain = train.with_format(None)
+    assert len(train) == 6 and plain["row"] == [1, 1, 1, 4, 4, 4] and plain["visit"] == [0, 1, 2, 0, 1, 2]
+    items = train.__getitems__(list(range(6)))
+    assert all(item["pixel_values"].shape == (1, 3, 30, 30) for item in items)
+    assert [item["index"].item() for item in items] == [1, 1, 1, 4, 4, 4]
+    assert not torch.equal(items[0]["pixel_values"], items[1]["pixel_values"])
+    assert items[0]["distortion_labels"].item() == config.distortion_classes.index("blur")
+    assert items[0]["mos"].item() == pytest.approx(ds[1]["mos_normalized"])
+    assert train[0]["distortion_labels"] == items[0]["distortion_labels"]
+    # reproducible within an epoch, different in the next
+    assert torch.equal(train[1]["pixel_values"], items[1]["pixel_values"])
+    transform.set_epoch(1)
+    assert not torch.equal(train[1]["pixel_values"], items[1]["pixel_values"])
+    # per-image: one sample holds the image's crops
+    per_image = iqa_split(ds, [0, 1], IQATransform(ds, processor, random_crops=True, crops_per_sample=2, **classes))
+    assert per_image[0]["pixel_values"].shape == (2, 3, 30, 30) and per_image[0]["distortion_labels"] == -100
+    assert per_image[0]["scene_labels"].sum() == 0
 
-    evaluation = IQATrainingDataset(ds, processor, config.scene_classes, config.distortion_classes, train=False)
+    evaluation = iqa_split(ds, range(6), IQATransform(ds, processor, random_crops=False, **classes))
     loader = torch.utils.data.DataLoader(evaluation, batch_size=4, collate_fn=collate_iqa_batch)
     metrics = evaluate_model(model, loader)
     assert metrics["num_samples"] == 6 and -1.0 <= metrics["srcc"] <= 1.0 and "plcc" in metrics
+
+
+@pytest.mark.parametrize("crop_sampling, steps_per_epoch", [("per_crop", 3), ("per_image", 2)])
+def test_steps_per_epoch_count_crops(tiny_clip, synthetic_cache, tmp_path, crop_sampling, steps_per_epoch):
+    # 6 images x 2 crops in batches of 5 crops: ceil(12 / 5) = 3 steps an epoch; per image: ceil(6 / 5) = 2
+    out = tmp_path / "run"
+    results = train_script.main(tiny_args(
+        tiny_clip, out, "--cache_dir", synthetic_cache, "--max_train_samples", "6", "--max_eval_samples", "4",
+        "--crop_sampling", crop_sampling, "--num_train_epochs", "1", "--per_device_train_batch_size", "5",
+        "--checkpointing_steps", "1", steps=None))
+    assert results["step"] == steps_per_epoch
+    assert sorted(p.name for p in out.glob("step_*")) == sorted(f"step_{k}" for k in range(1, steps_per_epoch + 1))
+    for term in ("train_loss", "train_scene_loss", "train_distortion_loss", "train_score_loss"):
+        assert term in results
+    assert results["train_score_loss"] > 0 and results["train_distortion_loss"] > 0
+    assert results["dropped_samples"] == 0
 
 
 def test_accelerate_launch_subprocess(tiny_clip, synthetic_cache, tmp_path):
@@ -237,3 +279,165 @@ def test_accelerate_launch_subprocess(tiny_clip, synthetic_cache, tmp_path):
     assert json.loads((out / "all_results.json").read_text())["step"] == 2
     assert list(out.rglob("events.out.tfevents.*")), "no TensorBoard event file"
     MPIQEModel.from_pretrained(out)
+
+
+def test_offline_without_clip_fails_fast_with_one_message(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from mpiqe_hf.training import ModelSourceUnavailable
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    out = tmp_path / "never"
+    with pytest.raises(ModelSourceUnavailable) as raised:
+        train_script.main(["--output_dir", str(out), "--clip_model_name_or_path", "openai/clip-vit-base-patch16"])
+    message = str(raised.value)
+    assert "'openai/clip-vit-base-patch16'" in message and "HF_HUB_OFFLINE" in message
+    assert "--clip_config_name tiny" in message and "local folder" in message and "\n" not in message
+    assert not out.exists()
+    with pytest.raises(ModelSourceUnavailable, match="no such folder"):
+        train_script.main(["--output_dir", str(out), "--clip_model_name_or_path", str(tmp_path / "nowhere")])
+    assert not out.exists()
+
+
+def test_missing_labels_turn_loss_terms_off_loudly(tiny_clip, tmp_path, caplog):
+    # the blur folder has distortion labels but no scene labels
+    train_dir = write_blur_folder(tmp_path / "train", contents=3, seed=1)
+    out = tmp_path / "run"
+    with caplog.at_level("WARNING"):
+        results = train_script.main(tiny_args(tiny_clip, out, "--train_dir", str(train_dir), steps=1))
+    assert "no scene labels: the scene loss is OFF" in caplog.text and "distortion loss is OFF" not in caplog.text
+    assert results["loss_terms"] == {"scene": False, "distortion": True, "score": True}
+    recorded = json.loads((out / "training_args.json").read_text())
+    assert recorded["loss_terms"]["scene"] is False and recorded["split_protocol"] == "paper"
+    assert recorded["split_description"].startswith("paper: random 80/20 split 1 of 10")
+
+
+def test_undecodable_image_during_training_is_dropped_and_counted(tiny_clip, tmp_path):
+    train_dir = write_blur_folder(tmp_path / "train", contents=3, levels=3, seed=1)
+    val_dir = write_blur_folder(tmp_path / "val", contents=1, levels=3, seed=2)
+    (train_dir / "images" / "c1_l1.png").write_bytes(b"garbage")  # found only when decoded: verification is off
+    results = train_script.main(tiny_args(
+        tiny_clip, tmp_path / "run", "--train_dir", str(train_dir), "--validation_dir", str(val_dir),
+        "--no_verify_images", "--num_train_epochs", "1", steps=None))
+    # 9 images x 2 crops = 18 samples, the bad image's 2 visits dropped
+    assert results["dropped_samples"] == 2 and all("c1_l1.png" in e for e in results["dropped_sample_errors"])
+    assert results["step"] == results["steps_per_epoch"] == 5
+
+
+def test_fine_tune_a_trained_model_and_config_overrides(tiny_clip, synthetic_cache, tmp_path):
+    source = tmp_path / "source"
+    train_script.main(tiny_args(tiny_clip, source, "--cache_dir", synthetic_cache, "--max_train_samples", "8",
+                                "--max_eval_samples", "4", "--config_overrides", "text_prompt_length=3,"
+                                "score_loss_weight=0.25", steps=1))
+    trained = MPIQEModel.from_pretrained(source)
+    assert trained.config.text_prompt_length == 3 and trained.config.score_loss_weight == 0.25
+    with pytest.raises(ValueError, match="no_such_field"):
+        train_script.config_overrides("no_such_field=1", trained.config.clip_config)
+    # fine-tune on a folder scored 0..100: the trained prompts are the start, the score range is the new data's
+    folder = write_blur_folder(tmp_path / "mine", contents=3, seed=4)
+    out = tmp_path / "tuned"
+    train_script.main(tiny_args(tiny_clip, out, "--model_name_or_path", str(source), "--train_dir", str(folder),
+                                "--mos_range", "0", "100", "--learning_rate", "0", steps=1))
+    tuned = MPIQEModel.from_pretrained(out)
+    assert (tuned.config.mos_min, tuned.config.mos_max) == (0.0, 100.0) and tuned.config.text_prompt_length == 3
+    before, after = trainable_state(source), trainable_state(out)
+    assert all(torch.equal(before[name], after[name]) for name in before)
+
+
+def test_flips_and_downscaling_of_training_crops(tmp_path):
+    folder = write_blur_folder(tmp_path / "data", contents=1, levels=2, size=40)
+    ds = load_iqa_dataset(str(folder))
+    config = MPIQEModelTester().config()
+    classes = dict(scene_classes=config.scene_classes, distortion_classes=config.distortion_classes)
+    processor = MPIQEImageProcessor(crop_size=30, num_crops=1)
+    plain = IQATransform(ds, processor, random_crops=True, crops_per_sample=16, **classes)
+    flipping = IQATransform(ds, processor, random_crops=True, crops_per_sample=16, horizontal_flip=True, **classes)
+    a = iqa_split(ds, [0], plain)[0]["pixel_values"]
+    b = iqa_split(ds, [0], flipping)[0]["pixel_values"]
+    same = [torch.equal(x, y) for x, y in zip(a, b)]
+    flipped = [torch.equal(x.flip(-1), y) for x, y in zip(a, b)]
+    assert all(s or f for s, f in zip(same, flipped)) and 0 < sum(flipped) < 16
+    sizes = []
+    original = processor.preprocess
+
+    def recording(images, *args, **kwargs):
+        sizes.append(images.size)
+        return original(images, *args, **kwargs)
+
+    processor.preprocess = recording
+    iqa_split(ds, [0], IQATransform(ds, processor, random_crops=True, max_image_size=32, **classes))[0]
+    iqa_split(ds, [0], IQATransform(ds, processor, random_crops=True, **classes))[0]
+    assert sizes == [(32, 32), (40, 40)]
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    tester = MPIQEModelTester()
+    pixel_values, mos = tester.pixel_values(), torch.tensor([0.2, 0.7])
+    calls = []
+
+    def gradients(checkpointing):
+        model = tester.model().train()
+        if checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            for module in model.modules():
+                if getattr(module, "gradient_checkpointing", False):
+                    inner = module._gradient_checkpointing_func
+                    module._gradient_checkpointing_func = lambda *a, inner=inner, **k: calls.append(1) or inner(*a, **k)
+        model(pixel_values=pixel_values, mos=mos).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = gradients(False)
+    checkpointed = gradients(True)
+    assert len(calls) >= tester.vision_layers and plain.keys() == checkpointed.keys()
+    for name in plain:
+        assert torch.allclose(plain[name], checkpointed[name], atol=1e-6), name
+
+
+def test_two_cpu_processes_with_torchrun(tiny_clip, synthetic_cache, tmp_path):
+    """torchrun starts two processes; Accelerate runs them as one MULTI_CPU job over gloo."""
+    common = ["--cache_dir", synthetic_cache, "--max_train_samples", "12", "--max_eval_samples", "6",
+              "--per_device_train_batch_size", "3", "--num_train_epochs", "1", "--checkpointing_steps", "1"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+
+    def launch(out, *extra):
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                   str(ROOT / "examples" / "train.py"), *tiny_args(tiny_clip, out, *common, *extra, steps=None)]
+        completed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        return completed.stdout + completed.stderr
+
+    straight = tmp_path / "straight"
+    output = launch(straight)
+    results = json.loads((straight / "all_results.json").read_text())
+    # 12 images x 2 crops, 3 crops per process and step, 2 processes: ceil(24 / 6) = 4 optimizer steps
+    assert results["num_processes"] == 2 and results["batches_per_process"] == [4, 4]
+    assert results["steps_per_epoch"] == 4 and results["step"] == 4 and results["total_train_batch_size"] == 6
+    assert output.count("***** Running training *****") == 1  # the main process reports, the other one is silent
+    for k in range(1, 5):
+        checkpoint = straight / f"step_{k}"
+        assert len(list(checkpoint.glob("model*.safetensors"))) == 1
+        assert sorted(p.name for p in checkpoint.glob("random_states_*")) == ["random_states_0.pkl",
+                                                                              "random_states_1.pkl"]
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(straight / "step_2", resumed / "step_2")
+    launch(resumed, "--resume_from_checkpoint", "latest")
+    assert json.loads((resumed / "all_results.json").read_text())["step"] == 4
+    a, b = trainable_state(straight), trainable_state(resumed)
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6, rtol=0), name
+
+
+def test_push_to_hub_uploads_the_adapter_with_its_results(hub_endpoint, tiny_clip, synthetic_cache, tmp_path):
+    out = tmp_path / "run"
+    results = train_script.main(tiny_args(tiny_clip, out, "--cache_dir", synthetic_cache, "--max_train_samples", "8",
+                                          "--max_eval_samples", "6", "--push_to_hub", "--hub_model_id",
+                                          "user/mp-iqe-trained", steps=1))
+    files = hub_endpoint.files("user/mp-iqe-trained")
+    assert {"adapter_config.json", "adapter_model.safetensors", "preprocessor_config.json", "README.md"} <= set(files)
+    assert "model.safetensors" not in files and not any(name.startswith(("step_", "best/")) for name in files)
+    import yaml
+
+    card = yaml.safe_load(files["README.md"].decode().split("---\n")[1])
+    metrics = {m["name"]: m["value"] for m in card["model-index"][0]["results"][0]["metrics"]}
+    assert metrics["SRCC"] == round(results["srcc"], 4) and metrics["PLCC"] == round(results["plcc"], 4)
