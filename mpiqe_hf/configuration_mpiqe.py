@@ -73,6 +73,9 @@ class MPIQEConfig(PreTrainedConfig):
             lambda_1 of eq. 15.
         score_loss_weight (`float`, *optional*, defaults to 0.5):
             lambda_2 of eq. 15 (the paper uses 0.1 for LIVE and CSIQ).
+        score_loss_scale (`float`, *optional*, defaults to 10.0):
+            The score loss is `SmoothL1(score_loss_scale * score, score_loss_scale * mos)` on the normalised [0, 1]
+            scale, as DEIQT's SmoothL1 on 0-100 MOS; the `score` output stays on [0, 1]. See `docs/decisions.md`.
         mos_min (`float`, *optional*, defaults to 0.0), mos_max (`float`, *optional*, defaults to 1.0):
             The native MOS range of the training dataset; the model predicts on [0, 1] and this range maps it back.
         mos_higher_is_better (`bool`, *optional*, defaults to `True`):
@@ -108,6 +111,7 @@ class MPIQEConfig(PreTrainedConfig):
         prompt_init_std=0.02,
         distortion_loss_weight=1.0,
         score_loss_weight=0.5,
+        score_loss_scale=10.0,
         mos_min=0.0,
         mos_max=1.0,
         mos_higher_is_better=True,
@@ -141,6 +145,7 @@ class MPIQEConfig(PreTrainedConfig):
         self.prompt_init_std = prompt_init_std
         self.distortion_loss_weight = distortion_loss_weight
         self.score_loss_weight = score_loss_weight
+        self.score_loss_scale = float(score_loss_scale)
         self.mos_min = float(mos_min)
         self.mos_max = float(mos_max)
         self.mos_higher_is_better = mos_higher_is_better
@@ -199,6 +204,8 @@ class MPIQEConfig(PreTrainedConfig):
             )
         if not 0.0 <= self.decoder_dropout < 1.0:
             raise ValueError(f"`decoder_dropout` must be in [0, 1), got {self.decoder_dropout}.")
+        if not self.score_loss_scale > 0:
+            raise ValueError(f"`score_loss_scale` must be positive, got {self.score_loss_scale}.")
         if self.mos_max <= self.mos_min:
             raise ValueError(f"`mos_max` ({self.mos_max}) must be larger than `mos_min` ({self.mos_min}).")
         if len(self.quality_levels) < 2:

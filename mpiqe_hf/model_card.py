@@ -95,9 +95,9 @@ a level's width around it), not calibrated probabilities.
 ## Training recipe
 
 Following the MP-IQE paper: Adam, learning rate 3e-5, 5 warm-up epochs then cosine decay, 30 epochs, 8 random
-224 x 224 crops per image, batch size 64 (32 for LIVE, CSIQ and BID). The loss is
-L = L_scene + $distortion_loss_weight * L_distortion + $score_loss_weight * SmoothL1(score, MOS), with the MOS
-normalised to [0, 1]; the scene and distortion labels are LIQE's. Only the prompts, the image-token projection, the
+224 x 224 crops per image, each crop its own sample, batch size 64 crops (32 for LIVE, CSIQ and BID). The loss is
+L = L_scene + $distortion_loss_weight * L_distortion + $score_loss_weight * SmoothL1($score_loss_scale * score, $score_loss_scale * MOS),
+with the MOS normalised to [0, 1]; the scene and distortion labels are LIQE's. Only the prompts, the image-token projection, the
 multimodal encoder and the score head are trained: CLIP stays frozen.
 
 ## Evaluation protocol
@@ -245,6 +245,7 @@ def build_model_card(
         crop_mode=f"{getattr(processor, 'crop_mode', 'grid')} crops",
         distortion_loss_weight=config.distortion_loss_weight,
         score_loss_weight=config.score_loss_weight,
+        score_loss_scale=f"{config.score_loss_scale:g}",
         results_table=_results_table(evaluation_results),
     )
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{body}")

@@ -25,7 +25,7 @@ class MPIQEOutput(ModelOutput):
     distortion_loss (`torch.FloatTensor` of shape `()`, *optional*):
         Cross-entropy of the windowed distortion alignment (eq. 11), over the images that have a distortion label.
     score_loss (`torch.FloatTensor` of shape `()`, *optional*):
-        Smooth L1 between the predicted score and the normalised MOS (eq. 16).
+        Smooth L1 between the predicted score and the normalised MOS, both times `config.score_loss_scale` (eq. 16).
     score (`torch.FloatTensor` of shape `(batch_size,)`):
         Predicted quality on the normalised scale (0 = worst of the training set, 1 = best), averaged over crops.
     crop_scores (`torch.FloatTensor` of shape `(batch_size, num_crops)`):
@@ -356,7 +356,7 @@ def distortion_alignment_loss(distortion_logits: torch.Tensor, distortion_labels
 def mpiqe_loss(config: MPIQEConfig, score, scene_logits, distortion_logits, mos, scene_labels, distortion_labels):
     """
     The total loss, eq. 15 and eq. 16: `L = L_scene + lambda_1 * L_dist + lambda_2 * L_score`, `L_score` a smooth L1 between the score and
-    the normalised MOS; each term only for the labels given. Returns a dict of the losses computed (`loss` = total).
+    the normalised MOS, both multiplied by `config.score_loss_scale`; each term only for the labels given. Returns a dict of the losses computed (`loss` = total).
     """
     losses = {}
     if scene_labels is not None and scene_logits is not None:
@@ -368,7 +368,8 @@ def mpiqe_loss(config: MPIQEConfig, score, scene_logits, distortion_logits, mos,
             raise ValueError(f"`mos` must have shape {tuple(score.shape)}, got {tuple(mos.shape)}.")
         if torch.isnan(mos).any():
             raise ValueError("`mos` contains NaN: every image needs a score.")
-        losses["score_loss"] = F.smooth_l1_loss(score.float(), mos.to(torch.float32))
+        scale = config.score_loss_scale
+        losses["score_loss"] = F.smooth_l1_loss(scale * score.float(), scale * mos.to(torch.float32))
     weights = {
         "scene_loss": 1.0,
         "distortion_loss": config.distortion_loss_weight,

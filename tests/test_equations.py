@@ -104,7 +104,7 @@ def test_eq9_eq11_eq15_eq16_losses():
     out = model(tester.pixel_values(), mos=mos, scene_labels=scene, distortion_labels=torch.tensor([-100, 5]))
     scene_loss = -(torch.log_softmax(out.scene_logits[0], dim=-1)[[1, 4]]).sum() / 2  # eq. 9, image 1 unlabelled
     distortion_loss = -torch.log_softmax(out.distortion_logits[1], dim=-1)[5]  # eq. 11, image 0 unlabelled
-    difference = (out.score - mos).abs()
+    difference = model.config.score_loss_scale * (out.score - mos).abs()
     score_loss = torch.where(difference < 1, 0.5 * difference**2, difference - 0.5).mean()  # eq. 16 (smooth L1)
     torch.testing.assert_close(out.scene_loss, scene_loss)
     torch.testing.assert_close(out.distortion_loss, distortion_loss)

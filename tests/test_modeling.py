@@ -86,7 +86,7 @@ def test_loss_combines_the_three_terms(tester):
         out.distortion_loss, torch.nn.functional.cross_entropy(out.distortion_logits, torch.tensor([3, 5]))
     )
     torch.testing.assert_close(
-        out.score_loss, torch.nn.functional.smooth_l1_loss(out.score, torch.tensor([0.2, 0.9]))
+        out.score_loss, torch.nn.functional.smooth_l1_loss(10.0 * out.score, 10.0 * torch.tensor([0.2, 0.9]))
     )
 
 

@@ -1,0 +1,225 @@
+#!/usr/bin/env python
+"""
+Recipe measurements on the pretrained stand-in CLIP (`make_standin_clip.py`):
+
+1. `gradients`: the gradient norm of each loss term (scene, lambda_1 * distortion, lambda_2 * score), each term's own
+   gradient through `torch.autograd.grad`, on the visual prompts and on the scene and distortion text contexts, at
+   the start, middle and end of a per-crop training run on the embedded synthetic set (paper recipe: Adam, lr 3e-5,
+   batch 64 crops, cosine after a warm-up of 5/30 of the run, as train.py clamps a short run), for each `score_loss_scale` given.
+2. `srcc`: held-out SRCC of `examples/train.py`'s `main()` (content-disjoint split of a procedural `metadata.csv`
+   dataset the stand-in never saw) per seed, for each training variant, beside the stand-in's zero-shot SRCC on the
+   same held-out images.
+
+    python benchmarks/bench_recipe.py gradients --clip standin-clip --scales 1 10 100
+    python benchmarks/bench_recipe.py srcc --clip standin-clip --dataset procedural-iqa --seeds 0 1 2 \
+        --variant "per_crop scale 1=--crop_sampling per_crop --config_overrides score_loss_scale=1"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import CLIPModel, CLIPTokenizer, get_cosine_schedule_with_warmup
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import describe_machine, print_table  # noqa: E402
+from make_standin_clip import zero_shot_scores  # noqa: E402
+
+from mpiqe_hf import MPIQEImageProcessor, MPIQEModel  # noqa: E402
+from mpiqe_hf.configuration_mpiqe import DISTORTION_CLASSES, SCENE_CLASSES  # noqa: E402
+from mpiqe_hf.data import load_iqa_dataset, paper_splits  # noqa: E402
+from mpiqe_hf.metrics import srcc  # noqa: E402
+
+TERMS = ("scene", "distortion", "score")
+
+
+def _labels(row):
+    scene = torch.zeros(len(SCENE_CLASSES))
+    for name in row["scene"] or []:
+        scene[SCENE_CLASSES.index(name)] = 1.0
+    distortion = DISTORTION_CLASSES.index(row["distortion"]) if row["distortion"] else -100
+    return scene, distortion
+
+
+class CropBatches:
+    """Per-crop batches of the paper preset: each epoch visits every image `num_crops` times in a shuffled order,
+    each visit one random crop as its own sample."""
+
+    def __init__(self, dataset, indices, crop_size, num_crops=8, batch_size=64, seed=0):
+        self.rows = [dataset[i] for i in indices]
+        self.images = [row["image"].convert("RGB") for row in self.rows]
+        self.labels = [_labels(row) for row in self.rows]
+        self.processor = MPIQEImageProcessor(crop_size=crop_size, num_crops=1, crop_mode="random")
+        self.num_crops, self.batch_size, self.seed = num_crops, batch_size, seed
+
+    def steps_per_epoch(self):
+        return math.ceil(len(self.rows) * self.num_crops / self.batch_size)
+
+    def batch(self, visits, crop_seed):
+        pixel_values = torch.cat([
+            self.processor(self.images[i], seed=crop_seed * 1_000_003 + n, return_tensors="pt")["pixel_values"]
+            for n, i in enumerate(visits)
+        ])
+        return dict(
+            pixel_values=pixel_values,
+            mos=torch.tensor([self.rows[i]["mos_normalized"] for i in visits], dtype=torch.float32),
+            scene_labels=torch.stack([self.labels[i][0] for i in visits]),
+            distortion_labels=torch.tensor([self.labels[i][1] for i in visits]),
+        )
+
+    def epoch(self, epoch):
+        generator = torch.Generator().manual_seed(self.seed * 1000 + epoch)
+        visits = torch.arange(len(self.rows)).repeat(self.num_crops)[torch.randperm(len(self.rows) * self.num_crops,
+                                                                                      generator=generator)]
+        for step, start in enumerate(range(0, len(visits), self.batch_size)):
+            yield self.batch(visits[start : start + self.batch_size].tolist(), crop_seed=epoch * 10_000 + step)
+
+
+def term_gradient_norms(model, batch):
+    """Norm of each weighted loss term's gradient on the visual prompts and on each text context."""
+    targets = {
+        "visual prompts": model.visual_prompts,
+        "scene context": model.scene_prompt_learner.context,
+        "distortion context": model.distortion_prompt_learner.context,
+    }
+    model.train()
+    outputs = model(**batch)
+    weighted = {
+        "scene": outputs.scene_loss,
+        "distortion": model.config.distortion_loss_weight * outputs.distortion_loss,
+        "score": model.config.score_loss_weight * outputs.score_loss,
+    }
+    norms = {}
+    for term, value in weighted.items():
+        grads = torch.autograd.grad(value, list(targets.values()), retain_graph=True, allow_unused=True)
+        for (name, _), grad in zip(targets.items(), grads):
+            norms[(term, name)] = 0.0 if grad is None else grad.norm().item()
+    losses = {term: value.item() for term, value in weighted.items()}
+    return norms, losses
+
+
+def run_gradients(args):
+    dataset = load_iqa_dataset("synthetic", cache_dir=args.cache_dir)
+    train_idx, _ = paper_splits(dataset, seed=0)[0]
+    rows = []
+    for scale in args.scales:
+        torch.manual_seed(args.seed)
+        model = MPIQEModel.from_clip(args.clip, visual_prompt_depth=4, window_size=4, score_loss_scale=scale,
+                                     score_loss_weight=0.5)
+        crop_size = model.config.clip_config.vision_config.image_size
+        data = CropBatches(dataset, train_idx, crop_size, batch_size=args.batch_size, seed=args.seed)
+        probe = data.batch(list(range(0, len(data.rows), max(1, len(data.rows) // args.batch_size)))[: args.batch_size],
+                           crop_seed=999)
+        total_steps = args.epochs * data.steps_per_epoch()
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate)
+        scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, round(total_steps * 5 / 30)), total_steps)
+        checkpoints = {0: "start", total_steps // 2: "middle", total_steps: "end"}
+        step, start = 0, time.perf_counter()
+
+        def record():
+            norms, losses = term_gradient_norms(model, probe)
+            for target in ("visual prompts", "scene context", "distortion context"):
+                rows.append([f"{scale:g}", f"{checkpoints[step]} ({step})", target]
+                            + [f"{norms[(term, target)]:.4f}" for term in TERMS]
+                            + [f"{norms[('score', target)] / max(norms[('scene', target)], norms[('distortion', target)]):.2f}"])
+            rows.append([f"{scale:g}", f"{checkpoints[step]} ({step})", "loss value"]
+                        + [f"{losses[term]:.4f}" for term in TERMS] + [""])
+
+        record()
+        for epoch in range(args.epochs):
+            for batch in data.epoch(epoch):
+                model.train()
+                model(**batch).loss.backward()
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                if step in checkpoints:
+                    record()
+        print(f"scale {scale:g}: {total_steps} steps in {time.perf_counter() - start:.0f} s", flush=True)
+    print(f"\nGradient norm of each weighted term (scene, lambda_1 * distortion, lambda_2 * score with lambda_2 0.5) on "
+          f"a fixed probe batch of {args.batch_size} crops; embedded set, {args.epochs} epochs, per-crop batches of "
+          f"{args.batch_size}, Adam lr {args.learning_rate}; stand-in CLIP {args.clip}; {describe_machine(torch.device('cpu'))}")
+    print_table(["scale", "point (step)", "on", *TERMS, "score / max(other)"], rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def held_out(dataset_dir, split_seed=0):
+    dataset = load_iqa_dataset(dataset_dir)
+    _, test_idx = paper_splits(dataset, seed=split_seed)[0]
+    return dataset, test_idx
+
+
+def run_srcc(args):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import train as train_script
+
+    dataset, test_idx = held_out(args.dataset)
+    images = [dataset[i]["image"].convert("RGB") for i in test_idx]
+    mos = np.array([dataset[i]["mos_normalized"] for i in test_idx])
+    zero_shot = srcc(zero_shot_scores(CLIPModel.from_pretrained(args.clip), CLIPTokenizer.from_pretrained(args.clip),
+                                      images), mos)
+    print(f"held-out: {len(test_idx)} images of {args.dataset}; stand-in zero-shot SRCC {zero_shot:.4f}", flush=True)
+    results = {}
+    for variant in args.variant:
+        name, _, extra = variant.partition("=")
+        for seed in args.seeds:
+            output_dir = Path(args.work_dir) / f"{name.replace(' ', '_')}-seed{seed}"
+            argv = ["--dataset_name", args.dataset, "--clip_model_name_or_path", args.clip, "--output_dir",
+                    str(output_dir), "--num_train_epochs", str(args.epochs), "--seed", str(seed),
+                    "--dataloader_num_workers", "0", *shlex.split(extra)]
+            start = time.perf_counter()
+            metrics = train_script.main(argv)
+            seconds = time.perf_counter() - start
+            results.setdefault(name, []).append((seed, metrics["srcc"], metrics["step"], seconds))
+            print(f"RESULT {name} seed {seed}: held-out SRCC {metrics['srcc']:.4f} after {metrics['step']} steps "
+                  f"({seconds:.0f} s)", flush=True)
+            Path(args.work_dir, "results.json").write_text(json.dumps({"zero_shot": zero_shot, "runs": results}))
+    rows = []
+    for name, runs in results.items():
+        values = [value for _, value, _, _ in runs]
+        rows.append([name, *(f"{value:.3f}" for value in values), f"{np.mean(values):.3f}",
+                     f"{np.mean(values) - zero_shot:+.3f}", str(runs[0][2])])
+    print(f"\nHeld-out SRCC after {args.epochs} epochs of examples/train.py (seeds {args.seeds}); stand-in zero-shot "
+          f"{zero_shot:.3f} on the same {len(test_idx)} images; {describe_machine(torch.device('cpu'))}")
+    print_table(["variant", *(f"seed {s}" for s in args.seeds), "mean", "vs zero-shot", "steps"], rows)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num_threads", type=int, default=1,
+                        help="torch threads; 1 is fastest for the tiny stand-in on a shared CPU.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    grads = sub.add_parser("gradients")
+    grads.add_argument("--clip", required=True, help="Folder of the stand-in CLIP.")
+    grads.add_argument("--scales", type=float, nargs="+", default=[1.0, 10.0])
+    grads.add_argument("--epochs", type=int, default=5)
+    grads.add_argument("--batch_size", type=int, default=64)
+    grads.add_argument("--learning_rate", type=float, default=3e-5)
+    grads.add_argument("--seed", type=int, default=0)
+    grads.add_argument("--cache_dir", default=None)
+    scores = sub.add_parser("srcc")
+    scores.add_argument("--clip", required=True)
+    scores.add_argument("--dataset", required=True, help="A procedural metadata.csv folder.")
+    scores.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    scores.add_argument("--epochs", type=int, default=5)
+    scores.add_argument("--variant", action="append", required=True,
+                        help="'name=extra train.py arguments'; repeat for each variant.")
+    scores.add_argument("--work_dir", default="recipe-runs")
+    args = parser.parse_args()
+    torch.set_num_threads(args.num_threads)
+    run_gradients(args) if args.command == "gradients" else run_srcc(args)
+
+
+if __name__ == "__main__":
+    main()
