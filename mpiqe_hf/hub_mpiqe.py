@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -374,7 +375,8 @@ class MPIQECheckpointMixin:
         Uploads the model to the Hub in one commit: the adapter (default) or with `adapter_only=False` the full
         checkpoint, the model and pipeline files for remote code (the `image-quality-assessment` pipeline is
         announced in `config.custom_pipelines` by transformers' pipeline saving), `preprocessor_config.json` and the
-        model card (`README.md`, with a `model-index` of the evaluation results).
+        model card (`README.md`, with a `model-index` of the evaluation results), and `handler.py`, the Inference
+        Endpoints handler.
 
         Args:
             repo_id (`str`): `"org/name"`; created if it does not exist.
@@ -418,6 +420,11 @@ class MPIQECheckpointMixin:
                 image_processor=image_processor,
             )
             card.save(os.path.join(work_dir, "README.md"))
+            # Inference Endpoints load `handler.py` from the repository; it ships with the package (not with the
+            # remote code, which can push too).
+            handler = os.path.join(os.path.dirname(os.path.abspath(__file__)), "handler.py")
+            if os.path.isfile(handler):
+                shutil.copyfile(handler, os.path.join(work_dir, "handler.py"))
             return api.upload_folder(
                 folder_path=work_dir,
                 repo_id=repo_id,

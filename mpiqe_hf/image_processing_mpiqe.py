@@ -22,7 +22,7 @@ from transformers.processing_utils import ImagesKwargs, Unpack
 from .image_utils_mpiqe import to_rgb_array
 
 
-__all__ = ["MPIQEImageProcessor", "MPIQEImageProcessorKwargs", "grid_crop_positions", "grid_layout"]
+__all__ = ["MPIQEImageProcessor", "MPIQEImageProcessorKwargs", "enlarged_size", "grid_crop_positions", "grid_layout"]
 
 
 def _at_least_one(value: int | None = None):
@@ -71,6 +71,17 @@ def grid_layout(num_crops: int, height: int, width: int, crop_height: int, crop_
         return -min(gap_y, gap_x), abs(rows - cols), rows
 
     return min(covering or pairs, key=rank)
+
+
+def enlarged_size(height: int, width: int, crop_height: int, crop_width: int) -> tuple[int, int]:
+    """
+    The size `(height, width)` an image is brought to before it is cut into crops: unchanged when it holds the crop,
+    otherwise enlarged with its aspect ratio kept until it does.
+    """
+    scale = max(crop_height / height, crop_width / width)
+    if scale <= 1:
+        return height, width
+    return max(crop_height, round(height * scale)), max(crop_width, round(width * scale))
 
 
 def grid_crop_positions(
@@ -192,11 +203,9 @@ class MPIQEImageProcessor(PilBackend):
     @staticmethod
     def _enlarge_if_small(image: np.ndarray, crop_size: SizeDict, resample: PILImageResampling) -> np.ndarray:
         _, height, width = image.shape
-        scale = max(crop_size.height / height, crop_size.width / width)
-        if scale <= 1:
+        new_height, new_width = enlarged_size(height, width, crop_size.height, crop_size.width)
+        if (new_height, new_width) == (height, width):
             return image
-        new_height = max(crop_size.height, round(height * scale))
-        new_width = max(crop_size.width, round(width * scale))
         if new_height * new_width > 4 * (Image.MAX_IMAGE_PIXELS or math.inf):
             raise ValueError(
                 f"enlarging this {height}x{width} image to the {crop_size.height}x{crop_size.width} crop would need "

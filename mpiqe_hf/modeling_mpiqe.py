@@ -12,6 +12,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_mpiqe import DISTORTION_CLASSES, SCENE_CLASSES, MPIQEConfig
 from .hub_mpiqe import MPIQECheckpointMixin
+from .quality_map_mpiqe import MPIQEQualityMapOutput, compute_quality_maps, distortion_window_weights
 
 
 @dataclass
@@ -298,13 +299,7 @@ def distortion_alignment_logits(
     Returns:
         `torch.FloatTensor` of shape `(num_crops, num_distortion_classes)`.
     """
-    num_crops, num_patches, dim = patch_embeds.shape
-    grid = int(num_patches**0.5)
-    assert grid * grid == num_patches, "the vision tower's patch grid is square"
-    grid_embeds = patch_embeds.transpose(1, 2).reshape(num_crops, dim, grid, grid)
-    windows = F.adaptive_max_pool2d(grid_embeds, window_size).flatten(2).transpose(1, 2)
-    similarity = torch.einsum("nwd,cd->ncw", F.normalize(windows, dim=-1), distortion_features)
-    weights = torch.softmax(similarity / temperature, dim=-1)
+    weights, similarity = distortion_window_weights(patch_embeds, distortion_features, window_size, temperature)
     return logit_scale * (weights * similarity).sum(dim=-1)
 
 
@@ -638,6 +633,30 @@ class MPIQEModel(MPIQECheckpointMixin, MPIQEPreTrainedModel):
         if self.config.mos_higher_is_better:
             return self.config.mos_min + score * span
         return self.config.mos_max - score * span
+
+    def quality_map(
+        self,
+        pixel_values: torch.Tensor,
+        image_sizes,
+        text_features: MPIQETextFeatures | None = None,
+    ) -> MPIQEQualityMapOutput:
+        r"""
+        Where the model sees degradation, at each image's own size: Grad-CAM of the lowered score over the last vision
+        layer's patch tokens (the paper's Fig. 3) and the eq. 10 window weights of the predicted distortion, each
+        computed per crop and merged over the processor's crop grid (see `quality_map_mpiqe`). Deterministic in eval
+        mode.
+
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_crops, 3, 224, 224)`):
+                Grid crops made by [`MPIQEImageProcessor`] (`crop_mode="grid"`, the default).
+            image_sizes (sequence of `(height, width)`): the size of each image before processing.
+            text_features ([`MPIQETextFeatures`], *optional*): reused when given.
+
+        Returns:
+            [`MPIQEQualityMapOutput`] with `gradcam_maps` and `distortion_maps`, one `(height, width)` tensor in
+            `[0, 1]` per image, and the score and logits of the same forward pass.
+        """
+        return compute_quality_maps(self, pixel_values, image_sizes, text_features=text_features)
 
 
 __all__ = ["MPIQEModel", "MPIQEPreTrainedModel", "MPIQEOutput", "MPIQETextFeatures"]

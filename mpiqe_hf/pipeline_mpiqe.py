@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import AutoModel, Pipeline
+from transformers.image_utils import get_image_size, infer_channel_dimension_format
 from transformers.pipelines import PIPELINE_REGISTRY, PipelineRegistry
 
 from .configuration_mpiqe import MPIQEConfig
@@ -88,6 +89,9 @@ class ImageQualityAssessmentPipeline(Pipeline):
     - `num_crops` (`int`): crops per image (defaults to the image processor's).
     - `return_normalized_score` (`bool`): also return `"normalized_score"`, the model's score on `[0, 1]`.
     - `timeout` (`float`): seconds to wait for an image URL.
+    - `return_map` (`bool`): also return `"quality_map"` and `"distortion_map"`, `(height, width)` float32 arrays in
+      `[0, 1]` at the image's size ([`MPIQEModel.quality_map`]: Grad-CAM of the lowered score and the eq. 10 window
+      weights of the predicted distortion, merged over the crop grid). Needs grid crops and the quality form.
     - `errors` (`"raise"` (default) or `"return"`): an input that cannot be decoded raises a `ValueError` naming it
       (its position in a list, and its path or kind), or, with `"return"`, gets an entry with its `"error"` message
       (and `None` for the score, quality, scene and distortion; `{"error": ...}` in the classification form) while
@@ -127,11 +131,12 @@ class ImageQualityAssessmentPipeline(Pipeline):
         return_normalized_score: bool | None = None,
         timeout: float | None = None,
         errors: str | None = None,
+        return_map: bool | None = None,
         **kwargs: Any,
     ):
         if kwargs:
             raise TypeError(f"{type(self).__name__} got unexpected arguments {sorted(kwargs)}.")
-        preprocess_params, postprocess_params = {}, {}
+        preprocess_params, forward_params, postprocess_params = {}, {}, {}
         if num_crops is not None:
             if isinstance(num_crops, bool) or not isinstance(num_crops, int) or num_crops < 1:
                 raise ValueError(f"`num_crops` must be a positive int, got {num_crops!r}.")
@@ -152,7 +157,10 @@ class ImageQualityAssessmentPipeline(Pipeline):
             postprocess_params["output_format"] = output_format
         if return_normalized_score is not None:
             postprocess_params["return_normalized_score"] = bool(return_normalized_score)
-        return preprocess_params, {}, postprocess_params
+        if return_map is not None:
+            for params in (preprocess_params, forward_params, postprocess_params):
+                params["return_map"] = bool(return_map)
+        return preprocess_params, forward_params, postprocess_params
 
     def __call__(self, inputs: Any = None, **kwargs: Any):
         """Scores one image (returns its result) or a list of images (returns a list of results)."""
@@ -182,11 +190,30 @@ class ImageQualityAssessmentPipeline(Pipeline):
             return load_image(image)
         raise ValueError(f"Cannot score an input of type {type(image).__name__}.")
 
-    def preprocess(self, image: Any, num_crops: int | None = None, timeout: float | None = None, errors: str = "raise"):
+    @staticmethod
+    def _image_size(image: Any) -> tuple[int, int]:
+        """`(height, width)` of a decoded image: a PIL image, an HWC/HW array or a CHW/HW tensor."""
+        if isinstance(image, Image.Image):
+            return image.height, image.width
+        array = image.numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+        if array.ndim == 2:
+            return array.shape
+        return get_image_size(array, channel_dim=infer_channel_dimension_format(array))
+
+    def preprocess(
+        self,
+        image: Any,
+        num_crops: int | None = None,
+        timeout: float | None = None,
+        errors: str = "raise",
+        return_map: bool = False,
+    ):
         position = None
         if isinstance(image, _NumberedInput):
             position, image = image
         dtype = self.dtype or torch.float32
+        if return_map and getattr(self.image_processor, "crop_mode", "grid") != "grid":
+            raise ValueError("`return_map=True` places grid crops back on the image: use crop_mode='grid'.")
         try:
             decoded = self._decode(image, timeout)
         except ValueError as err:
@@ -197,17 +224,28 @@ class ImageQualityAssessmentPipeline(Pipeline):
             crops = num_crops or self.image_processor.num_crops
             size = self.image_processor.crop_size
             stand_in = torch.zeros(1, crops, 3, size["height"], size["width"], dtype=dtype)
-            return {"pixel_values": stand_in, "error": message}
+            result = {"pixel_values": stand_in, "error": message}
+            if return_map:
+                result["image_size"] = torch.tensor([[size["height"], size["width"]]])
+            return result
         features = self.image_processor(decoded, num_crops=num_crops, return_tensors="pt")
         result = {"pixel_values": features["pixel_values"].to(dtype)}
+        if return_map:
+            result["image_size"] = torch.tensor([self._image_size(decoded)])
         if errors == "return":
             result["error"] = None
         return result
 
-    def _forward(self, model_inputs):
+    def _forward(self, model_inputs, return_map: bool = False):
         if self._text_features is None:
             self._text_features = self.model.get_text_features()
-        outputs = self.model(pixel_values=model_inputs["pixel_values"], text_features=self._text_features)
+        pixel_values = model_inputs["pixel_values"]
+        if return_map:
+            outputs = self.model.quality_map(
+                pixel_values, model_inputs["image_size"].tolist(), text_features=self._text_features
+            )
+        else:
+            outputs = self.model(pixel_values=pixel_values, text_features=self._text_features)
         result = {"normalized_score": outputs.score, "native_score": self.model.to_native_scale(outputs.score)}
         if "error" in model_inputs:
             result["error"] = model_inputs["error"]
@@ -215,6 +253,9 @@ class ImageQualityAssessmentPipeline(Pipeline):
             result["scene_logits"] = outputs.scene_logits
         if outputs.distortion_logits is not None:
             result["distortion_logits"] = outputs.distortion_logits
+        if return_map:
+            result["quality_map"] = outputs.gradcam_maps
+            result["distortion_map"] = outputs.distortion_maps
         return result
 
     def postprocess(
@@ -223,9 +264,12 @@ class ImageQualityAssessmentPipeline(Pipeline):
         top_k: int | None = None,
         output_format: str | None = None,
         return_normalized_score: bool = False,
+        return_map: bool = False,
     ):
         config = self.model.config
         output_format = output_format or self.default_output_format
+        if return_map and output_format != "quality":
+            raise ValueError("`return_map=True` needs output_format='quality' (the classification form has no map).")
         error = model_outputs.get("error")
         if error is not None:
             if output_format == "classification":
@@ -266,6 +310,12 @@ class ImageQualityAssessmentPipeline(Pipeline):
                 ]
         if top_k:
             result["quality_scores"] = quality_scores[:top_k]
+        if return_map:
+            for key in ("quality_map", "distortion_map"):
+                maps = model_outputs[key]
+                # one image: the list of `_forward`; in a batch: that image's map with a leading axis of 1
+                value = None if maps is None else maps[0] if isinstance(maps, list) else maps
+                result[key] = None if value is None else value.float().reshape(value.shape[-2:]).numpy()
         return result
 
 

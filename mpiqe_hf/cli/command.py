@@ -87,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="output format (default: from the --output extension; table on stdout)",
     )
+    output.add_argument(
+        "--save-maps",
+        metavar="DIR",
+        default=None,
+        help="also write each image's quality maps as PNG overlays with a colour bar into DIR "
+        "(<name>.quality_map.png: Grad-CAM, <name>.distortion_map.png: distortion windows; torch backend; one more "
+        "forward and backward pass per image)",
+    )
     existing = output.add_mutually_exclusive_group()
     existing.add_argument("--resume", action="store_true", help="keep the rows of an existing output, score the rest")
     existing.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -122,6 +130,10 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         parser.error("--format table is for the terminal; write CSV, JSONL or Parquet to --output")
     if args.output is None and args.format == "parquet":
         parser.error("--format parquet needs --output")
+    if args.save_maps is not None and args.backend != "torch":
+        parser.error("--save-maps needs --backend torch: the maps come from the model's gradients")
+    if args.save_maps is not None and args.streaming:
+        parser.error("--save-maps cannot be combined with --streaming")
 
 
 def _is_main_process() -> bool:
@@ -168,6 +180,35 @@ class _Inputs:
     sources: Sequence[Any] = ()
     stream: Any = None
     problems: int = 0
+
+
+class _MapWriter:
+    """`--save-maps`: the quality-map overlays of each scored image (decoded again for the overlay)."""
+
+    def __init__(self, folder: str, scorer, inputs: _Inputs):
+        import torch
+
+        self.folder = folder
+        self.scorer = scorer
+        with torch.no_grad():  # not in inference mode: the maps take gradients through these
+            self.text_features = scorer.model.get_text_features()
+        self.sources = inputs.sources
+        self.positions = {str(key): position for position, key in enumerate(inputs.keys)}
+
+    def __call__(self, keys, pixel_values, rows) -> None:
+        from ..image_utils_mpiqe import load_image
+        from ..visualization import save_map_overlays
+
+        for key, crops, row in zip(keys, pixel_values, rows):
+            image = load_image(self.sources[self.positions[str(key)]])
+            maps = self.scorer.model.quality_map(
+                crops[None].to(self.scorer.device, self.scorer.dtype),
+                [(image.height, image.width)],
+                text_features=self.text_features,
+            )
+            distortion_map = maps.distortion_maps[0].float() if maps.distortion_maps is not None else None
+            title = f"{row['score']:.3f} ({row['quality']})"
+            save_map_overlays(self.folder, key, image, maps.gradcam_maps[0].float(), distortion_map, title=title)
 
 
 class _Run:
@@ -236,7 +277,8 @@ class _Run:
         from .writers import ScoredSoFar
 
         args = self.args
-        device = resolve_device(args.device)
+        # onnxruntime runs on the CPU here: `auto` means the CPU for it
+        device = resolve_device("cpu" if args.backend == "onnx" and args.device == "auto" else args.device)
         dtype, dtype_reason = resolve_dtype(args.dtype, device)
         state = PartialState(cpu=device.type == "cpu")
         if state.num_processes > 1 and device.type == "cuda":
@@ -266,17 +308,21 @@ class _Run:
 
         num_workers = self._default_workers(state) if args.num_workers is None else args.num_workers
         loader, total = self._loader(inputs, before.keys, processor, state, num_workers, device)
+        runtime = f"{device} in {str(dtype).replace('torch.', '')} ({dtype_reason})"
+        if args.backend == "onnx":
+            runtime = "the CPU with onnxruntime"
         _say(
-            f"scoring on {device} in {str(dtype).replace('torch.', '')} ({dtype_reason}), "
+            f"scoring on {runtime}, "
             f"{state.num_processes} process(es), {num_workers} loader worker(s) each"
             + (f"; {len(before.keys)} input(s) already in {args.output}" if before.keys else "")
         )
 
         writer = self._writer(output, state, scorer.config)
+        map_writer = _MapWriter(args.save_maps, scorer, inputs) if args.save_maps is not None else None
         counts = {"scored": 0, "failed": 0}
         status = EXIT_OK
         try:
-            self._score(loader, scorer, writer, total, state, counts)
+            self._score(loader, scorer, writer, total, state, counts, map_writer)
         except KeyboardInterrupt:
             status = EXIT_INTERRUPTED
         except Terminated:
@@ -362,7 +408,7 @@ class _Run:
             return output.open_for_append()
         return output.open_part(state.process_index)
 
-    def _score(self, loader, scorer, writer, total, state, counts) -> None:
+    def _score(self, loader, scorer, writer, total, state, counts, map_writer=None) -> None:
         import torch
         from tqdm.auto import tqdm
 
@@ -403,6 +449,8 @@ class _Run:
                 if result.distortion_logits is not None:
                     row["distortion"] = config.distortion_classes[int(result.distortion_logits[index].argmax())]
                 rows.append(row)
+            if map_writer is not None:
+                map_writer(keys, batch, rows)
             return rows
 
         with tqdm(total=total, unit="img", desc="mpiqe-score", disable=not show, file=sys.stderr) as bar:

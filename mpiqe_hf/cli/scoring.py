@@ -21,7 +21,7 @@ import torch
 from .errors import UsageError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-BACKENDS = ("torch",)
+BACKENDS = ("torch", "onnx")
 
 
 @dataclass
@@ -62,10 +62,36 @@ class TorchScorer:
             )
 
 
+class OnnxScorer:
+    """A graph written by `mpiqe-export onnx`, run by onnxruntime on the CPU (float32, or int8 if quantised)."""
+
+    def __init__(self, export_dir: str, quantized: bool = False):
+        from ..export_onnx import OnnxQualityScorer
+
+        self.session = OnnxQualityScorer(export_dir, quantized=quantized)
+        self.config = self.session.config
+
+    def __call__(self, pixel_values: torch.Tensor) -> ScoreBatch:
+        outputs = self.session.run(pixel_values.numpy())
+        return ScoreBatch(
+            score=outputs["native_score"],
+            normalized_score=outputs["score"],
+            scene_logits=outputs.get("scene_logits"),
+            distortion_logits=outputs.get("distortion_logits"),
+        )
+
+
 def build_scorer(backend: str, model_name: str, revision: str | None, allow_pickle: bool, device, dtype):
-    """The scorer `--backend` names, loaded from `model_name`."""
+    """The scorer `--backend` names, loaded from `model_name` (for `onnx`, a folder of `mpiqe-export onnx`)."""
     if backend == "torch":
         return TorchScorer(load_model(model_name, revision, allow_pickle), device, dtype)
+    if backend == "onnx":
+        if device.type != "cpu":
+            raise UsageError(f"--backend onnx runs on the CPU; drop --device {device}")
+        try:
+            return OnnxScorer(model_name)
+        except (ImportError, OSError, ValueError) as err:
+            raise UsageError(f"--backend onnx: {_first_line(err)}") from err
     raise UsageError(f"--backend {backend}: unknown backend; choose from {', '.join(BACKENDS)}")
 
 

@@ -1,0 +1,86 @@
+"""`mpiqe-score --backend onnx` on an `mpiqe-export onnx` folder, and `mpiqe-score --save-maps`."""
+
+import csv
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("onnxruntime")
+
+from mpiqe_hf import MPIQEImageProcessor  # noqa: E402
+from mpiqe_hf.cli import main as score_main  # noqa: E402
+from mpiqe_hf.export_onnx import main as export_main  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from conftest import MPIQEModelTester
+
+    folder = tmp_path_factory.mktemp("cli-export")
+    MPIQEModelTester().model(mos_min=1.0, mos_max=5.0).save_pretrained(folder / "model")
+    MPIQEImageProcessor(crop_size=30, num_crops=3).save_pretrained(folder / "model")
+    rng = np.random.default_rng(4)
+    (folder / "photos" / "sub").mkdir(parents=True)
+    for name, size in (("a.png", (40, 52)), ("sub/b.png", (64, 30)), ("c.png", (30, 30))):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / "photos" / name)
+    return folder
+
+
+def _rows(path):
+    with open(path, newline="") as file:
+        return {row["path"]: row for row in csv.DictReader(file)}
+
+
+def test_onnx_backend_scores_like_torch(checkpoint, tmp_path):
+    assert export_main(["onnx", str(tmp_path / "exported"), "--model", str(checkpoint / "model")]) == 0
+    common = [str(checkpoint / "photos"), "--dtype", "float32", "--num-workers", "0", "-b", "2"]
+    assert score_main([*common, "--model", str(checkpoint / "model"), "-o", str(tmp_path / "torch.csv")]) == 0
+    assert score_main([*common, "--model", str(tmp_path / "exported"), "--backend", "onnx",
+                       "-o", str(tmp_path / "onnx.csv")]) == 0
+    torch_rows, onnx_rows = _rows(tmp_path / "torch.csv"), _rows(tmp_path / "onnx.csv")
+    assert len(onnx_rows) == 3 and onnx_rows.keys() == torch_rows.keys()
+    for path, row in onnx_rows.items():
+        assert abs(float(row["normalized_score"]) - float(torch_rows[path]["normalized_score"])) < 1e-4
+        assert abs(float(row["score"]) - float(torch_rows[path]["score"])) < 4e-4
+        assert row["quality"] == torch_rows[path]["quality"] and row["status"] == "ok"
+
+
+def test_onnx_backend_needs_an_export(checkpoint, capsys):
+    status = score_main([str(checkpoint / "photos"), "--model", str(checkpoint / "model"), "--backend", "onnx"])
+    assert status == 2 and "mpiqe-export onnx" in capsys.readouterr().err
+
+
+def test_save_maps_writes_an_overlay_per_image(checkpoint, tmp_path):
+    from mpiqe_hf import MPIQEModel
+
+    maps = tmp_path / "maps"
+    status = score_main([str(checkpoint / "photos"), "--model", str(checkpoint / "model"), "--dtype", "float32",
+                         "--num-workers", "0", "--save-maps", str(maps), "-o", str(tmp_path / "s.csv")])
+    assert status == 0
+    names = sorted(os.listdir(maps))
+    stems = sorted({name.split(".")[0] for name in names})
+    assert len(stems) == 3 and len(names) == 6  # Grad-CAM and distortion windows for each image
+    assert all(name.endswith((".quality_map.png", ".distortion_map.png")) for name in names)
+    model = MPIQEModel.from_pretrained(checkpoint / "model")
+    processor = MPIQEImageProcessor.from_pretrained(checkpoint / "model")
+    image = Image.open(checkpoint / "photos" / "sub" / "b.png").convert("RGB")
+    expected = model.quality_map(processor(image, return_tensors="pt")["pixel_values"], [(64, 30)])
+    from mpiqe_hf.visualization import render_overlay
+
+    written = [name for name in names if "sub__b" in name and name.endswith(".quality_map.png")]
+    assert len(written) == 1
+    overlay = np.asarray(Image.open(maps / written[0]).convert("RGB"), dtype=int)
+    score = float(_rows(tmp_path / "s.csv")[str(checkpoint / "photos" / "sub" / "b.png")]["score"])
+    reference = np.asarray(render_overlay(image, expected.gradcam_maps[0], title=None), dtype=int)
+    assert overlay.shape[1] == reference.shape[1]  # same layout: the image, then the colour bar
+    assert np.abs(overlay[-reference.shape[0]:] - reference).mean() < 2  # maps agree (the title row differs)
+    assert score == pytest.approx(float(expected.score[0] * 4 + 1), abs=1e-4)
+
+
+def test_save_maps_refuses_the_onnx_backend(checkpoint, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        score_main([str(checkpoint / "photos"), "--model", str(tmp_path), "--backend", "onnx",
+                    "--save-maps", str(tmp_path / "maps")])
+    assert exit_info.value.code == 2
