@@ -1,10 +1,32 @@
 """Shared fixtures: tiny random CLIP configs (transformers' own testing trick) and a tiny CLIP tokenizer."""
 
+import textwrap
+
 import pytest
 import torch
 
 from mpiqe_hf import MPIQEConfig, MPIQEModel
 from mpiqe_hf.testing_utils import save_tiny_clip, tiny_clip_config, tiny_tokenizer_vocab  # noqa: F401 (re-exported)
+
+
+# Tests that run model files in a child process without the package start the child's script with this: it drops
+# the editable-install finder of `mpiqe_hf` (and any sys.path entry holding the package), then proves that the
+# package cannot be imported.
+HIDE_PACKAGE = textwrap.dedent(
+    """
+    import importlib.util, os, sys
+    sys.meta_path[:] = [f for f in sys.meta_path if not str(getattr(f, "__module__", "")).startswith("__editable__")]
+    sys.path_hooks[:] = [h for h in sys.path_hooks if "__editable__" not in repr(h)]
+    sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p or os.getcwd(), "mpiqe_hf"))]
+    sys.path_importer_cache.clear()
+    try:
+        import mpiqe_hf
+    except ImportError:
+        print("MPIQE_HF_HIDDEN")
+    else:
+        raise SystemExit("mpiqe_hf is importable in the child: " + mpiqe_hf.__file__)
+    """
+)
 
 
 class MPIQEModelTester:

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 import mpiqe_hf
+from conftest import HIDE_PACKAGE
 from mpiqe_hf import MPIQEImageProcessor
 from mpiqe_hf.handler import decode_inputs
 from hub_server import hub_endpoint  # noqa: F401  (the fixture)
@@ -23,19 +24,9 @@ HANDLER_SOURCE = os.path.join(os.path.dirname(mpiqe_hf.__file__), "handler.py")
 
 # The toolkit imports handler.py from the repository folder, builds the handler once and calls it per request; the
 # body of an image request arrives as a PIL image, an octet-stream body as bytes, a JSON body as its dict.
-SERVE = textwrap.dedent(
+SERVE = HIDE_PACKAGE + textwrap.dedent(
     """
-    import base64, importlib.util, io, json, os, sys
-    sys.meta_path[:] = [f for f in sys.meta_path if not str(getattr(f, "__module__", "")).startswith("__editable__")]
-    sys.path_hooks[:] = [h for h in sys.path_hooks if "__editable__" not in repr(h)]
-    sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p or os.getcwd(), "mpiqe_hf"))]
-    sys.path_importer_cache.clear()
-    try:
-        import mpiqe_hf
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("mpiqe_hf is importable in the child")
+    import base64, io, json, os, sys
     from PIL import Image
 
     repository = sys.argv[1]

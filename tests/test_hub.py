@@ -14,29 +14,12 @@ from hub_server import hub_endpoint  # noqa: F401  (the fixture)
 from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 from transformers import CLIPModel, CLIPTokenizer
 
-from conftest import MPIQEModelTester, tiny_tokenizer_vocab
+from conftest import HIDE_PACKAGE, MPIQEModelTester, tiny_tokenizer_vocab
 from mpiqe_hf import MPIQEConfig, MPIQEImageProcessor, MPIQEModel
 from mpiqe_hf.hub_mpiqe import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 
 RESULTS = [{"dataset": "Synthetic-IQA", "dataset_id": "user/synthetic-iqa", "split": "test", "srcc": 0.5, "plcc": 0.625}]
 
-# Run first in the child: drop the editable-install finder of `mpiqe_hf` (and any sys.path entry holding the
-# package), then prove that the package cannot be imported.
-HIDE_PACKAGE = textwrap.dedent(
-    """
-    import importlib.util, os, sys
-    sys.meta_path[:] = [f for f in sys.meta_path if not str(getattr(f, "__module__", "")).startswith("__editable__")]
-    sys.path_hooks[:] = [h for h in sys.path_hooks if "__editable__" not in repr(h)]
-    sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p or os.getcwd(), "mpiqe_hf"))]
-    sys.path_importer_cache.clear()
-    try:
-        import mpiqe_hf
-    except ImportError:
-        print("MPIQE_HF_HIDDEN")
-    else:
-        raise SystemExit("mpiqe_hf is importable in the child: " + mpiqe_hf.__file__)
-    """
-)
 
 
 def _scores(model, pixel_values):

@@ -17,6 +17,7 @@ from transformers import AutoImageProcessor
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling, SizeDict
 
 import mpiqe_hf
+from conftest import HIDE_PACKAGE
 from mpiqe_hf.image_processing_mpiqe import MPIQEImageProcessor, grid_crop_positions, grid_layout
 from mpiqe_hf.image_utils_mpiqe import load_image
 
@@ -554,24 +555,6 @@ def test_model_files_import_only_what_remote_code_has():
     assert relative == {"image_processing_mpiqe.py": {"image_utils_mpiqe"}}
 
 
-# Run first in the child: drop the editable-install finder of `mpiqe_hf` and any sys.path entry holding the package.
-_HIDE_PACKAGE = textwrap.dedent(
-    """
-    import os, sys
-    sys.meta_path[:] = [f for f in sys.meta_path if not str(getattr(f, "__module__", "")).startswith("__editable__")]
-    sys.path_hooks[:] = [h for h in sys.path_hooks if "__editable__" not in repr(h)]
-    sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p or os.getcwd(), "mpiqe_hf"))]
-    sys.path_importer_cache.clear()
-    try:
-        import mpiqe_hf
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("mpiqe_hf is importable in the child: " + mpiqe_hf.__file__)
-    """
-)
-
-
 def test_saved_processor_loads_as_remote_code_without_the_package(tmp_path):
     folder = tmp_path / "checkpoint"
     processor = MPIQEImageProcessor(crop_size=40, num_crops=3)
@@ -583,7 +566,7 @@ def test_saved_processor_loads_as_remote_code_without_the_package(tmp_path):
     image = tmp_path / "image.png"
     rgba = np.random.default_rng(6).integers(0, 256, (30, 70, 4), dtype=np.uint8)  # small, with alpha
     Image.fromarray(rgba).save(image)
-    script = _HIDE_PACKAGE + textwrap.dedent(
+    script = HIDE_PACKAGE + textwrap.dedent(
         f"""
         import numpy as np
         from transformers import AutoImageProcessor

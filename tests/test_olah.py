@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import MPIQEModelTester, tiny_tokenizer_vocab
+from conftest import HIDE_PACKAGE, MPIQEModelTester, tiny_tokenizer_vocab
 from mpiqe_hf import MPIQEImageProcessor, MPIQEModel
 from mpiqe_hf.pipeline_mpiqe import MPIQEImageClassificationPipeline
 
@@ -40,19 +40,9 @@ WITH_PACKAGE = textwrap.dedent(
 )
 
 # The same repositories as remote code, where the package cannot be imported.
-WITHOUT_PACKAGE = textwrap.dedent(
+WITHOUT_PACKAGE = HIDE_PACKAGE + textwrap.dedent(
     """
     import json, os, sys
-    sys.meta_path[:] = [f for f in sys.meta_path if not str(getattr(f, "__module__", "")).startswith("__editable__")]
-    sys.path_hooks[:] = [h for h in sys.path_hooks if "__editable__" not in repr(h)]
-    sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p or os.getcwd(), "mpiqe_hf"))]
-    sys.path_importer_cache.clear()
-    try:
-        import mpiqe_hf
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("mpiqe_hf is importable in the child")
     import numpy as np, torch
     from transformers import AutoModel, pipeline
     crops = torch.from_numpy(np.load(sys.argv[1]))
