@@ -6,12 +6,13 @@ features carry quality signal (a random CLIP gives none; real CLIP weights canno
 The stand-in is a tiny `CLIPModel` (4 vision layers on 64-px inputs with 16-px patches, as ViT-B/16 sees a 64-px
 region; DCT-initialised patch filters; 2 text layers; width 64) trained contrastively on 64-px crops of the photos the
 embedded synthetic set uses (scikit-image's) and of procedural pictures, each distorted with the synthetic set's 11
-families at 5 levels and captioned with its distortion, its strength and its quality band ("a bad, strongly blurry
-photo.", "a bad photo with blur.", "bad photo."). Its tokenizer is a
+families at 5 levels and captioned with its distortion, its strength, its quality band and the side of the scale's
+middle it lies on ("a bad, strongly blurry photo.", "a bad photo with blur.", "bad photo.", "good photo."). Its
+tokenizer is a
 `CLIPTokenizer` whose BPE merges spell every caption word and class name as one token. `MPIQEModel.from_clip(folder)`
 and `examples/train.py --clip_model_name_or_path folder` load the saved folder.
 
-    python benchmarks/make_standin_clip.py --output_dir standin-clip          # 6 min on 2 busy cores
+    python benchmarks/make_standin_clip.py --output_dir standin-clip          # 5 min on 2 idle cores
     python benchmarks/make_standin_clip.py --output_dir standin-clip --dataset_dir procedural-iqa
 
 It prints the zero-shot SRCC (CLIP-IQA's "Good photo." / "Bad photo." antonym prompts) on procedural pictures
@@ -73,8 +74,12 @@ def quality_word(mos: float) -> str:
 
 def captions(family: str | None, level: int) -> list[str]:
     """Every caption that describes an image with `family` at `level` (`None`, 0: the pristine picture)."""
-    quality = quality_word(pseudo_mos(family, level))
-    texts = [f"{quality} photo.", f"a {quality} photo."]
+    mos = pseudo_mos(family, level)
+    quality = quality_word(mos)
+    # The antonym pair ("good photo." above the middle of the 1..5 scale, "bad photo." below) orders every kind on
+    # one axis; the five band words alone leave "excellent" pictures no nearer "good" than "bad".
+    antonym = "good photo." if mos >= 3.0 else "bad photo."
+    texts = list(dict.fromkeys([f"{quality} photo.", f"a {quality} photo.", antonym]))
     if family is None:
         return texts + ["a clean photo.", "a pristine photo without distortion."]
     return texts + [
@@ -432,7 +437,7 @@ def unseen_zero_shot_srcc(model, tokenizer, num_contents: int = 8, seed: int = 0
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def build_standin_clip(output_dir, seed: int = 0, steps: int = 2400, batch_size: int = 32, num_procedural: int = 48,
+def build_standin_clip(output_dir, seed: int = 0, steps: int = 9600, batch_size: int = 32, num_procedural: int = 384,
                        learning_rate: float = 1e-3, log_every: int = 100, references=tuple(REFERENCES)) -> Path:
     """
     Builds, pretrains and saves the stand-in CLIP (`CLIPModel` + `CLIPTokenizer`) into `output_dir`: `steps`
@@ -458,9 +463,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", required=True, help="Folder for the CLIPModel and its CLIPTokenizer.")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=2400, help="Contrastive training steps.")
+    parser.add_argument("--steps", type=int, default=9600, help="Contrastive training steps.")
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--num_procedural", type=int, default=48, help="Procedural pretraining contents.")
+    parser.add_argument("--num_procedural", type=int, default=384, help="Procedural pretraining contents.")
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--dataset_dir", default=None,
                         help="Also write an unseen procedural metadata.csv dataset here (--dataset_contents pictures).")
