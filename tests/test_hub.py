@@ -21,6 +21,17 @@ from mpiqe_hf.hub_mpiqe import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 RESULTS = [{"dataset": "Synthetic-IQA", "dataset_id": "user/synthetic-iqa", "split": "test", "srcc": 0.5, "plcc": 0.625}]
 
 
+def run_without_package(script, hub_endpoint, tmp_path):
+    """Runs `script` (which starts with HIDE_PACKAGE) in an isolated child that talks to the test Hub, and returns
+    the JSON it printed after "RESULT "."""
+    env = hub_endpoint.subprocess_env()
+    env.pop("PYTHONPATH", None)
+    out = subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "MPIQE_HF_HIDDEN" in out.stdout
+    return json.loads(out.stdout.split("RESULT ", 1)[1])
+
 
 def _scores(model, pixel_values):
     with torch.no_grad():
@@ -95,13 +106,7 @@ def test_push_pull_and_remote_code_without_the_package(hub_endpoint, tester, tmp
         assert "mpiqe_hf" not in sys.modules
         """
     )
-    env = hub_endpoint.subprocess_env()
-    env.pop("PYTHONPATH", None)
-    out = subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=240)
-    assert out.returncode == 0, out.stderr[-4000:]
-    assert "MPIQE_HF_HIDDEN" in out.stdout
-    child = json.loads(out.stdout.split("RESULT ", 1)[1])
+    child = run_without_package(script, hub_endpoint, tmp_path)
     assert torch.allclose(torch.tensor(child["scores"]), expected, atol=1e-5, rtol=0)
 
     from transformers import pipeline
@@ -230,13 +235,7 @@ def test_adapter_checkpoint(hub_endpoint, tester, tmp_path):
         assert "mpiqe_hf" not in sys.modules
         """
     )
-    env = hub_endpoint.subprocess_env()
-    env.pop("PYTHONPATH", None)
-    out = subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=240)
-    assert out.returncode == 0, out.stderr[-4000:]
-    assert "MPIQE_HF_HIDDEN" in out.stdout
-    child = json.loads(out.stdout.split("RESULT ", 1)[1])
+    child = run_without_package(script, hub_endpoint, tmp_path)
     for repo in ("user/mp-iqe-adapter", "user/mp-iqe-full"):
         assert torch.allclose(torch.tensor(child[repo]), expected, atol=1e-5, rtol=0), repo
 

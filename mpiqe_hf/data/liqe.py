@@ -139,15 +139,9 @@ def load_liqe_dataset(
         parts.append(rows)
         problems.extend(wrong)
     raw = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-    info = IQADatasetInfo(
-        name=spec.name,
-        mos_min=spec.mos_min,
-        mos_max=spec.mos_max,
-        higher_is_better=spec.higher_is_better,
-        source="liqe",
-        split_protocol="by_content" if spec.synthetic else "by_image",
-        score_loss_weight=spec.score_loss_weight,
-        batch_size=spec.batch_size,
+    info = IQADatasetInfo.from_spec(
+        spec,
+        "liqe",
         label_files=tuple(str(Path(f).resolve()) for f in files),
         data_dir=str(root.resolve()),
         live_references_found=bool(live_refs) if spec.name == "live" else None,

@@ -366,15 +366,9 @@ def load_official_dataset(
         raise ValueError(f"{spec.name}: data_dir {root} is not a folder.")
     rows = RawRows()
     source_file = OFFICIAL_LOADERS[spec.name](root, rows, options)
-    info = IQADatasetInfo(
-        name=spec.name,
-        mos_min=spec.mos_min,
-        mos_max=spec.mos_max,
-        higher_is_better=spec.higher_is_better,
-        source="official",
-        split_protocol="by_content" if spec.synthetic else "by_image",
-        score_loss_weight=spec.score_loss_weight,
-        batch_size=spec.batch_size,
+    info = IQADatasetInfo.from_spec(
+        spec,
+        "official",
         data_dir=str(root.resolve()),
         score_file=str(Path(source_file).resolve()),
     )

@@ -252,6 +252,21 @@ class IQADatasetInfo:
         return MOSRange(self.mos_min, self.mos_max, self.higher_is_better)
 
     @classmethod
+    def from_spec(cls, spec: "DatasetSpec", source: str, **fields) -> "IQADatasetInfo":
+        """The facts of a named dataset (range, direction, split protocol, the paper's λ2 and batch) plus `fields`."""
+        return cls(
+            name=spec.name,
+            mos_min=spec.mos_min,
+            mos_max=spec.mos_max,
+            higher_is_better=spec.higher_is_better,
+            source=source,
+            split_protocol="by_content" if spec.synthetic else "by_image",
+            score_loss_weight=spec.score_loss_weight,
+            batch_size=spec.batch_size,
+            **fields,
+        )
+
+    @classmethod
     def from_dict(cls, values: dict) -> "IQADatasetInfo":
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
