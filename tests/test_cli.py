@@ -345,6 +345,20 @@ def test_sigterm_keeps_the_rows_in_a_readable_parquet_file(
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def test_a_reader_that_closes_standard_output_ends_the_run_quietly(tiny_checkpoint, many_images, reference_rows):
+    """`mpiqe-score folder | head -1`: no traceback, exit status 141 as for SIGPIPE."""
+    command = [sys.executable, "-m", "mpiqe_hf.cli", str(many_images), "-m", tiny_checkpoint, "--format", "csv",
+               "--dtype", "float32", "-b", "1", "--num-workers", "0"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    header, first = process.stdout.readline(), process.stdout.readline()
+    process.stdout.close()
+    err = process.stderr.read()
+    assert process.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
+    assert header.rstrip("\n").split(",") == COLUMNS
+    assert first.split(",")[0] in reference_rows
+
+
 def test_torchrun_two_processes_resume_shards_and_match_one_process(
     tiny_checkpoint, many_images, reference_rows, tmp_path, watched_env
 ):

@@ -14,12 +14,13 @@ from .scoring import BACKENDS, DTYPES
 from .writers import FORMATS, RESULT_COLUMNS
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+EXIT_PIPE_CLOSED = 141  # what a shell reports for a process that SIGPIPE ended
 
 EXIT_STATUS_HELP = (
     "Exit status: 0 every input scored; 1 some inputs failed (their rows say why, status 'error') and the others "
     "are scored; 2 usage error (bad arguments, unavailable device, existing output without --resume/--overwrite, "
     "model or dataset that cannot be used); 130 interrupted by Ctrl-C, 143 by SIGTERM (the rows scored so far are "
-    "kept: finish with --resume)."
+    "kept: finish with --resume); 141 the reader of standard output closed it (as `| head` does)."
 )
 
 
@@ -327,6 +328,10 @@ class _Run:
             status = EXIT_INTERRUPTED
         except Terminated:
             status = EXIT_TERMINATED
+        except BrokenPipeError:
+            # The reader has what it wanted (`| head`): stop quietly; what is still buffered goes nowhere.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_PIPE_CLOSED
         finally:
             writer.close()
             if output is not None and state.num_processes == 1:
