@@ -9,10 +9,13 @@ Recipe measurements on the pretrained stand-in CLIP (`make_standin_clip.py`):
 2. `srcc`: held-out SRCC of `examples/train.py`'s `main()` (content-disjoint split of a procedural `metadata.csv`
    dataset the stand-in never saw) per seed, for each training variant, beside the stand-in's zero-shot SRCC on the
    same held-out images.
+3. `probe`: the same split scored by ridge regressions on the stand-in's frozen features (fitted on the training
+   images), beside its zero-shot SRCC: how far quality learned from the training contents carries to unseen ones.
 
     python benchmarks/bench_recipe.py gradients --clip standin-clip --scales 1 10 100
     python benchmarks/bench_recipe.py srcc --clip standin-clip --dataset procedural-iqa --seeds 0 1 2 \
         --variant "per_crop scale 1=--crop_sampling per_crop --config_overrides score_loss_scale=1"
+    python benchmarks/bench_recipe.py probe --clip standin-clip --dataset procedural-iqa
 """
 
 from __future__ import annotations
@@ -195,6 +198,56 @@ def run_srcc(args):
     print_table(["variant", *(f"seed {s}" for s in args.seeds), "mean", "vs zero-shot", "steps"], rows)
 
 
+
+def frozen_features(clip, images, crop_size):
+    """Per image (8 grid crops averaged): the normalised CLIP image embedding, and token statistics (post-LN CLS,
+    mean and spread of the post-LN patch tokens, spread of the patch tokens after each inner layer)."""
+    processor = MPIQEImageProcessor(crop_size=crop_size, num_crops=8)
+    embeddings, statistics = [], []
+    with torch.no_grad():
+        for image in images:
+            crops = processor(image, return_tensors="pt")["pixel_values"][0]
+            outputs = clip.vision_model(pixel_values=crops, output_hidden_states=True)
+            tokens = clip.vision_model.post_layernorm(outputs.last_hidden_state)
+            embeddings.append(torch.nn.functional.normalize(clip.visual_projection(tokens[:, 0]), dim=-1).mean(0))
+            parts = [tokens[:, 0], tokens[:, 1:].mean(1), tokens[:, 1:].std(1)]
+            parts += [hidden[:, 1:].std(1) for hidden in outputs.hidden_states[1:-1]]
+            statistics.append(torch.cat(parts, dim=-1).mean(0))
+    return torch.stack(embeddings).numpy(), torch.stack(statistics).numpy()
+
+
+def ridge_srcc(train_x, train_y, test_x, test_y, strength):
+    """Ridge regression (standardised features, unpenalised intercept) fitted on train; SRCC on train and test."""
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    penalty = strength * np.eye(train_x.shape[1])
+    weights = np.linalg.solve(train_x.T @ train_x + penalty, train_x.T @ (train_y - train_y.mean()))
+    return srcc(train_x @ weights, train_y), srcc(test_x @ weights, test_y)
+
+
+def run_probe(args):
+    """How well quality learned from the training contents carries to the held-out ones on the stand-in's own frozen
+    features: ridge regressions beside the zero-shot SRCC."""
+    dataset = load_iqa_dataset(args.dataset)
+    train_idx, test_idx = paper_splits(dataset, seed=0)[0]
+    clip, tokenizer = CLIPModel.from_pretrained(args.clip).eval(), CLIPTokenizer.from_pretrained(args.clip)
+    crop_size = clip.config.vision_config.image_size
+    parts = {}
+    for name, indices in (("train", train_idx), ("held-out", test_idx)):
+        images = [dataset[int(i)]["image"].convert("RGB") for i in indices]
+        mos = np.array([dataset[int(i)]["mos_normalized"] for i in indices])
+        zero_shot = srcc(zero_shot_scores(clip, tokenizer, images), mos)
+        parts[name] = (*frozen_features(clip, images, crop_size), mos, zero_shot)
+    rows = [["zero-shot (Good photo. / Bad photo.)", "", f"{parts['train'][3]:.3f}", f"{parts['held-out'][3]:.3f}"]]
+    for column, name in ((0, "image embedding"), (1, "token statistics")):
+        for strength in args.strengths:
+            fitted, held_out = ridge_srcc(parts["train"][column], parts["train"][2], parts["held-out"][column],
+                                          parts["held-out"][2], strength)
+            rows.append([f"ridge on the {name}", f"{strength:g}", f"{fitted:.3f}", f"{held_out:.3f}"])
+    print(f"\nStand-in {args.clip} on {args.dataset}: {len(train_idx)} training and {len(test_idx)} held-out images "
+          f"(paper split, content-disjoint); {describe_machine(torch.device('cpu'))}")
+    print_table(["scorer", "ridge strength", "SRCC train", "SRCC held-out"], rows)
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num_threads", type=int, default=1,
@@ -216,9 +269,13 @@ def main():
     scores.add_argument("--variant", action="append", required=True,
                         help="'name=extra train.py arguments'; repeat for each variant.")
     scores.add_argument("--work_dir", default="recipe-runs")
+    probe = sub.add_parser("probe")
+    probe.add_argument("--clip", required=True)
+    probe.add_argument("--dataset", required=True, help="A procedural metadata.csv folder.")
+    probe.add_argument("--strengths", type=float, nargs="+", default=[0.1, 1.0, 10.0, 100.0, 1000.0])
     args = parser.parse_args()
     torch.set_num_threads(args.num_threads)
-    run_gradients(args) if args.command == "gradients" else run_srcc(args)
+    {"gradients": run_gradients, "srcc": run_srcc, "probe": run_probe}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -403,6 +403,16 @@ class MPIQEPreTrainedModel(PreTrainedModel):
         elif isinstance(module, MPIQEModel):
             if module.visual_prompts is not None:
                 init.normal_(module.visual_prompts, mean=0.0, std=std)
+        elif module is self.image_token_projection:
+            # CLIP's own map from the vision width into the space of the text features ("768 to 512 to match the
+            # text encoder"), trained from there: the keys and values start where the text queries live.
+            init.copy_(module.weight, self.clip.visual_projection.weight)
+            init.zeros_(module.bias)
+        elif module is self.score_head.out_proj:
+            # The score starts as the constant 0.5, the centre of the normalised MOS range, so that every image
+            # dependence it has is learned rather than a random function of the image that training must first undo.
+            init.zeros_(module.weight)
+            init.constant_(module.bias, 0.5)
         elif isinstance(module, nn.Linear):
             # Xavier, as torch's own multi-head attention: with N(0, 0.02) the value and output projections in
             # series start so small that the score ignores the image for hundreds of steps.
@@ -492,6 +502,7 @@ class MPIQEModel(MPIQECheckpointMixin, MPIQEPreTrainedModel):
         )
         model = cls(config)
         model.clip.load_state_dict(clip.state_dict())
+        model._init_weights(model.image_token_projection)  # again: it starts from the pretrained projection
         return model
 
     def get_text_features(self) -> MPIQETextFeatures:

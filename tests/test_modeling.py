@@ -256,6 +256,24 @@ def test_from_clip_keeps_clip_weights_and_tokenises_class_names(tester, tmp_path
         assert torch.equal(tensor, reference[name]), name
 
 
+def test_a_fresh_model_starts_from_clips_projection_and_a_constant_score(tester, tmp_path):
+    """The keys and values start in CLIP's text-aligned space, and the score starts as 0.5 for every image: what
+    depends on the image is learned (one Adam step is enough to make it so)."""
+    clip, _ = _save_tiny_clip_with_tokenizer(tester, tmp_path / "clip")
+    model = MPIQEModel.from_clip(str(tmp_path / "clip"), visual_prompt_depth=2, window_size=3, decoder_heads=4)
+    assert torch.equal(model.image_token_projection.weight, clip.visual_projection.weight)
+    assert not model.image_token_projection.bias.any()
+    pixel_values = tester.pixel_values(batch_size=3)
+    with torch.no_grad():
+        assert torch.allclose(model(pixel_values).score, torch.full((3,), 0.5))
+
+    optimizer = torch.optim.Adam([param for param in model.parameters() if param.requires_grad], lr=1e-3)
+    model.train()(pixel_values, mos=torch.tensor([0.1, 0.5, 0.9])).loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        assert model.eval()(pixel_values).score.std() > 1e-4
+
+
 @pytest.mark.parametrize(
     "overrides, field",
     [
