@@ -12,7 +12,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_mpiqe import DISTORTION_CLASSES, SCENE_CLASSES, MPIQEConfig
 from .hub_mpiqe import MPIQECheckpointMixin
-from .quality_map_mpiqe import MPIQEQualityMapOutput, compute_quality_maps, distortion_window_weights
+from .quality_map_mpiqe import MPIQEQualityMapOutput, as_crop_batch, compute_quality_maps, distortion_window_weights
 
 
 @dataclass
@@ -593,13 +593,7 @@ class MPIQEModel(MPIQECheckpointMixin, MPIQEPreTrainedModel):
                 The output of [`get_text_features`] for the current weights; computed here when not given.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if pixel_values.dim() == 4:
-            pixel_values = pixel_values.unsqueeze(1)
-        if pixel_values.dim() != 5:
-            raise ValueError(
-                "`pixel_values` must have shape (batch_size, num_crops, 3, height, width) or "
-                f"(batch_size, 3, height, width), got {tuple(pixel_values.shape)}."
-            )
+        pixel_values = as_crop_batch(pixel_values)
         batch_size, num_crops = pixel_values.shape[:2]
         if text_features is None:
             text_features = self.get_text_features()

@@ -28,7 +28,12 @@ from .image_processing_mpiqe import enlarged_size, grid_crop_positions
 
 
 __all__ = [
-    "MPIQEQualityMapOutput", "compute_quality_maps", "distortion_window_weights", "grid_crop_boxes", "window_max_pool"
+    "MPIQEQualityMapOutput",
+    "as_crop_batch",
+    "compute_quality_maps",
+    "distortion_window_weights",
+    "grid_crop_boxes",
+    "window_max_pool",
 ]
 
 
@@ -55,6 +60,21 @@ class MPIQEQualityMapOutput(ModelOutput):
     gradcam_maps: list[torch.FloatTensor] | None = None
     distortion_maps: list[torch.FloatTensor] | None = None
     distortion_index: torch.LongTensor | None = None
+
+
+def as_crop_batch(pixel_values: torch.Tensor) -> torch.Tensor:
+    """
+    The model's input layout, `(batch_size, num_crops, 3, height, width)`, from crops given that way or as
+    `(batch_size, 3, height, width)` (one crop per image); any other shape raises a `ValueError` naming it.
+    """
+    if pixel_values.dim() == 4:
+        pixel_values = pixel_values.unsqueeze(1)
+    if pixel_values.dim() != 5:
+        raise ValueError(
+            "`pixel_values` must have shape (batch_size, num_crops, 3, height, width) or "
+            f"(batch_size, 3, height, width), got {tuple(pixel_values.shape)}."
+        )
+    return pixel_values
 
 
 def grid_crop_boxes(height: int, width: int, crop_height: int, crop_width: int, num_crops: int):
@@ -165,13 +185,7 @@ def compute_quality_maps(model, pixel_values: torch.Tensor, image_sizes, text_fe
         image_sizes (sequence of `(height, width)`, one per image): the sizes of the images before processing.
         text_features ([`MPIQETextFeatures`], *optional*): `model.get_text_features()`, computed here if not given.
     """
-    if pixel_values.dim() == 4:
-        pixel_values = pixel_values.unsqueeze(1)
-    if pixel_values.dim() != 5:
-        raise ValueError(
-            "`pixel_values` must have shape (batch_size, num_crops, 3, height, width), "
-            f"got {tuple(pixel_values.shape)}."
-        )
+    pixel_values = as_crop_batch(pixel_values)
     batch_size, num_crops, _, crop_height, crop_width = pixel_values.shape
     image_sizes = [tuple(int(side) for side in size) for size in image_sizes]
     if len(image_sizes) != batch_size or any(len(size) != 2 or min(size) < 1 for size in image_sizes):

@@ -126,6 +126,8 @@ def test_maps_reject_inputs_that_do_not_fit(tester):
     model = tester.model()
     with pytest.raises(ValueError, match="image_sizes"):
         compute_quality_maps(model, tester.pixel_values(), [(30, 30)])
+    with pytest.raises(ValueError, match=r"`pixel_values` must have shape .* got \(3, 30, 30\)"):
+        model.quality_map(torch.zeros(3, 30, 30), [(30, 30)])
     with pytest.raises(ValueError, match="does not fit"):
         _merge_crops(torch.zeros(1, 5, 5), (30, 30), [(0, 5)], (30, 30), (30, 30))
 
