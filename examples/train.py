@@ -329,6 +329,11 @@ def main(argv=None):
     eval_batch_size = args.per_device_eval_batch_size or max(1, batch_size // samples_per_image)
     logger.info(f"Split protocol {plan.description}: {len(plan.train_idx)} training, {len(plan.eval_idx)} validation"
                 + (f", {len(plan.test_idx)} test" if plan.test_idx is not None else "") + " images.")
+    if len(plan.eval_idx) < 3:  # checked now, not after hours of training: SRCC and PLCC need three points
+        raise ValueError(
+            f"The validation split has {len(plan.eval_idx)} image(s); SRCC and PLCC need at least 3. Give it more "
+            "images (a larger --max_eval_samples, a larger dataset or --validation_dir)."
+        )
 
     # Model and image processing; crops have the CLIP input size.
     model = build_model(model_args, mos_range, score_loss_weight)
@@ -593,3 +598,7 @@ if __name__ == "__main__":
         main()
     except (ModelSourceUnavailable, ValueError) as err:  # bad input: one message naming the file, field or model
         sys.exit(f"error: {err}")
+    except KeyboardInterrupt:
+        print("interrupted: the checkpoints written so far stay in --output_dir (--checkpointing_steps N or epoch "
+              "writes them); continue with --resume_from_checkpoint latest", file=sys.stderr)
+        sys.exit(130)

@@ -424,6 +424,8 @@ def test_parquet_dataset_keeps_its_ids(capsys, tiny_checkpoint, image_dataset, m
     code, _, err = _run(capsys, ["--dataset", str(data), "--id-column", "photo_id", "-m", tiny_checkpoint,
                                  "-o", str(target), "--dtype", "float32", "--num-workers", "1", "-b", "3"])
     assert code == 1, err
+    (tmp_path / "plain.txt").write_text("")
+    assert os.stat(target).st_mode & 0o777 == os.stat(tmp_path / "plain.txt").st_mode & 0o777  # a new file's mode
     rows = _read_rows(target)
     assert list(rows[0]) == ["photo_id", *RESULT_COLUMNS]
     assert sorted(row["photo_id"] for row in rows) == [f"p-{i}" for i in range(8)]

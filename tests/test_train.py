@@ -324,6 +324,14 @@ def test_undecodable_image_during_training_is_dropped_and_counted(tiny_clip, tmp
     assert results["step"] == results["steps_per_epoch"] == 5
 
 
+def test_too_few_validation_images_are_refused_before_training(tiny_clip, synthetic_cache, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="validation split has 2 image"):
+        train_script.main(tiny_args(tiny_clip, out, "--cache_dir", synthetic_cache, "--max_train_samples", "8",
+                                    "--max_eval_samples", "2", steps=1))
+    assert not out.exists()  # nothing trained, nothing written
+
+
 def test_fine_tune_a_trained_model_and_config_overrides(tiny_clip, synthetic_cache, tmp_path):
     source = tmp_path / "source"
     train_script.main(tiny_args(tiny_clip, source, "--cache_dir", synthetic_cache, "--max_train_samples", "8",

@@ -320,6 +320,7 @@ class ScoreOutput:
         folder = os.path.dirname(os.path.abspath(self.path))
         handle, temporary = tempfile.mkstemp(prefix=".mpiqe-score-", suffix=".parquet", dir=folder)
         os.close(handle)
+        os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp makes it 0600; the output gets a new file's mode
         writer = schema = None
         try:
             if os.path.exists(self.path):
@@ -371,6 +372,12 @@ def _parse_json_row(line: str, path: str, number: int) -> dict:
     if not isinstance(row, dict):
         raise UsageError(f"{path}, line {number}: not a JSON object; pass --overwrite")
     return row
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _chunks(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
