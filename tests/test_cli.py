@@ -490,6 +490,20 @@ def test_a_model_that_is_not_mp_iqe_is_refused_naming_its_type(capsys, image_fol
     assert code == 2 and "'vit'" in err and "MP-IQE" in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_model_out_of_reach_is_named_in_seconds(capsys, image_folder, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    start = time.monotonic()
+    code, out, err = _run(capsys, [str(image_folder), "-m", "org/mp-iqe-koniq", "-o", str(tmp_path / "s.csv")])
+    assert code == 2 and out == ""
+    assert "'org/mp-iqe-koniq'" in err and "HF_HUB_OFFLINE" in err and "local folder" in err
+    assert "Retrying" not in err and time.monotonic() - start < 30
+    assert not (tmp_path / "s.csv").exists()
+    code, _, err = _run(capsys, [str(image_folder), "-m", str(tmp_path / "nowhere")])
+    assert code == 2 and "no such folder" in err
+
+
 def test_usage_errors(capsys, tiny_checkpoint, tmp_path):
     for argv in ([str(tmp_path), "--model", tiny_checkpoint, "--batch-size", "0"], [str(tmp_path)],
                  ["-m", tiny_checkpoint], [str(tmp_path), "-m", tiny_checkpoint, "--resume"]):
@@ -500,7 +514,7 @@ def test_usage_errors(capsys, tiny_checkpoint, tmp_path):
     assert code == 2 and "missing.png" in err and "no such file" in err
     Image.new("RGB", (30, 30)).save(tmp_path / "ok.png")
     code, _, err = _run(capsys, [str(tmp_path / "ok.png"), "--model", str(tmp_path / "no-model-here")])
-    assert code == 2 and "cannot load the model" in err
+    assert code == 2 and "no-model-here': no such folder" in err
     code, _, err = _run(capsys, [str(tmp_path / "ok.png"), "-m", tiny_checkpoint, "-o", str(tmp_path / "out.txt")])
     assert code == 2 and "--format" in err
 

@@ -274,6 +274,7 @@ class _Run:
         from accelerate.utils import gather_object
 
         from .. import MPIQEImageProcessor
+        from ..model_sources import ModelSourceUnavailable, check_model_source
         from .scoring import build_scorer, load_processor, resolve_device, resolve_dtype
         from .writers import ScoredSoFar
 
@@ -287,6 +288,10 @@ class _Run:
                 raise UsageError(f"--device {args.device}: with several processes each one takes its own GPU; "
                                  "pass --device cuda")
             device = state.device
+        try:  # in seconds, not after a download's retries
+            check_model_source(args.model, "the model", revision=args.revision)
+        except ModelSourceUnavailable as err:
+            raise UsageError(str(err)) from None
         output = self._output(state.num_processes)
         inputs = self._inputs()
 
