@@ -308,7 +308,8 @@ def finalize_dataset(
     num_bad = len({(b.file, b.line) for b in bad})
     if bad and not skip_bad_samples:
         raise ValueError(
-            f"{num_bad} bad sample(s) in {source} (pass skip_bad_samples=True to leave them out):\n"
+            f"{num_bad} bad sample(s) in {source} (pass skip_bad_samples=True, or --skip_bad_samples to the "
+            "scripts, to leave them out):\n"
             + format_problems(bad)
         )
     if bad:
