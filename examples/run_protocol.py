@@ -80,6 +80,10 @@ def parse_args(argv=None):
         parser.error("splits must lie in 1..10.")
     if args.table is not None and args.liqe_root is None:
         parser.error(f"--table {args.table} needs --liqe_root (LIQE's IQA_Database folder with the label files).")
+    for option in ("liqe_root", "data_root"):  # a dry run only prints the commands
+        folder = getattr(args, option)
+        if folder is not None and not args.dry_run and not Path(folder).is_dir():
+            parser.error(f"--{option} {folder}: no such folder.")
     if any("=" not in item for item in args.data_dir):
         parser.error("--data_dir takes DATASET=PATH.")
     return args
@@ -113,7 +117,8 @@ class Runner:
             if (split_dir / "all_results.json").is_file():
                 print(f"{run} split {k}: already trained in {split_dir}")
                 continue
-            self.run([sys.executable, "-m", "accelerate.commands.launch", *shlex.split(self.args.launch_args),
+            # --quiet: the child's own one-line error is the message, without accelerate's traceback after it
+            self.run([sys.executable, "-m", "accelerate.commands.launch", "--quiet", *shlex.split(self.args.launch_args),
                       str(HERE / "train.py"), *train_args, *self.args.train_args, "--split_index", str(k),
                       "--output_dir", str(split_dir)])
         return folders
@@ -219,4 +224,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except subprocess.CalledProcessError as err:
+        sys.exit(f"run_protocol: a step failed with exit status {err.returncode} (its message is above): "
+                 f"{shlex.join(err.cmd)}\nThe runs that finished are kept; the same command continues from them.")

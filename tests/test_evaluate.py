@@ -107,6 +107,15 @@ def test_run_protocol_tables_use_the_papers_protocol(table, runs, capsys):
         assert sum("use_scene_prompts=false" in c for c in trains) == 4  # CSIQ and LIVEC, 2 splits each
 
 
+def test_run_protocol_names_a_missing_data_folder_before_any_run(tmp_path, capsys):
+    protocol = _load_script("run_protocol")
+    with pytest.raises(SystemExit) as raised:
+        protocol.main(["--table", "1", "--liqe_root", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "o")])
+    assert raised.value.code == 2
+    assert f"--liqe_root {tmp_path / 'nowhere'}: no such folder" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_default_scores_the_held_out_part_with_clip_iqa_beside(split_runs, synthetic_cache, tmp_path, capsys):
     summary = evaluate_script.main(["--model_name_or_path", str(split_runs / "split_1"), "--output_dir",
                                     str(tmp_path / "eval"), "--dataloader_num_workers", "0", "--clip_iqa"])
