@@ -490,6 +490,14 @@ def test_a_model_that_is_not_mp_iqe_is_refused_naming_its_type(capsys, image_fol
     assert code == 2 and "'vit'" in err and "MP-IQE" in err and len(err.strip().splitlines()) == 1
 
 
+def test_no_progress_silences_the_weight_loading_bar_too(tiny_checkpoint, image_folder):
+    command = [sys.executable, "-m", "mpiqe_hf.cli", str(image_folder / "gray.png"), "-m", tiny_checkpoint]
+    quiet = subprocess.run([*command, "--no-progress"], capture_output=True, text=True, timeout=120)
+    shown = subprocess.run([*command, "--progress"], capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == shown.returncode == 0, quiet.stderr + shown.stderr
+    assert "Loading weights" in shown.stderr and "Loading weights" not in quiet.stderr
+
+
 def test_a_model_out_of_reach_is_named_in_seconds(capsys, image_folder, tmp_path, monkeypatch):
     from huggingface_hub import constants
 

@@ -262,6 +262,11 @@ class _Run:
             )
         return output
 
+    def _show_progress(self, state) -> bool:
+        """Progress bars (ours and transformers' weight loading): `--progress`/`--no-progress`, else on a terminal."""
+        shown = self.args.progress if self.args.progress is not None else sys.stderr.isatty()
+        return shown and state.is_main_process
+
     def _default_workers(self, state) -> int:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))
@@ -295,9 +300,18 @@ class _Run:
         output = self._output(state.num_processes)
         inputs = self._inputs()
 
-        with state.main_process_first():  # one download from the Hub, then the others read the cache
-            scorer = build_scorer(args.backend, args.model, args.revision, args.allow_pickle, device, dtype)
-            processor = load_processor(args.model, args.revision)
+        from transformers.utils import logging as transformers_logging
+
+        bars_were_on = transformers_logging.is_progress_bar_enabled()
+        if not self._show_progress(state):
+            transformers_logging.disable_progress_bar()  # the weight-loading bar too
+        try:
+            with state.main_process_first():  # one download from the Hub, then the others read the cache
+                scorer = build_scorer(args.backend, args.model, args.revision, args.allow_pickle, device, dtype)
+                processor = load_processor(args.model, args.revision)
+        finally:
+            if bars_were_on:
+                transformers_logging.enable_progress_bar()
         if processor is None:
             size = scorer.config.clip_config.vision_config.image_size
             processor = MPIQEImageProcessor(crop_size={"height": size, "width": size})
@@ -427,7 +441,7 @@ class _Run:
         args = self.args
         config = scorer.config
         key_column = self._key_column()
-        show = (args.progress if args.progress is not None else sys.stderr.isatty()) and state.is_main_process
+        show = self._show_progress(state)
         pending_keys: list[Any] = []
         pending_pixels: list[torch.Tensor] = []
 
