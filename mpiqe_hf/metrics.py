@@ -58,7 +58,8 @@ def fit_logistic(predictions, targets):
     p0 = [np.max(y), np.min(y), np.mean(x), spread / 4.0 if spread > 0 else 1.0]
     if stats.pearsonr(x, y)[0] < 0:
         p0[0], p0[1] = p0[1], p0[0]
-    with warnings.catch_warnings():
+    # The covariance that curve_fit also computes, and that is not used here, overflows for near-flat fits.
+    with warnings.catch_warnings(), np.errstate(over="ignore"):
         warnings.simplefilter("ignore", optimize.OptimizeWarning)
         params, _ = optimize.curve_fit(logistic_4, x, y, p0=p0, jac=_logistic_jacobian, maxfev=20000)
     return params
@@ -88,8 +89,8 @@ def plcc(predictions, targets, logistic: bool = False) -> float:
         except (RuntimeError, ValueError, TypeError) as err:  # TypeError: fewer points than the 4 parameters
             warnings.warn(f"Logistic fit failed ({err}); reporting the raw PLCC.", RuntimeWarning, stacklevel=2)
             mapped = x
-        if np.all(mapped == mapped[0]):
-            warnings.warn("Logistic fit is constant; reporting the raw PLCC.", RuntimeWarning, stacklevel=2)
+        if not np.all(np.isfinite(mapped)) or np.all(mapped == mapped[0]):
+            warnings.warn("Logistic fit is constant or not finite; reporting the raw PLCC.", RuntimeWarning, stacklevel=2)
             mapped = x
         x = mapped
     return float(stats.pearsonr(x, y)[0])

@@ -1,6 +1,7 @@
 """Tests of mpiqe_hf.metrics against hand-computed values."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -66,3 +67,15 @@ def test_logistic_plcc_with_fewer_points_than_parameters_falls_back_to_raw():
     with pytest.warns(RuntimeWarning, match="Logistic fit failed"):
         value = plcc([0.1, 0.5, 0.2], [1.0, 3.0, 2.0], logistic=True)
     assert value == pytest.approx(plcc([0.1, 0.5, 0.2], [1.0, 3.0, 2.0]))
+
+
+def test_a_near_flat_logistic_fit_says_nothing_of_its_unused_covariance():
+    rng = np.random.default_rng(0)
+    size = int(rng.integers(5, 60))
+    predictions = np.round(rng.normal(size=size) * 10 ** rng.uniform(-4, 1), 1)  # a few distinct values
+    targets = rng.normal(size=size)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = plcc(predictions, targets, logistic=True)
+    assert np.isfinite(value)
+    assert not [w for w in caught if "overflow" in str(w.message)]
