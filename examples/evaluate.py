@@ -35,11 +35,10 @@ from transformers import AutoTokenizer, HfArgumentParser
 from mpiqe_hf import MPIQEImageProcessor, MPIQEModel
 from mpiqe_hf.data import skipped_samples
 from mpiqe_hf.metrics import compute_metrics
+from mpiqe_hf.model_sources import ModelSourceUnavailable, check_model_source
 from mpiqe_hf.training import (
     DataArguments,
     IQATransform,
-    ModelSourceUnavailable,
-    check_model_source,
     collate_iqa_batch,
     iqa_split,
     load_split_sources,

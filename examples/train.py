@@ -33,12 +33,12 @@ from transformers import CLIPConfig, HfArgumentParser, get_cosine_schedule_with_
 
 from mpiqe_hf import MPIQEConfig, MPIQEImageProcessor, MPIQEModel
 from mpiqe_hf.data import dataset_mos_range, iqa_info, skipped_samples
+from mpiqe_hf.metrics import MIN_ITEMS
+from mpiqe_hf.model_sources import ModelSourceUnavailable, check_model_source
 from mpiqe_hf.testing_utils import tiny_clip_config
 from mpiqe_hf.training import (
     DataArguments,
     IQATransform,
-    ModelSourceUnavailable,
-    check_model_source,
     collate_iqa_batch,
     evaluate_model,
     iqa_split,
@@ -329,10 +329,10 @@ def main(argv=None):
     eval_batch_size = args.per_device_eval_batch_size or max(1, batch_size // samples_per_image)
     logger.info(f"Split protocol {plan.description}: {len(plan.train_idx)} training, {len(plan.eval_idx)} validation"
                 + (f", {len(plan.test_idx)} test" if plan.test_idx is not None else "") + " images.")
-    if len(plan.eval_idx) < 3:  # checked now, not after hours of training: SRCC and PLCC need three points
+    if len(plan.eval_idx) < MIN_ITEMS:  # checked now, not after hours of training
         raise ValueError(
-            f"The validation split has {len(plan.eval_idx)} image(s); SRCC and PLCC need at least 3. Give it more "
-            "images (a larger --max_eval_samples, a larger dataset or --validation_dir)."
+            f"The validation split has {len(plan.eval_idx)} image(s); SRCC and PLCC need at least {MIN_ITEMS}. Give "
+            "it more images (a larger --max_eval_samples, a larger dataset or --validation_dir)."
         )
 
     # Model and image processing; crops have the CLIP input size.

@@ -90,7 +90,9 @@ def plcc(predictions, targets, logistic: bool = False) -> float:
             warnings.warn(f"Logistic fit failed ({err}); reporting the raw PLCC.", RuntimeWarning, stacklevel=2)
             mapped = x
         if not np.all(np.isfinite(mapped)) or np.all(mapped == mapped[0]):
-            warnings.warn("Logistic fit is constant or not finite; reporting the raw PLCC.", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                "Logistic fit is constant or not finite; reporting the raw PLCC.", RuntimeWarning, stacklevel=2
+            )
             mapped = x
         x = mapped
     return float(stats.pearsonr(x, y)[0])

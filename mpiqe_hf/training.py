@@ -38,7 +38,6 @@ from .data.specs import canonical_dataset_name
 from .image_processing_mpiqe import MPIQEImageProcessor
 from .image_utils_mpiqe import load_image
 from .metrics import compute_metrics
-from .model_sources import ModelSourceUnavailable, check_model_source
 
 logger = logging.getLogger(__name__)
 
@@ -508,8 +507,6 @@ __all__ = [
     "load_split_sources",
     "load_source",
     "label_coverage",
-    "ModelSourceUnavailable",
-    "check_model_source",
     "IGNORE_INDEX",
     "LabelEncoder",
     "IQATransform",

@@ -284,7 +284,7 @@ def test_accelerate_launch_subprocess(tiny_clip, synthetic_cache, tmp_path):
 def test_offline_without_clip_fails_fast_with_one_message(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    from mpiqe_hf.training import ModelSourceUnavailable
+    from mpiqe_hf.model_sources import ModelSourceUnavailable
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     out = tmp_path / "never"
