@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -425,7 +426,10 @@ def load_source(name, data_args: DataArguments, verify_images: Optional[bool] = 
         if data_args.dataset_config_name is not None:
             kwargs["name"] = data_args.dataset_config_name
     kwargs.update(extra)
-    return load_iqa_dataset(name, **kwargs)
+    with warnings.catch_warnings():
+        # The scripts report the skipped rows themselves (`skipped_samples`), once for every source they load.
+        warnings.filterwarnings("ignore", message="Skipped .* bad sample", category=UserWarning)
+        return load_iqa_dataset(name, **kwargs)
 
 
 def _truncate(indices, limit, seed):

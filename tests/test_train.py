@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -182,17 +183,22 @@ def test_bad_rows_name_file_and_line(tiny_clip, tmp_path, bad_row, field):
         train_script.main(tiny_args(tiny_clip, tmp_path / "run", "--train_dir", str(train_dir)))
 
 
-def test_skip_bad_samples_reports_and_trains(tiny_clip, tmp_path):
+def test_skip_bad_samples_reports_once_and_trains(tiny_clip, tmp_path, caplog):
     train_dir = write_blur_folder(
         tmp_path / "train", contents=3, levels=3,
         bad_rows=[["images/missing.png", "3.0", "", "", "m"], ["images/broken.png", "2.0", "", "", "b"]],
     )
     (train_dir / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    results = train_script.main(
-        tiny_args(tiny_clip, tmp_path / "run", "--train_dir", str(train_dir), "--skip_bad_samples")
-    )
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level("WARNING"):
+        warnings.simplefilter("always")
+        results = train_script.main(
+            tiny_args(tiny_clip, tmp_path / "run", "--train_dir", str(train_dir), "--skip_bad_samples")
+        )
     skipped = "\n".join(results["skipped_samples"])
     assert "missing.png" in skipped and "broken.png" in skipped and "line 11" in skipped and "line 12" in skipped
+    # One report of the skipped rows, from the script: neither the library's warning nor a second log line.
+    reports = caplog.text.count("line 11, field 'image'") + sum("line 11" in str(w.message) for w in caught)
+    assert reports == 1
 
 
 def test_corrupt_image_at_decode_time_names_the_file(tmp_path):

@@ -15,7 +15,6 @@ in the [`IQADatasetInfo`].
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import warnings
@@ -31,7 +30,6 @@ import pyarrow.compute as pc
 from ..configuration_mpiqe import DISTORTION_CLASSES, SCENE_CLASSES
 from .specs import NO_LABEL, BadSample, IQADatasetInfo, iqa_features, map_distortion, map_scene, with_iqa_info
 
-logger = logging.getLogger(__name__)
 
 #: Scene entries that mean "no scene" (LIQE writes `invalid` in unused slots).
 EMPTY_SCENES = ("", "invalid")
@@ -314,7 +312,6 @@ def finalize_dataset(
         )
     if bad:
         message = f"Skipped {num_bad} bad sample(s) while loading {source}:\n" + format_problems(bad)
-        logger.warning(message)
         warnings.warn(message, stacklevel=4)
         keep = np.flatnonzero(~bad_rows & ~np.isin(np.arange(len(parsed)), list(extra)))
         parsed = parsed.select(keep)
