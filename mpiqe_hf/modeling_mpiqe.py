@@ -245,7 +245,8 @@ class MPIQEMultimodalEncoder(nn.Module):
 
 
 class MPIQEScoreHead(nn.Module):
-    """MLP on the mean of the query states -> one quality score."""
+    """MLP on the mean of the query states -> one quality score, computed in the head's own dtype (float32 when the
+    model is loaded in bfloat16: see `MPIQEPreTrainedModel._keep_in_fp32_modules_strict`)."""
 
     def __init__(self, config: MPIQEConfig):
         super().__init__()
@@ -256,7 +257,7 @@ class MPIQEScoreHead(nn.Module):
         self.out_proj = nn.Linear(hidden_size, 1)
 
     def forward(self, query_states: torch.Tensor) -> torch.Tensor:
-        pooled = query_states.mean(dim=1)
+        pooled = query_states.mean(dim=1).to(self.dense.weight.dtype)
         return self.out_proj(self.dropout(self.activation(self.dense(pooled)))).squeeze(-1)
 
 
@@ -390,6 +391,9 @@ class MPIQEPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["CLIPEncoderLayer", "CLIPTextEmbeddings", "CLIPVisionEmbeddings", "MPIQEDecoderLayer"]
+    # A bfloat16 score carries 8 significant bits: on [0.5, 1) it moves in steps of 2^-8, so a large collection
+    # scored in bfloat16 would be full of ties. The head is tiny; loading in bfloat16 keeps it in float32.
+    _keep_in_fp32_modules_strict = ["score_head"]
 
     def _init_weights(self, module):
         """Initialises the modules MP-IQE adds; CLIP's own modules are initialised (or loaded) by CLIP."""

@@ -171,6 +171,21 @@ def test_bfloat16_is_the_default_where_the_cpu_computes_it(capsys, tiny_checkpoi
     assert cli_scoring.resolve_dtype("bfloat16", torch.device("cpu")) == (torch.bfloat16, "--dtype")
 
 
+def test_bfloat16_scores_are_not_rounded_to_bfloat16(capsys, tiny_checkpoint, many_images, reference_rows):
+    """The vision tower runs in bfloat16, the score head in float32: bfloat16 scores would step by 2^-8 and tie."""
+    code, out, _ = _run(capsys, [str(many_images), "-m", tiny_checkpoint, "-f", "jsonl", "--dtype", "bfloat16",
+                                 "--num-workers", "0"])
+    assert code == 0
+    scores = [json.loads(line)["normalized_score"] for line in out.splitlines()]
+    representable = [score == torch.tensor(score).bfloat16().item() for score in scores]
+    assert len(scores) == 24 and sum(representable) <= 2
+    reference = {path: row["normalized_score"] for path, row in reference_rows.items()}
+    spread = max(1.0, *(abs(value) for value in reference.values()))
+    for line in out.splitlines():
+        row = json.loads(line)
+        assert row["normalized_score"] == pytest.approx(reference[row["path"]], abs=0.05 * spread)
+
+
 def test_csv_glob_paths_from_and_no_recursive(capsys, tiny_checkpoint, image_folder, tmp_path):
     target = tmp_path / "scores.csv"
     code, out, err = _run(capsys, [str(image_folder / "*.png"), "--model", tiny_checkpoint, "--output", str(target),

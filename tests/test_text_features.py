@@ -87,6 +87,16 @@ def test_dtype_moves(tester):
     assert features.scene_features.dtype == features.prepared_queries.dtype == torch.bfloat16
 
 
+def test_loading_in_bfloat16_keeps_the_score_head_in_float32(tester, tmp_path):
+    tester.model().save_pretrained(tmp_path)
+    model = MPIQEModel.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert model.clip.vision_model.embeddings.patch_embedding.weight.dtype == torch.bfloat16
+    assert {p.dtype for p in model.score_head.parameters()} == {torch.float32}
+    with torch.no_grad():
+        out = model(tester.pixel_values().to(torch.bfloat16))
+    assert out.score.dtype == torch.float32
+
+
 def test_truncated_prompts_match_77_position_prompts(tester):
     model = tester.model()
     with torch.no_grad():

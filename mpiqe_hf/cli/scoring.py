@@ -43,6 +43,8 @@ class TorchScorer:
 
     def __init__(self, model, device: torch.device, dtype: torch.dtype):
         self.model = model.to(device=device, dtype=dtype).eval()
+        for name in model._keep_in_fp32_modules_strict:  # the score head: see `MPIQEPreTrainedModel`
+            self.model.get_submodule(name).float()
         self.config = model.config
         self.device = device
         self.dtype = dtype
