@@ -157,22 +157,35 @@ def run_gradients(args):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def held_out(dataset_dir, split_seed=0):
-    dataset = load_iqa_dataset(dataset_dir)
-    _, test_idx = paper_splits(dataset, seed=split_seed)[0]
-    return dataset, test_idx
+def model_srcc(model_dir, dataset, indices, batch_size=32):
+    """SRCC of the saved MP-IQE in `model_dir` on `indices` of `dataset` (grid crops of its processor)."""
+    model = MPIQEModel.from_pretrained(model_dir).eval()
+    processor = MPIQEImageProcessor.from_pretrained(model_dir)
+    images = [dataset[int(i)]["image"].convert("RGB") for i in indices]
+    with torch.no_grad():
+        text_features = model.get_text_features()
+        scores = torch.cat([
+            model(processor(images[start : start + batch_size], return_tensors="pt")["pixel_values"],
+                  text_features=text_features).score
+            for start in range(0, len(images), batch_size)
+        ])
+    return srcc(scores.numpy(), np.array([dataset[int(i)]["mos_normalized"] for i in indices]))
 
 
 def run_srcc(args):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
     import train as train_script
 
-    dataset, test_idx = held_out(args.dataset)
-    images = [dataset[i]["image"].convert("RGB") for i in test_idx]
-    mos = np.array([dataset[i]["mos_normalized"] for i in test_idx])
-    zero_shot = srcc(zero_shot_scores(CLIPModel.from_pretrained(args.clip), CLIPTokenizer.from_pretrained(args.clip),
-                                      images), mos)
-    print(f"held-out: {len(test_idx)} images of {args.dataset}; stand-in zero-shot SRCC {zero_shot:.4f}", flush=True)
+    dataset = load_iqa_dataset(args.dataset)
+    train_idx, test_idx = paper_splits(dataset, seed=0)[0]
+    clip, tokenizer = CLIPModel.from_pretrained(args.clip), CLIPTokenizer.from_pretrained(args.clip)
+    zero_shot, zero_shot_train = (
+        srcc(zero_shot_scores(clip, tokenizer, [dataset[int(i)]["image"].convert("RGB") for i in indices]),
+             np.array([dataset[int(i)]["mos_normalized"] for i in indices]))
+        for indices in (test_idx, train_idx)
+    )
+    print(f"held-out: {len(test_idx)} images of {args.dataset}; stand-in zero-shot SRCC {zero_shot:.4f} "
+          f"(training images: {zero_shot_train:.4f})", flush=True)
     results = {}
     for variant in args.variant:
         name, _, extra = variant.partition("=")
@@ -184,18 +197,23 @@ def run_srcc(args):
             start = time.perf_counter()
             metrics = train_script.main(argv)
             seconds = time.perf_counter() - start
-            results.setdefault(name, []).append((seed, metrics["srcc"], metrics["step"], seconds))
-            print(f"RESULT {name} seed {seed}: held-out SRCC {metrics['srcc']:.4f} after {metrics['step']} steps "
-                  f"({seconds:.0f} s)", flush=True)
+            # The same model on its own training images: under-fitted (both low) or over-fitted (train high).
+            fitted = model_srcc(output_dir, dataset, train_idx)
+            results.setdefault(name, []).append((seed, metrics["srcc"], metrics["step"], seconds, fitted))
+            print(f"RESULT {name} seed {seed}: held-out SRCC {metrics['srcc']:.4f} (training images {fitted:.4f}) "
+                  f"after {metrics['step']} steps ({seconds:.0f} s)", flush=True)
             Path(args.work_dir, "results.json").write_text(json.dumps({"zero_shot": zero_shot, "runs": results}))
     rows = []
     for name, runs in results.items():
-        values = [value for _, value, _, _ in runs]
+        values = [run[1] for run in runs]
         rows.append([name, *(f"{value:.3f}" for value in values), f"{np.mean(values):.3f}",
-                     f"{np.mean(values) - zero_shot:+.3f}", str(runs[0][2])])
+                     f"{np.mean(values) - zero_shot:+.3f}", f"{np.mean([run[4] for run in runs]):.3f}",
+                     str(runs[0][2])])
     print(f"\nHeld-out SRCC after {args.epochs} epochs of examples/train.py (seeds {args.seeds}); stand-in zero-shot "
-          f"{zero_shot:.3f} on the same {len(test_idx)} images; {describe_machine(torch.device('cpu'))}")
-    print_table(["variant", *(f"seed {s}" for s in args.seeds), "mean", "vs zero-shot", "steps"], rows)
+          f"{zero_shot:.3f} on the same {len(test_idx)} images ({zero_shot_train:.3f} on the training images); "
+          f"{describe_machine(torch.device('cpu'))}")
+    print_table(["variant", *(f"seed {s}" for s in args.seeds), "mean", "vs zero-shot", "mean on training images",
+                 "steps"], rows)
 
 
 
