@@ -55,6 +55,11 @@ LOSS_TERMS = ("loss", "scene_loss", "distortion_loss", "score_loss")
 SHORT_NAMES = {"loss": "loss", "scene_loss": "scene", "distortion_loss": "distortion", "score_loss": "score"}
 # The paper warms up for 5 of its 30 epochs; a warm-up asked for that would fill the whole run keeps this share.
 PAPER_WARMUP_SHARE = 5 / 30
+PAPER_LEARNING_RATE = 3e-5
+PAPER_EPOCHS = 30
+# The paper's learning rate is set for 30 epochs of thousands of images (KonIQ-10k: 30,240 steps); a run of under a
+# tenth of that learns little at it (docs/training.md, "Short runs").
+SHORT_RUN_STEPS = 3000
 
 
 @dataclass
@@ -95,9 +100,9 @@ class TrainArguments:
         "Samples (crops, or images with --crop_sampling per_image) per process and step. Default: the paper's batch "
         "(32 for LIVE/CSIQ/BID, else 64) divided among processes and accumulation steps.")})
     per_device_eval_batch_size: Optional[int] = field(default=None, metadata={"help": "Images per evaluation batch."})
-    learning_rate: float = 3e-5
+    learning_rate: float = PAPER_LEARNING_RATE
     weight_decay: float = 0.0
-    num_train_epochs: int = 30
+    num_train_epochs: int = PAPER_EPOCHS
     max_train_steps: Optional[int] = field(default=None, metadata={"help": "Overrides --num_train_epochs."})
     gradient_accumulation_steps: int = 1
     num_warmup_epochs: float = 5.0
@@ -393,6 +398,11 @@ def main(argv=None):
                        f"steps): the learning rate would never reach {args.learning_rate:g}. Warm-up clamped to "
                        f"{clamped} steps (the paper's 5/30 of the run).")
         num_warmup_steps = clamped
+    if max_train_steps < SHORT_RUN_STEPS and num_epochs < PAPER_EPOCHS and args.learning_rate == PAPER_LEARNING_RATE:
+        logger.warning(f"A short run ({max_train_steps} steps in {num_epochs} epoch(s)) at the paper's learning rate "
+                       f"{PAPER_LEARNING_RATE:g}, which is set for {PAPER_EPOCHS} epochs of thousands of images "
+                       "(KonIQ-10k: 30,240 steps): short runs under-fit at it. On small data for a few epochs, "
+                       "--learning_rate 1e-3 learned far more (docs/training.md, \"Short runs\").")
     lr_scheduler = get_cosine_schedule_with_warmup(
         optimizer,
         num_warmup_steps=num_warmup_steps * accelerator.num_processes,

@@ -95,6 +95,7 @@ def test_train_on_embedded_synthetic_saves_loadable_model(tiny_clip, synthetic_c
     assert "12 images x 2 sample(s) = 24 samples an epoch (per_crop); 1 epoch(s) of 6 optimizer steps = 2 steps" \
         in caplog.text
     assert "4 samples (4 crops) a step" in caplog.text and "cost: about" in caplog.text
+    assert "short run" not in caplog.text  # its own learning rate: no advice
     model = MPIQEModel.from_pretrained(out)
     assert (model.config.mos_min, model.config.mos_max, model.config.mos_higher_is_better) == (1.0, 5.0, True)
     assert model.config.score_loss_weight == 0.5 and model.config.visual_prompt_depth == 2
@@ -181,6 +182,15 @@ def test_bad_rows_name_file_and_line(tiny_clip, tmp_path, bad_row, field):
     train_dir = write_blur_folder(tmp_path / "train", contents=2, levels=3, bad_rows=[bad_row])
     with pytest.raises(ValueError, match=rf"metadata.csv, line 8, field '{field}'"):
         train_script.main(tiny_args(tiny_clip, tmp_path / "run", "--train_dir", str(train_dir)))
+
+
+def test_a_short_run_at_the_papers_learning_rate_is_told_it_will_under_fit(tiny_clip, synthetic_cache, tmp_path,
+                                                                          caplog):
+    with caplog.at_level("WARNING"):
+        train_script.main(tiny_args(tiny_clip, tmp_path / "run", "--cache_dir", synthetic_cache, "--max_train_samples",
+                                    "8", "--max_eval_samples", "4", "--learning_rate", "3e-5"))
+    assert "A short run (2 steps in 1 epoch(s)) at the paper's learning rate 3e-05" in caplog.text
+    assert "--learning_rate 1e-3" in caplog.text
 
 
 def test_skip_bad_samples_reports_once_and_trains(tiny_clip, tmp_path, caplog):
