@@ -157,11 +157,16 @@ def run_gradients(args):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def model_srcc(model_dir, dataset, indices, batch_size=32):
-    """SRCC of the saved MP-IQE in `model_dir` on `indices` of `dataset` (grid crops of its processor)."""
+def images_and_mos(dataset, indices):
+    """The decoded RGB images of `indices` of `dataset` and their normalised MOS, decoded once for every scorer."""
+    rows = [dataset[int(i)] for i in indices]
+    return [row["image"].convert("RGB") for row in rows], np.array([row["mos_normalized"] for row in rows])
+
+
+def model_srcc(model_dir, images, mos, batch_size=32):
+    """SRCC of the saved MP-IQE in `model_dir` on `images` against `mos` (grid crops of its processor)."""
     model = MPIQEModel.from_pretrained(model_dir).eval()
     processor = MPIQEImageProcessor.from_pretrained(model_dir)
-    images = [dataset[int(i)]["image"].convert("RGB") for i in indices]
     with torch.no_grad():
         text_features = model.get_text_features()
         scores = torch.cat([
@@ -169,7 +174,7 @@ def model_srcc(model_dir, dataset, indices, batch_size=32):
                   text_features=text_features).score
             for start in range(0, len(images), batch_size)
         ])
-    return srcc(scores.numpy(), np.array([dataset[int(i)]["mos_normalized"] for i in indices]))
+    return srcc(scores.numpy(), mos)
 
 
 def run_srcc(args):
@@ -179,11 +184,9 @@ def run_srcc(args):
     dataset = load_iqa_dataset(args.dataset)
     train_idx, test_idx = paper_splits(dataset, seed=0)[0]
     clip, tokenizer = CLIPModel.from_pretrained(args.clip), CLIPTokenizer.from_pretrained(args.clip)
-    zero_shot, zero_shot_train = (
-        srcc(zero_shot_scores(clip, tokenizer, [dataset[int(i)]["image"].convert("RGB") for i in indices]),
-             np.array([dataset[int(i)]["mos_normalized"] for i in indices]))
-        for indices in (test_idx, train_idx)
-    )
+    held_out, training = images_and_mos(dataset, test_idx), images_and_mos(dataset, train_idx)
+    zero_shot = srcc(zero_shot_scores(clip, tokenizer, held_out[0]), held_out[1])
+    zero_shot_train = srcc(zero_shot_scores(clip, tokenizer, training[0]), training[1])
     print(f"held-out: {len(test_idx)} images of {args.dataset}; stand-in zero-shot SRCC {zero_shot:.4f} "
           f"(training images: {zero_shot_train:.4f})", flush=True)
     results = {}
@@ -198,7 +201,7 @@ def run_srcc(args):
             metrics = train_script.main(argv)
             seconds = time.perf_counter() - start
             # The same model on its own training images: under-fitted (both low) or over-fitted (train high).
-            fitted = model_srcc(output_dir, dataset, train_idx)
+            fitted = model_srcc(output_dir, *training)
             results.setdefault(name, []).append((seed, metrics["srcc"], metrics["step"], seconds, fitted))
             print(f"RESULT {name} seed {seed}: held-out SRCC {metrics['srcc']:.4f} (training images {fitted:.4f}) "
                   f"after {metrics['step']} steps ({seconds:.0f} s)", flush=True)
@@ -252,8 +255,7 @@ def run_probe(args):
     crop_size = clip.config.vision_config.image_size
     parts = {}
     for name, indices in (("train", train_idx), ("held-out", test_idx)):
-        images = [dataset[int(i)]["image"].convert("RGB") for i in indices]
-        mos = np.array([dataset[int(i)]["mos_normalized"] for i in indices])
+        images, mos = images_and_mos(dataset, indices)
         zero_shot = srcc(zero_shot_scores(clip, tokenizer, images), mos)
         parts[name] = (*frozen_features(clip, images, crop_size), mos, zero_shot)
     rows = [["zero-shot (Good photo. / Bad photo.)", "", f"{parts['train'][3]:.3f}", f"{parts['held-out'][3]:.3f}"]]
