@@ -597,6 +597,9 @@ def main(argv=None):
             accelerator.unwrap_model(model).push_to_hub(
                 args.hub_model_id, evaluation_results=[evaluation], image_processor=image_processor,
                 commit_message="Training finished", private=args.hub_private_repo, token=args.hub_token,
+                training_recipe=dict(learning_rate=args.learning_rate, num_train_epochs=num_epochs,
+                                     max_train_steps=max_train_steps, total_train_batch_size=total_batch_size,
+                                     crop_sampling=model_args.crop_sampling),
             )
     accelerator.wait_for_everyone()
     accelerator.print(json.dumps({k: results[k] for k in ("srcc", "plcc", "step") if k in results}))

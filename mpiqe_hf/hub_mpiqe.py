@@ -370,6 +370,7 @@ class MPIQECheckpointMixin:
         revision: str | None = None,
         create_pr: bool = False,
         tags: list[str] | None = None,
+        training_recipe: dict | None = None,
     ):
         """
         Uploads the model to the Hub in one commit: the adapter (default) or with `adapter_only=False` the full
@@ -388,6 +389,8 @@ class MPIQECheckpointMixin:
                 one with the CLIP's image size is uploaded unless the repo already has a `preprocessor_config.json`.
             commit_message, private, token, revision, create_pr: as for [`huggingface_hub.HfApi.upload_folder`].
             tags (`list[str]`, *optional*): extra tags for the card.
+            training_recipe (`dict`, *optional*): how the model was trained (`learning_rate`, `num_train_epochs`,
+                `max_train_steps`, `total_train_batch_size`, `crop_sampling`), stated in the card.
 
         Returns:
             the `CommitInfo` of the commit.
@@ -418,6 +421,7 @@ class MPIQECheckpointMixin:
                 tags=tags,
                 adapter_only=adapter_only,
                 image_processor=image_processor,
+                training_recipe=training_recipe,
             )
             card.save(os.path.join(work_dir, "README.md"))
             # Inference Endpoints load `handler.py` from the repository; it ships with the package (not with the

@@ -98,7 +98,7 @@ Following the MP-IQE paper: Adam, learning rate 3e-5, 5 warm-up epochs then cosi
 224 x 224 crops per image, each crop its own sample, batch size 64 crops (32 for LIVE, CSIQ and BID). The loss is
 L = L_scene + $distortion_loss_weight * L_distortion + $score_loss_weight * SmoothL1($score_loss_scale * score, $score_loss_scale * MOS),
 with the MOS normalised to [0, 1]; the scene and distortion labels are LIQE's. Only the prompts, the image-token projection, the
-multimodal encoder and the score head are trained: CLIP stays frozen.
+multimodal encoder and the score head are trained: CLIP stays frozen.$run_recipe
 
 ## Evaluation protocol
 
@@ -170,6 +170,30 @@ def _results_table(evaluation_results) -> str:
     return f"| Dataset | Split | SRCC | PLCC |\n|---|---|---|---|\n{rows}{note}"
 
 
+#: The paper's recipe in `training_args.json`'s keys, with how the card names each.
+_PAPER_RECIPE = {"learning_rate": (3e-5, "learning rate"), "num_train_epochs": (30, "epochs"),
+                 "crop_sampling": ("per_crop", "samples (per-image instead of per-crop)")}
+
+
+def _run_recipe(training_recipe) -> str:
+    """The paragraph on how this checkpoint was trained, naming where the run left the paper's recipe."""
+    if not training_recipe:
+        return ""
+    recipe = {**{key: value for key, (value, _) in _PAPER_RECIPE.items()}, **training_recipe}
+    unit = "crops" if recipe["crop_sampling"] == "per_crop" else "images"
+    text = (f"\n\nThis checkpoint's run: Adam, learning rate {recipe['learning_rate']:g}, "
+            f"{recipe['num_train_epochs']} epoch(s)")
+    if "max_train_steps" in recipe:
+        text += f" = {recipe['max_train_steps']} optimizer steps"
+    if "total_train_batch_size" in recipe:
+        text += f" of {recipe['total_train_batch_size']} {unit}"
+    text += f", {recipe['crop_sampling'].replace('_', '-')} samples"
+    departures = [label for key, (value, label) in _PAPER_RECIPE.items() if recipe[key] != value]
+    if departures:
+        text += f"; it departs from the paper's recipe in: {', '.join(departures)}"
+    return text + "."
+
+
 def build_model_card(
     config,
     repo_id: str = "org/mp-iqe",
@@ -178,6 +202,7 @@ def build_model_card(
     adapter_only: bool = False,
     image_processor=None,
     license: str = "mit",
+    training_recipe: dict | None = None,
 ) -> ModelCard:
     """
     The model card (`README.md`) of an MP-IQE checkpoint: `ModelCardData` metadata (`library_name`, `license`,
@@ -192,6 +217,9 @@ def build_model_card(
         tags (`list[str]`, *optional*): extra tags.
         adapter_only (`bool`): whether the repo holds the adapter form.
         image_processor (*optional*): the processor uploaded with the model, for the input description.
+        training_recipe (`dict`, *optional*): how this checkpoint was trained, in `training_args.json`'s keys
+            (`learning_rate`, `num_train_epochs`, `max_train_steps`, `total_train_batch_size`, `crop_sampling`):
+            stated under the paper's recipe, with where it departs from it.
     """
     evaluation_results = [dict(item) for item in evaluation_results or []]
     eval_results = _eval_results(evaluation_results)
@@ -247,6 +275,7 @@ def build_model_card(
         score_loss_weight=config.score_loss_weight,
         score_loss_scale=f"{config.score_loss_scale:g}",
         results_table=_results_table(evaluation_results),
+        run_recipe=_run_recipe(training_recipe),
     )
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{body}")
 

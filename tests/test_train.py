@@ -465,3 +465,6 @@ def test_push_to_hub_uploads_the_adapter_with_its_results(hub_endpoint, tiny_cli
     card = yaml.safe_load(files["README.md"].decode().split("---\n")[1])
     metrics = {m["name"]: m["value"] for m in card["model-index"][0]["results"][0]["metrics"]}
     assert metrics["SRCC"] == round(results["srcc"], 4) and metrics["PLCC"] == round(results["plcc"], 4)
+    # the card says how this run was trained, beside the paper's recipe
+    assert ("This checkpoint's run: Adam, learning rate 0.001, 1 epoch(s) = 1 optimizer steps of 4 crops, per-crop "
+            "samples; it departs from the paper's recipe in: learning rate, epochs.") in files["README.md"].decode()
