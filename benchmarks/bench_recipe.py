@@ -11,11 +11,14 @@ Recipe measurements on the pretrained stand-in CLIP (`make_standin_clip.py`):
    same held-out images.
 3. `probe`: the same split scored by ridge regressions on the stand-in's frozen features (fitted on the training
    images), beside its zero-shot SRCC: how far quality learned from the training contents carries to unseen ones.
+4. `movement`: how far the same Adam steps at the same learning rate move the score with the stand-in's widths and
+   with ViT-B/16's (random CLIPs of the stand-in's depth and input size).
 
     python benchmarks/bench_recipe.py gradients --clip standin-clip --scales 1 10 100
     python benchmarks/bench_recipe.py srcc --clip standin-clip --dataset procedural-iqa --seeds 0 1 2 \
         --variant "per_crop scale 1=--crop_sampling per_crop --config_overrides score_loss_scale=1"
     python benchmarks/bench_recipe.py probe --clip standin-clip --dataset procedural-iqa
+    python benchmarks/bench_recipe.py --num_threads 2 movement --dataset procedural-iqa
 """
 
 from __future__ import annotations
@@ -30,11 +33,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import CLIPModel, CLIPTokenizer, get_cosine_schedule_with_warmup
+from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, get_cosine_schedule_with_warmup
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import describe_machine, print_table  # noqa: E402
-from make_standin_clip import zero_shot_scores  # noqa: E402
+from make_standin_clip import build_tokenizer, standin_clip_config, zero_shot_scores  # noqa: E402
 
 from mpiqe_hf import MPIQEImageProcessor, MPIQEModel  # noqa: E402
 from mpiqe_hf.configuration_mpiqe import DISTORTION_CLASSES, SCENE_CLASSES  # noqa: E402
@@ -163,8 +166,8 @@ def images_and_mos(dataset, indices):
     return [row["image"].convert("RGB") for row in rows], np.array([row["mos_normalized"] for row in rows])
 
 
-def model_srcc(model_dir, images, mos, batch_size=32):
-    """SRCC of the saved MP-IQE in `model_dir` on `images` against `mos` (grid crops of its processor)."""
+def model_scores(model_dir, images, batch_size=32) -> np.ndarray:
+    """The saved MP-IQE in `model_dir` scores `images` (grid crops of its processor), normalised to [0, 1]."""
     model = MPIQEModel.from_pretrained(model_dir).eval()
     processor = MPIQEImageProcessor.from_pretrained(model_dir)
     with torch.no_grad():
@@ -174,7 +177,7 @@ def model_srcc(model_dir, images, mos, batch_size=32):
                   text_features=text_features).score
             for start in range(0, len(images), batch_size)
         ])
-    return srcc(scores.numpy(), mos)
+    return scores.numpy().astype(np.float64)
 
 
 def run_srcc(args):
@@ -201,7 +204,7 @@ def run_srcc(args):
             metrics = train_script.main(argv)
             seconds = time.perf_counter() - start
             # The same model on its own training images: under-fitted (both low) or over-fitted (train high).
-            fitted = model_srcc(output_dir, *training)
+            fitted = srcc(model_scores(output_dir, training[0]), training[1])
             results.setdefault(name, []).append((seed, metrics["srcc"], metrics["step"], seconds, fitted))
             print(f"RESULT {name} seed {seed}: held-out SRCC {metrics['srcc']:.4f} (training images {fitted:.4f}) "
                   f"after {metrics['step']} steps ({seconds:.0f} s)", flush=True)
@@ -268,6 +271,57 @@ def run_probe(args):
           f"(paper split, content-disjoint); {describe_machine(torch.device('cpu'))}")
     print_table(["scorer", "ridge strength", "SRCC train", "SRCC held-out"], rows)
 
+def widened_standin_config(vision_width: int, text_width: int, projection_dim: int):
+    """The stand-in's `CLIPConfig` (4 vision layers on 64-px inputs) at other widths: heads of 64 channels, MLPs 4x."""
+    tokenizer = build_tokenizer()
+    config = standin_clip_config(tokenizer)
+    if (vision_width, text_width, projection_dim) == (64, 64, 64):
+        return config, tokenizer
+    text, vision = config.text_config.to_dict(), config.vision_config.to_dict()
+    text.update(hidden_size=text_width, intermediate_size=4 * text_width, num_attention_heads=text_width // 64)
+    vision.update(hidden_size=vision_width, intermediate_size=4 * vision_width, num_attention_heads=vision_width // 64)
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim), tokenizer
+
+
+def run_movement(args):
+    """
+    How far the same number of Adam steps at the same learning rate moves the score at the stand-in's width (64)
+    and at ViT-B/16's (vision 768, text and projection 512), both random CLIPs of the stand-in's depth and input
+    size: the spread of the trained model's scores over the held-out images (a fresh model scores every image 0.5).
+    """
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import train as train_script
+
+    dataset = load_iqa_dataset(args.dataset)
+    _, test_idx = paper_splits(dataset, seed=0)[0]
+    images, _ = images_and_mos(dataset, test_idx)
+    rows = []
+    for name, widths in (("stand-in width (64 / 64 / 64)", (64, 64, 64)), ("ViT-B/16 widths (768 / 512 / 512)",
+                                                                            (768, 512, 512))):
+        clip_dir = Path(args.work_dir) / f"random-clip-{widths[0]}"
+        config, tokenizer = widened_standin_config(*widths)
+        torch.manual_seed(args.seed)
+        CLIPModel(config).save_pretrained(clip_dir)
+        tokenizer.save_pretrained(clip_dir)
+        output_dir = Path(args.work_dir) / f"run-{widths[0]}"
+        start = time.perf_counter()
+        metrics = train_script.main([
+            "--dataset_name", args.dataset, "--clip_model_name_or_path", str(clip_dir), "--output_dir",
+            str(output_dir), "--max_train_steps", str(args.steps), "--learning_rate", str(args.learning_rate),
+            "--seed", str(args.seed), "--dataloader_num_workers", "0",
+        ])
+        seconds = time.perf_counter() - start
+        scores = model_scores(output_dir, images)
+        rows.append([name, f"{scores.std():.4f}", f"{np.abs(scores - 0.5).mean():.4f}",
+                     f"{metrics['train_score_loss']:.3f}", f"{seconds:.0f}"])
+        print(f"RESULT {name}: score spread {scores.std():.4f}", flush=True)
+    ratio = float(rows[1][1]) / max(float(rows[0][1]), 1e-12)
+    print(f"\n{args.steps} Adam steps at lr {args.learning_rate:g} (paper preset otherwise) on {args.dataset}, random "
+          f"CLIPs; scores of the {len(images)} held-out images; {describe_machine(torch.device('cpu'))}")
+    print_table(["trainable parts at", "score spread (sd)", "mean |score - 0.5|", "train score loss", "s"], rows)
+    print(f"ViT-B/16 widths ÷ stand-in width, score spread: {ratio:.1f}x")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num_threads", type=int, default=1,
@@ -293,9 +347,16 @@ def main():
     probe.add_argument("--clip", required=True)
     probe.add_argument("--dataset", required=True, help="A procedural metadata.csv folder.")
     probe.add_argument("--strengths", type=float, nargs="+", default=[0.1, 1.0, 10.0, 100.0, 1000.0])
+    movement = sub.add_parser("movement")
+    movement.add_argument("--dataset", required=True, help="A procedural metadata.csv folder.")
+    movement.add_argument("--steps", type=int, default=60)
+    movement.add_argument("--learning_rate", type=float, default=3e-5)
+    movement.add_argument("--seed", type=int, default=0)
+    movement.add_argument("--work_dir", default="recipe-movement")
     args = parser.parse_args()
     torch.set_num_threads(args.num_threads)
-    {"gradients": run_gradients, "srcc": run_srcc, "probe": run_probe}[args.command](args)
+    commands = {"gradients": run_gradients, "srcc": run_srcc, "probe": run_probe, "movement": run_movement}
+    commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -58,8 +58,11 @@ PAPER_WARMUP_SHARE = 5 / 30
 PAPER_LEARNING_RATE = 3e-5
 PAPER_EPOCHS = 30
 # The paper's learning rate is set for 30 epochs of thousands of images (KonIQ-10k: 30,240 steps); a run of under a
-# tenth of that learns little at it (docs/training.md, "Short runs").
+# tenth of that learns little at it (docs/training.md, "Short runs"). 1e-3 learned far more on the 64-wide stand-in
+# CLIP; an Adam step moves a layer's output in proportion to its width (8.7x at ViT-B/16's widths), so the suggestion
+# scales down with the width of the model's text space.
 SHORT_RUN_STEPS = 3000
+SHORT_RUN_LEARNING_RATE_AT_WIDTH_64 = 1e-3
 
 
 @dataclass
@@ -399,10 +402,13 @@ def main(argv=None):
                        f"{clamped} steps (the paper's 5/30 of the run).")
         num_warmup_steps = clamped
     if max_train_steps < SHORT_RUN_STEPS and num_epochs < PAPER_EPOCHS and args.learning_rate == PAPER_LEARNING_RATE:
+        width = model.config.clip_config.projection_dim
+        suggested = f"{SHORT_RUN_LEARNING_RATE_AT_WIDTH_64 * 64 / width:.0e}".replace("e-0", "e-")
         logger.warning(f"A short run ({max_train_steps} steps in {num_epochs} epoch(s)) at the paper's learning rate "
                        f"{PAPER_LEARNING_RATE:g}, which is set for {PAPER_EPOCHS} epochs of thousands of images "
-                       "(KonIQ-10k: 30,240 steps): short runs under-fit at it. On small data for a few epochs, "
-                       "--learning_rate 1e-3 learned far more (docs/training.md, \"Short runs\").")
+                       "(KonIQ-10k: 30,240 steps): short runs under-fit at it. For a few epochs on small data try "
+                       f"--learning_rate {suggested} (for this model's width {width}; docs/training.md, \"Short "
+                       "runs\").")
     lr_scheduler = get_cosine_schedule_with_warmup(
         optimizer,
         num_warmup_steps=num_warmup_steps * accelerator.num_processes,

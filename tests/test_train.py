@@ -190,7 +190,7 @@ def test_a_short_run_at_the_papers_learning_rate_is_told_it_will_under_fit(tiny_
         train_script.main(tiny_args(tiny_clip, tmp_path / "run", "--cache_dir", synthetic_cache, "--max_train_samples",
                                     "8", "--max_eval_samples", "4", "--learning_rate", "3e-5"))
     assert "A short run (2 steps in 1 epoch(s)) at the paper's learning rate 3e-05" in caplog.text
-    assert "--learning_rate 1e-3" in caplog.text
+    assert "try --learning_rate 2e-3 (for this model's width 32;" in caplog.text  # 1e-3 at width 64, halved
 
 
 def test_skip_bad_samples_reports_once_and_trains(tiny_clip, tmp_path, caplog):
