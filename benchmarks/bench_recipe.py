@@ -11,8 +11,9 @@ Recipe measurements on the pretrained stand-in CLIP (`make_standin_clip.py`):
    same held-out images.
 3. `probe`: the same split scored by ridge regressions on the stand-in's frozen features (fitted on the training
    images), beside its zero-shot SRCC: how far quality learned from the training contents carries to unseen ones.
-4. `movement`: how far the same Adam steps at the same learning rate move the score with the stand-in's widths and
-   with ViT-B/16's (random CLIPs of the stand-in's depth and input size).
+4. `movement`: how far the same Adam steps at the same learning rate move the score with 64-wide encoders and
+   image-text space, with 64-wide encoders and ViT-B/16's 512-wide image-text space, and with ViT-B/16's widths
+   (random CLIPs of the stand-in's depth and input size).
 
     python benchmarks/bench_recipe.py gradients --clip standin-clip --scales 1 10 100
     python benchmarks/bench_recipe.py srcc --clip standin-clip --dataset procedural-iqa --seeds 0 1 2 \
@@ -272,22 +273,25 @@ def run_probe(args):
     print_table(["scorer", "ridge strength", "SRCC train", "SRCC held-out"], rows)
 
 def widened_standin_config(vision_width: int, text_width: int, projection_dim: int):
-    """The stand-in's `CLIPConfig` (4 vision layers on 64-px inputs) at other widths: heads of 64 channels, MLPs 4x."""
+    """
+    The stand-in's `CLIPConfig` (4 vision layers on 64-px inputs) at other widths: encoders wider than the stand-in's
+    64 get heads of 64 channels and MLPs 4x, as ViT-B/16.
+    """
     tokenizer = build_tokenizer()
-    config = standin_clip_config(tokenizer)
-    if (vision_width, text_width, projection_dim) == (64, 64, 64):
-        return config, tokenizer
+    config = standin_clip_config(tokenizer, projection_dim)
     text, vision = config.text_config.to_dict(), config.vision_config.to_dict()
-    text.update(hidden_size=text_width, intermediate_size=4 * text_width, num_attention_heads=text_width // 64)
-    vision.update(hidden_size=vision_width, intermediate_size=4 * vision_width, num_attention_heads=vision_width // 64)
+    for encoder, width in ((text, text_width), (vision, vision_width)):
+        if width != encoder["hidden_size"]:
+            encoder.update(hidden_size=width, intermediate_size=4 * width, num_attention_heads=width // 64)
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim), tokenizer
 
 
 def run_movement(args):
     """
-    How far the same number of Adam steps at the same learning rate moves the score at the stand-in's width (64)
-    and at ViT-B/16's (vision 768, text and projection 512), both random CLIPs of the stand-in's depth and input
-    size: the spread of the trained model's scores over the held-out images (a fresh model scores every image 0.5).
+    How far the same number of Adam steps at the same learning rate moves the score at widths (vision, text,
+    image-text space) of 64 / 64 / 64, 64 / 64 / 512 and ViT-B/16's 768 / 512 / 512, random CLIPs of the stand-in's
+    depth and input size: the spread of the trained model's scores over the held-out images (a fresh model scores
+    every image 0.5).
     """
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
     import train as train_script
@@ -296,14 +300,15 @@ def run_movement(args):
     _, test_idx = paper_splits(dataset, seed=0)[0]
     images, _ = images_and_mos(dataset, test_idx)
     rows = []
-    for name, widths in (("stand-in width (64 / 64 / 64)", (64, 64, 64)), ("ViT-B/16 widths (768 / 512 / 512)",
-                                                                            (768, 512, 512))):
-        clip_dir = Path(args.work_dir) / f"random-clip-{widths[0]}"
+    for name, widths in (("all 64 wide (64 / 64 / 64)", (64, 64, 64)),
+                         ("the stand-in's: ViT-B/16's image-text space (64 / 64 / 512)", (64, 64, 512)),
+                         ("ViT-B/16's widths (768 / 512 / 512)", (768, 512, 512))):
+        clip_dir = Path(args.work_dir) / f"random-clip-{'-'.join(map(str, widths))}"
         config, tokenizer = widened_standin_config(*widths)
         torch.manual_seed(args.seed)
         CLIPModel(config).save_pretrained(clip_dir)
         tokenizer.save_pretrained(clip_dir)
-        output_dir = Path(args.work_dir) / f"run-{widths[0]}"
+        output_dir = Path(args.work_dir) / f"run-{'-'.join(map(str, widths))}"
         start = time.perf_counter()
         metrics = train_script.main([
             "--dataset_name", args.dataset, "--clip_model_name_or_path", str(clip_dir), "--output_dir",
@@ -315,11 +320,11 @@ def run_movement(args):
         rows.append([name, f"{scores.std():.4f}", f"{np.abs(scores - 0.5).mean():.4f}",
                      f"{metrics['train_score_loss']:.3f}", f"{seconds:.0f}"])
         print(f"RESULT {name}: score spread {scores.std():.4f}", flush=True)
-    ratio = float(rows[1][1]) / max(float(rows[0][1]), 1e-12)
     print(f"\n{args.steps} Adam steps at lr {args.learning_rate:g} (paper preset otherwise) on {args.dataset}, random "
           f"CLIPs; scores of the {len(images)} held-out images; {describe_machine(torch.device('cpu'))}")
     print_table(["trainable parts at", "score spread (sd)", "mean |score - 0.5|", "train score loss", "s"], rows)
-    print(f"ViT-B/16 widths ÷ stand-in width, score spread: {ratio:.1f}x")
+    for row in rows[1:]:
+        print(f"{row[0]} ÷ {rows[0][0]}, score spread: {float(row[1]) / max(float(rows[0][1]), 1e-12):.1f}x")
 
 
 def main():

@@ -4,13 +4,14 @@ A pretrained stand-in for CLIP, made in a few CPU minutes, so that recipe decisi
 features carry quality signal (a random CLIP gives none; real CLIP weights cannot be downloaded here).
 
 The stand-in is a tiny `CLIPModel` (4 vision layers on 64-px inputs with 16-px patches, as ViT-B/16 sees a 64-px
-region; DCT-initialised patch filters; 2 text layers; width 64) trained contrastively on 64-px crops of the photos the
-embedded synthetic set uses (scikit-image's) and of procedural pictures, each distorted with the synthetic set's 11
-families at 5 levels and captioned with its distortion, its strength, its quality band and the side of the scale's
-middle it lies on ("a bad, strongly blurry photo.", "a bad photo with blur.", "bad photo.", "good photo."). Its
-tokenizer is a
-`CLIPTokenizer` whose BPE merges spell every caption word and class name as one token. `MPIQEModel.from_clip(folder)`
-and `examples/train.py --clip_model_name_or_path folder` load the saved folder.
+region; DCT-initialised patch filters; 2 text layers; encoders of width 64; ViT-B/16's 512-wide image-text space, in
+which MP-IQE's decoder and score head run, so that the paper's learning rate moves them as it does on ViT-B/16)
+trained contrastively on 64-px crops of the photos the embedded synthetic set uses (scikit-image's) and of procedural
+pictures, each distorted with the synthetic set's 11 families at 5 levels and captioned with its distortion, its
+strength, its quality band and the side of the scale's middle it lies on ("a bad, strongly blurry photo.", "a bad
+photo with blur.", "bad photo.", "good photo."). Its tokenizer is a `CLIPTokenizer` whose BPE merges spell every
+caption word and class name as one token. `MPIQEModel.from_clip(folder)` and `examples/train.py
+--clip_model_name_or_path folder` load the saved folder.
 
     python benchmarks/make_standin_clip.py --output_dir standin-clip          # about 13 min on 2 cores
     python benchmarks/make_standin_clip.py --output_dir standin-clip --dataset_dir procedural-iqa
@@ -160,7 +161,7 @@ def build_tokenizer() -> CLIPTokenizer:
     return tokenizer
 
 
-def standin_clip_config(tokenizer: CLIPTokenizer) -> CLIPConfig:
+def standin_clip_config(tokenizer: CLIPTokenizer, projection_dim: int = 512) -> CLIPConfig:
     special = dict(
         bos_token_id=tokenizer.convert_tokens_to_ids("<|startoftext|>"),
         eos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
@@ -171,7 +172,7 @@ def standin_clip_config(tokenizer: CLIPTokenizer) -> CLIPConfig:
                          vocab_size=len(tokenizer), max_position_embeddings=77, **special),
         vision_config=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
                            image_size=IMAGE_SIZE, patch_size=PATCH_SIZE),
-        projection_dim=64,
+        projection_dim=projection_dim,
     )
 
 
@@ -438,7 +439,8 @@ def unseen_zero_shot_srcc(model, tokenizer, num_contents: int = 8, seed: int = 0
 
 
 def build_standin_clip(output_dir, seed: int = 0, steps: int = 28800, batch_size: int = 32, num_procedural: int = 384,
-                       learning_rate: float = 1e-3, log_every: int = 100, references=tuple(REFERENCES)) -> Path:
+                       learning_rate: float = 1e-3, log_every: int = 100, references=tuple(REFERENCES),
+                       projection_dim: int = 512) -> Path:
     """
     Builds, pretrains and saves the stand-in CLIP (`CLIPModel` + `CLIPTokenizer`) into `output_dir`: `steps`
     contrastive steps of `batch_size` crops drawn from the 56 versions of the scikit-image photos `references` (the
@@ -446,7 +448,7 @@ def build_standin_clip(output_dir, seed: int = 0, steps: int = 28800, batch_size
     """
     tokenizer = build_tokenizer()
     torch.manual_seed(seed)
-    model = CLIPModel(standin_clip_config(tokenizer))
+    model = CLIPModel(standin_clip_config(tokenizer, projection_dim))
     embedding = model.vision_model.embeddings.patch_embedding
     with torch.no_grad():
         embedding.weight.copy_(dct_patch_filters(embedding.out_channels, embedding.kernel_size[0]))
@@ -467,6 +469,8 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--num_procedural", type=int, default=384, help="Procedural pretraining contents.")
     parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--projection_dim", type=int, default=512,
+                        help="Width of the shared image-text space, in which MP-IQE's decoder and score head run.")
     parser.add_argument("--dataset_dir", default=None,
                         help="Also write an unseen procedural metadata.csv dataset here (--dataset_contents pictures).")
     parser.add_argument("--dataset_contents", type=int, default=12)
@@ -477,7 +481,8 @@ def main(argv=None):
 
     start = time.perf_counter()
     output_dir = build_standin_clip(args.output_dir, seed=args.seed, steps=args.steps, batch_size=args.batch_size,
-                                    num_procedural=args.num_procedural, learning_rate=args.learning_rate)
+                                    num_procedural=args.num_procedural, learning_rate=args.learning_rate,
+                                    projection_dim=args.projection_dim)
     built = time.perf_counter() - start
     model, tokenizer = CLIPModel.from_pretrained(output_dir), CLIPTokenizer.from_pretrained(output_dir)
     zero_shot = unseen_zero_shot_srcc(model, tokenizer, seed=args.seed)

@@ -57,12 +57,11 @@ SHORT_NAMES = {"loss": "loss", "scene_loss": "scene", "distortion_loss": "distor
 PAPER_WARMUP_SHARE = 5 / 30
 PAPER_LEARNING_RATE = 3e-5
 PAPER_EPOCHS = 30
-# The paper's learning rate is set for 30 epochs of thousands of images (KonIQ-10k: 30,240 steps); a run of under a
-# tenth of that learns little at it (docs/training.md, "Short runs"). 1e-3 learned far more on the 64-wide stand-in
-# CLIP; an Adam step moves a layer's output in proportion to its width (8.7x at ViT-B/16's widths), so the suggestion
-# scales down with the width of the model's text space.
-SHORT_RUN_STEPS = 3000
-SHORT_RUN_LEARNING_RATE_AT_WIDTH_64 = 1e-3
+# The paper's learning rate is set for ViT-B/16, whose image-text space (where MP-IQE's decoder and score head run)
+# is 512 wide. An Adam step moves a layer's output in proportion to its width: on a pretrained stand-in CLIP the
+# paper's 3e-5 trained well at width 512 and under-fit at width 64, where 1e-3 did (docs/decisions.md, Table R2f).
+PAPER_TEXT_WIDTH = 512
+NARROW_LEARNING_RATE_AT_WIDTH_64 = 1e-3
 
 
 @dataclass
@@ -221,6 +220,20 @@ def recipe_defaults(ds):
     """`(name, batch size, lambda_2)` of the paper for the dataset `ds` (64 and 0.5 for other datasets)."""
     info = iqa_info(ds)
     return info.name, info.batch_size or 64, info.score_loss_weight or 0.5
+
+
+def narrow_text_space_advice(learning_rate: float, text_width: int) -> Optional[str]:
+    """
+    The warning for training at the paper's learning rate on a CLIP whose image-text space (`projection_dim`) is
+    narrower than ViT-B/16's, with a learning rate for its width (1e-3 x 64 / width), or None.
+    """
+    if learning_rate != PAPER_LEARNING_RATE or text_width >= PAPER_TEXT_WIDTH:
+        return None
+    suggested = f"{NARROW_LEARNING_RATE_AT_WIDTH_64 * 64 / text_width:.0e}".replace("e-0", "e-")
+    return (f"The paper's learning rate {PAPER_LEARNING_RATE:g} is set for ViT-B/16, whose image-text space is "
+            f"{PAPER_TEXT_WIDTH} wide; this CLIP's is {text_width} wide, so each step moves MP-IQE's decoder and "
+            f"score head less and training under-fits. Try --learning_rate {suggested} (docs/training.md, "
+            "\"Narrow CLIPs\").")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -401,14 +414,9 @@ def main(argv=None):
                        f"steps): the learning rate would never reach {args.learning_rate:g}. Warm-up clamped to "
                        f"{clamped} steps (the paper's 5/30 of the run).")
         num_warmup_steps = clamped
-    if max_train_steps < SHORT_RUN_STEPS and num_epochs < PAPER_EPOCHS and args.learning_rate == PAPER_LEARNING_RATE:
-        width = model.config.clip_config.projection_dim
-        suggested = f"{SHORT_RUN_LEARNING_RATE_AT_WIDTH_64 * 64 / width:.0e}".replace("e-0", "e-")
-        logger.warning(f"A short run ({max_train_steps} steps in {num_epochs} epoch(s)) at the paper's learning rate "
-                       f"{PAPER_LEARNING_RATE:g}, which is set for {PAPER_EPOCHS} epochs of thousands of images "
-                       "(KonIQ-10k: 30,240 steps): short runs under-fit at it. For a few epochs on small data try "
-                       f"--learning_rate {suggested} (for this model's width {width}; docs/training.md, \"Short "
-                       "runs\").")
+    advice = narrow_text_space_advice(args.learning_rate, model.config.clip_config.projection_dim)
+    if advice is not None:
+        logger.warning(advice)
     lr_scheduler = get_cosine_schedule_with_warmup(
         optimizer,
         num_warmup_steps=num_warmup_steps * accelerator.num_processes,

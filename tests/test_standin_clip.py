@@ -27,6 +27,8 @@ def test_builder_saves_a_clip_that_mpiqe_loads_and_is_deterministic(tmp_path):
     second = make_standin_clip.build_standin_clip(tmp_path / "b", seed=3, **settings)
     model = MPIQEModel.from_clip(first, visual_prompt_depth=4)
     other = MPIQEModel.from_clip(second, visual_prompt_depth=4)
+    # ViT-B/16's image-text space, the width at which the paper's learning rate moves the decoder (Table R2f)
+    assert model.config.clip_config.projection_dim == 512
     for (name, value), (_, value_b) in zip(model.clip.state_dict().items(), other.clip.state_dict().items()):
         torch.testing.assert_close(value, value_b, rtol=0, atol=0, msg=name)
     # One token per word of the class names ("jpeg2000 compression." = jpeg 2 0 0 0 compression .).

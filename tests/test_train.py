@@ -95,7 +95,7 @@ def test_train_on_embedded_synthetic_saves_loadable_model(tiny_clip, synthetic_c
     assert "12 images x 2 sample(s) = 24 samples an epoch (per_crop); 1 epoch(s) of 6 optimizer steps = 2 steps" \
         in caplog.text
     assert "4 samples (4 crops) a step" in caplog.text and "cost: about" in caplog.text
-    assert "short run" not in caplog.text  # its own learning rate: no advice
+    assert "under-fits" not in caplog.text  # its own learning rate: no advice
     model = MPIQEModel.from_pretrained(out)
     assert (model.config.mos_min, model.config.mos_max, model.config.mos_higher_is_better) == (1.0, 5.0, True)
     assert model.config.score_loss_weight == 0.5 and model.config.visual_prompt_depth == 2
@@ -184,13 +184,21 @@ def test_bad_rows_name_file_and_line(tiny_clip, tmp_path, bad_row, field):
         train_script.main(tiny_args(tiny_clip, tmp_path / "run", "--train_dir", str(train_dir)))
 
 
-def test_a_short_run_at_the_papers_learning_rate_is_told_it_will_under_fit(tiny_clip, synthetic_cache, tmp_path,
-                                                                          caplog):
+def test_the_papers_learning_rate_on_a_narrow_clip_is_told_it_will_under_fit(tiny_clip, synthetic_cache, tmp_path,
+                                                                              caplog):
     with caplog.at_level("WARNING"):
         train_script.main(tiny_args(tiny_clip, tmp_path / "run", "--cache_dir", synthetic_cache, "--max_train_samples",
                                     "8", "--max_eval_samples", "4", "--learning_rate", "3e-5"))
-    assert "A short run (2 steps in 1 epoch(s)) at the paper's learning rate 3e-05" in caplog.text
-    assert "try --learning_rate 2e-3 (for this model's width 32;" in caplog.text  # 1e-3 at width 64, halved
+    assert "The paper's learning rate 3e-05 is set for ViT-B/16, whose image-text space is 512 wide; this CLIP's is " \
+           "32 wide" in caplog.text
+    assert "Try --learning_rate 2e-3" in caplog.text  # 1e-3 at width 64, doubled at 32
+
+
+def test_the_papers_learning_rate_at_vit_b16_width_gets_no_advice():
+    advice = train_script.narrow_text_space_advice
+    assert advice(3e-5, 512) is None and advice(3e-5, 768) is None
+    assert advice(1e-4, 64) is None  # the user's own learning rate
+    assert "Try --learning_rate 1e-3" in advice(3e-5, 64) and "Try --learning_rate 3e-4" in advice(3e-5, 256)
 
 
 def test_skip_bad_samples_reports_once_and_trains(tiny_clip, tmp_path, caplog):
