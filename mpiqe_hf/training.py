@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .data import liqe_splits, load_iqa_dataset, paper_splits, subsample
+from .data import liqe_splits, load_iqa_dataset, paper_splits, splits_by_content, subsample
 from .data.specs import canonical_dataset_name
 from .image_processing_mpiqe import MPIQEImageProcessor
 from .image_utils_mpiqe import load_image
@@ -480,8 +480,9 @@ def plan_split(data_args: DataArguments, seed: int = 0, loaded=None) -> SplitPla
         if data_args.validation_dir is not None and data_args.train_dir is not None:
             raise ValueError("--validation_dir is only used with --split_protocol none; drop one of them.")
         train_idx, eval_idx = paper_splits(train_ds, seed=data_args.split_seed, by_content=by_content)[k - 1]
-        description = (f"paper: random 80/20 split {k} of 10 of {name} (seed {data_args.split_seed}"
-                       + (", by image" if data_args.split_by_image else "") + ")")
+        disjoint = not data_args.split_by_image and splits_by_content(train_ds)
+        description = (f"paper: random 80/20 split {k} of 10 of {name} (seed {data_args.split_seed}, "
+                       + ("by content" if disjoint else "by image") + ")")
     else:
         raise ValueError(f"Unknown split protocol {protocol!r}; choose from {SPLIT_PROTOCOLS}.")
     if data_args.train_fraction < 1.0:

@@ -22,6 +22,7 @@ from mpiqe_hf.data import (
     load_iqa_dataset,
     paper_splits,
     skipped_samples,
+    splits_by_content,
     subsample,
 )
 from mpiqe_hf.data.synthetic import FAMILY_WEIGHTS, REFERENCES, pseudo_mos
@@ -449,6 +450,7 @@ def test_paper_splits_by_content_and_reproducible():
     authentic = datasets.Dataset.from_dict({"content_id": [str(i) for i in range(50)]})
     train, test = paper_splits(authentic, num_repetitions=1)[0]
     assert len(train) == 40 and len(test) == 10
+    assert splits_by_content(ds) and not splits_by_content(authentic)
     mixed = paper_splits(ds, num_repetitions=1, by_content=False)[0]
     assert len(mixed[0]) == 40
 

@@ -125,7 +125,8 @@ def test_default_scores_the_held_out_part_with_clip_iqa_beside(split_runs, synth
     # all of the held-out part of split 1 (training capped it at 6 for validation; evaluation does not)
     assert model["num_samples"] == len(held_out) == 56 and model["split_index"] == 1
     printed = capsys.readouterr().out
-    assert "the held-out 20 % part of paper: random 80/20 split 1 of 10" in printed and "56 images" in printed
+    assert "the held-out 20 % part of paper: random 80/20 split 1 of 10 of synthetic (seed 0, by content): 56 images" \
+        in printed
     with open(tmp_path / "eval" / "predictions.csv") as f:
         paths = {row["path"] for row in csv.DictReader(f)}
     plain = ds.cast_column("image", __import__("datasets").Image(decode=False))

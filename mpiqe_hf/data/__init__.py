@@ -38,7 +38,7 @@ from .specs import (
     skipped_samples,
     with_iqa_info,
 )
-from .splits import paper_splits, subsample
+from .splits import paper_splits, splits_by_content, subsample
 from .synthetic import build_synthetic, load_synthetic, pseudo_mos
 
 
@@ -136,6 +136,7 @@ __all__ = [
     "skipped_samples",
     "BadSample",
     "paper_splits",
+    "splits_by_content",
     "liqe_splits",
     "subsample",
     "normalize_mos",

@@ -15,6 +15,16 @@ def _content_ids(ds) -> list:
     return [str(c) for c in ds["content_id"]]
 
 
+def splits_by_content(ds) -> bool:
+    """Whether [`paper_splits`] splits `ds` (a dataset or a list of content ids) by content by default: the dataset's
+    `iqa_info(ds).split_protocol == "by_content"`, else whether some `content_id` appears more than once."""
+    protocol = getattr(getattr(ds, "info", None), "iqa", None)
+    if protocol is not None:
+        return protocol.split_protocol == "by_content"
+    contents = _content_ids(ds)
+    return len(set(contents)) < len(contents)
+
+
 def paper_splits(
     ds,
     num_repetitions: int = 10,
@@ -39,9 +49,7 @@ def paper_splits(
     if n < 2:
         raise ValueError(f"Need at least 2 samples to split, got {n}.")
     unique = sorted(set(contents))
-    if by_content is None:
-        protocol = getattr(getattr(ds, "info", None), "iqa", None)
-        by_content = protocol.split_protocol == "by_content" if protocol is not None else len(unique) < n
+    by_content = splits_by_content(ds) if by_content is None else by_content
     splits = []
     for repetition in range(num_repetitions):
         rng = np.random.default_rng([int(seed), repetition])
