@@ -59,7 +59,8 @@ PAPER_LEARNING_RATE = 3e-5
 PAPER_EPOCHS = 30
 # The paper's learning rate is set for ViT-B/16, whose image-text space (where MP-IQE's decoder and score head run)
 # is 512 wide. An Adam step moves a layer's output in proportion to its width: on a pretrained stand-in CLIP the
-# paper's 3e-5 trained well at width 512 and under-fit at width 64, where 1e-3 did (docs/decisions.md, Table R2f).
+# paper's 3e-5 trained well at width 512 and under-fit at width 64, where 1e-3 trained well (docs/decisions.md,
+# Table R2f).
 PAPER_TEXT_WIDTH = 512
 NARROW_LEARNING_RATE_AT_WIDTH_64 = 1e-3
 
