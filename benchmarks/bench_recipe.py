@@ -272,6 +272,7 @@ def run_probe(args):
           f"(paper split, content-disjoint); {describe_machine(torch.device('cpu'))}")
     print_table(["scorer", "ridge strength", "SRCC train", "SRCC held-out"], rows)
 
+
 def widened_standin_config(vision_width: int, text_width: int, projection_dim: int):
     """
     The stand-in's `CLIPConfig` (4 vision layers on 64-px inputs) at other widths: encoders wider than the stand-in's
