@@ -463,7 +463,6 @@ def plan_split(data_args: DataArguments, seed: int = 0, loaded=None) -> SplitPla
     """Splits the data of `data_args` (loaded here, or `loaded` from [`load_split_sources`]) by the protocol in force
     (see `DataArguments.split_protocol`); `seed` draws the `--max_*_samples` truncations."""
     protocol = data_args.resolved_split_protocol
-    by_content = False if data_args.split_by_image else None
     name = data_args.train_dir or data_args.dataset_name or "synthetic"
     train_ds, validation_ds = loaded if loaded is not None else load_split_sources(data_args)
     eval_ds, test_ds, test_idx = train_ds, None, None
@@ -479,10 +478,10 @@ def plan_split(data_args: DataArguments, seed: int = 0, loaded=None) -> SplitPla
     elif protocol == "paper":
         if data_args.validation_dir is not None and data_args.train_dir is not None:
             raise ValueError("--validation_dir is only used with --split_protocol none; drop one of them.")
+        by_content = not data_args.split_by_image and splits_by_content(train_ds)
         train_idx, eval_idx = paper_splits(train_ds, seed=data_args.split_seed, by_content=by_content)[k - 1]
-        disjoint = not data_args.split_by_image and splits_by_content(train_ds)
         description = (f"paper: random 80/20 split {k} of 10 of {name} (seed {data_args.split_seed}, "
-                       + ("by content" if disjoint else "by image") + ")")
+                       + ("by content" if by_content else "by image") + ")")
     else:
         raise ValueError(f"Unknown split protocol {protocol!r}; choose from {SPLIT_PROTOCOLS}.")
     if data_args.train_fraction < 1.0:
