@@ -1,6 +1,9 @@
 """MP-IQE model configuration."""
 
 from transformers import CLIPConfig, PreTrainedConfig
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 # Label vocabularies of LIQE (Zhang et al. 2023), reused by the MP-IQE paper (section "Preliminaries").
 # The names double as the words placed after the learned context in the text prompts.
@@ -85,6 +88,15 @@ class MPIQEConfig(PreTrainedConfig):
         scene_class_token_ids (`list[list[int]]`, *optional*), distortion_class_token_ids (`list[list[int]]`, *optional*):
             The tokenised class names (without special tokens), filled by [`MPIQEModel.from_clip`] so that a saved
             model needs no tokenizer.
+        prompt_bos_token_id (`int`, *optional*), prompt_eos_token_id (`int`, *optional*),
+        prompt_pad_token_id (`int`, *optional*):
+            The ids that frame every text prompt, `[SOS] [V]_1..[V]_M <class> [EOS]`, and fill the positions after it.
+            [`MPIQEModel.from_clip`] takes them from the CLIP's tokenizer (49406, 49407 and 49407 for openai's CLIP),
+            since the Hub's openai CLIP configs still carry the legacy `bos_token_id` 0 and `eos_token_id` 2, which
+            are the characters `!` and `#` for CLIP's tokenizer. Left unset (a model built without a tokenizer), they
+            come from `clip_config.text_config`, except for that legacy pair, which is read the way transformers'
+            `CLIPTextTransformer` reads it: CLIP's tokenizer keeps its two special tokens at the last two ids of the
+            vocabulary. The choice is logged as a warning.
         base_model_name_or_path (`str`, *optional*), base_model_revision (`str`, *optional*):
             Where the CLIP weights came from; used by the adapter-only checkpoint format.
     """
@@ -118,6 +130,9 @@ class MPIQEConfig(PreTrainedConfig):
         quality_levels=QUALITY_LEVELS,
         scene_class_token_ids=None,
         distortion_class_token_ids=None,
+        prompt_bos_token_id=None,
+        prompt_eos_token_id=None,
+        prompt_pad_token_id=None,
         base_model_name_or_path=None,
         base_model_revision=None,
         **kwargs,
@@ -152,10 +167,40 @@ class MPIQEConfig(PreTrainedConfig):
         self.quality_levels = list(quality_levels)
         self.scene_class_token_ids = scene_class_token_ids
         self.distortion_class_token_ids = distortion_class_token_ids
+        self.prompt_bos_token_id = prompt_bos_token_id
+        self.prompt_eos_token_id = prompt_eos_token_id
+        self.prompt_pad_token_id = prompt_pad_token_id
+        self._resolve_prompt_token_ids()
         self.base_model_name_or_path = base_model_name_or_path
         self.base_model_revision = base_model_revision
         self._validate_mpiqe()
         super().__init__(**kwargs)
+
+    def _resolve_prompt_token_ids(self):
+        text_config = self.clip_config.text_config
+        if self.prompt_bos_token_id is None or self.prompt_eos_token_id is None:
+            if text_config.eos_token_id == 2:
+                # The legacy ids of the Hub's openai CLIP configs (`!` and `#`): transformers' CLIPTextTransformer
+                # special-cases the same value and pools at the highest id, `<|endoftext|>`.
+                bos, eos = text_config.vocab_size - 2, text_config.vocab_size - 1
+                source = (
+                    "the last two ids of the vocabulary, where CLIP's tokenizer keeps <|startoftext|> and "
+                    "<|endoftext|>, since clip_config carries the legacy ids 0 and 2 of the Hub's openai configs"
+                )
+            else:
+                bos, eos = text_config.bos_token_id, text_config.eos_token_id
+                source = "clip_config.text_config"
+            if self.prompt_bos_token_id is None:
+                self.prompt_bos_token_id = bos
+            if self.prompt_eos_token_id is None:
+                self.prompt_eos_token_id = eos
+            logger.warning(
+                f"MP-IQE frames its text prompts with [SOS] = {self.prompt_bos_token_id} and [EOS] = "
+                f"{self.prompt_eos_token_id}, taken from {source}: no tokenizer named them. MPIQEModel.from_clip "
+                "takes them from the CLIP's tokenizer; set prompt_bos_token_id / prompt_eos_token_id to choose."
+            )
+        if self.prompt_pad_token_id is None:
+            self.prompt_pad_token_id = self.prompt_eos_token_id
 
     def _validate_mpiqe(self):
         vision = self.clip_config.vision_config
@@ -190,6 +235,14 @@ class MPIQEConfig(PreTrainedConfig):
             token_ids = getattr(self, name)
             if token_ids is not None and len(token_ids) != len(classes):
                 raise ValueError(f"`{name}` has {len(token_ids)} entries for {len(classes)} classes.")
+        vocab_size = self.clip_config.text_config.vocab_size
+        for name in ("prompt_bos_token_id", "prompt_eos_token_id", "prompt_pad_token_id"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 0 <= value < vocab_size:
+                raise ValueError(
+                    f"`{name}` ({value!r}) must be a token id below the text vocabulary size ({vocab_size}): the "
+                    "prompts are framed as [SOS] [V]_1..[V]_M <class> [EOS]."
+                )
         grid = vision.image_size // vision.patch_size
         if not 1 <= self.window_size <= grid:
             raise ValueError(f"`window_size` must be between 1 and the patch grid side ({grid}), got {self.window_size}.")

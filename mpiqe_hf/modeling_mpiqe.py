@@ -106,14 +106,6 @@ class MPIQEPromptLearner(nn.Module):
     def __init__(self, config: MPIQEConfig, class_token_ids):
         super().__init__()
         text_config = config.clip_config.text_config
-        pad_token_id = text_config.pad_token_id if text_config.pad_token_id is not None else text_config.eos_token_id
-        for name in ("bos_token_id", "eos_token_id"):
-            value = getattr(text_config, name)
-            if value is None or not 0 <= value < text_config.vocab_size:
-                raise ValueError(
-                    f"clip_config.text_config.{name} ({value}) must be a token id below vocab_size "
-                    f"({text_config.vocab_size}): the prompts are framed by [SOS] and [EOS]."
-                )
         for ids in class_token_ids:
             if any(not 0 <= token < text_config.vocab_size for token in ids):
                 raise ValueError(f"class token ids {ids} fall outside the text vocabulary ({text_config.vocab_size}).")
@@ -122,9 +114,9 @@ class MPIQEPromptLearner(nn.Module):
         self.prompt_layout = (
             [list(ids) for ids in class_token_ids],
             config.text_prompt_length,
-            text_config.bos_token_id,
-            text_config.eos_token_id,
-            pad_token_id,
+            config.prompt_bos_token_id,
+            config.prompt_eos_token_id,
+            config.prompt_pad_token_id,
         )
         token_ids, eos_positions = build_prompt_token_ids(*self.prompt_layout)
         if token_ids.shape[1] > text_config.max_position_embeddings:
@@ -477,7 +469,8 @@ class MPIQEModel(MPIQECheckpointMixin, MPIQEPreTrainedModel):
         """
         Builds a fresh MP-IQE (new prompts, encoder and head) around a pretrained CLIP, e.g.
         `openai/clip-vit-base-patch16` as in the paper, or a local folder holding a `CLIPModel` and its tokenizer.
-        The class names are tokenised once and stored in the config, so the saved model needs no tokenizer.
+        The class names are tokenised once and stored in the config, with the tokenizer's start, end and padding
+        ids that frame each prompt, so the saved model needs no tokenizer.
 
         Args:
             clip_name_or_path (`str` or `os.PathLike`): Hub id or local folder of the CLIP model.
@@ -496,13 +489,24 @@ class MPIQEModel(MPIQECheckpointMixin, MPIQEPreTrainedModel):
         def tokenize(names):
             return [tokenizer(f"{name.replace('_', ' ')}.", add_special_tokens=False)["input_ids"] for name in names]
 
+        if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
+            raise ValueError(
+                f"The tokenizer of {clip_name_or_path} has no start or end token (bos_token_id "
+                f"{tokenizer.bos_token_id}, eos_token_id {tokenizer.eos_token_id}): MP-IQE frames each prompt with them."
+            )
+        # The tokenizer, not the CLIP config, names the special tokens: the Hub's openai configs still say 0 and 2.
+        special_ids = dict(
+            prompt_bos_token_id=tokenizer.bos_token_id,
+            prompt_eos_token_id=tokenizer.eos_token_id,
+            prompt_pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        )
         config = MPIQEConfig(
             clip_config=clip.config,
             scene_class_token_ids=tokenize(scene_classes),
             distortion_class_token_ids=tokenize(distortion_classes),
+            **{**special_ids, **config_kwargs},
             base_model_name_or_path=str(clip_name_or_path),
             base_model_revision=revision,
-            **config_kwargs,
         )
         model = cls(config)
         model.clip.load_state_dict(clip.state_dict())

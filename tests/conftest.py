@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random CLIP configs (transformers' own testing trick) and a tiny CLIP tokenizer."""
+"""Shared fixtures: small random CLIPs shaped like the Hub's openai CLIP (see `mpiqe_hf.testing_utils` for how they
+differ from the real artefact) and CLIP's real BPE tokenizer."""
 
 import textwrap
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from mpiqe_hf import MPIQEConfig, MPIQEModel
-from mpiqe_hf.testing_utils import save_tiny_clip, tiny_clip_config, tiny_tokenizer_vocab  # noqa: F401 (re-exported)
+from mpiqe_hf.testing_utils import clip_tokenizer, save_tiny_clip, tiny_clip_config  # noqa: F401 (re-exported)
 
 
 # Tests that run model files in a child process without the package start the child's script with this: it drops
@@ -30,7 +31,8 @@ HIDE_PACKAGE = textwrap.dedent(
 
 
 class MPIQEModelTester:
-    """Builds tiny MP-IQE configs and inputs: hidden size 32, image 30, patch 2 (a 15 x 15 patch grid)."""
+    """Builds tiny MP-IQE configs and inputs on the Hub-shaped CLIP of `tiny_clip_config`: towers 32 wide, the 512-wide
+    image-text space, image 30, patch 2 (a 15 x 15 patch grid)."""
 
     def __init__(self, vision_layers=2, text_layers=2, image_size=30, patch_size=2, batch_size=2, num_crops=3):
         self.vision_layers = vision_layers
@@ -56,13 +58,16 @@ class MPIQEModelTester:
 
     def model(self, seed=0, **overrides):
         """A model whose trainable parts are scaled up from their (tiny) initialisation, so that every input and
-        prompt moves the score by far more than float rounding."""
+        prompt moves the score by far more than float rounding: prompts and biases get a standard deviation of 0.3,
+        matrices 0.3 at a fan-in of 32 and less at larger ones, so that the 512-wide decoder stays at scores of order
+        one."""
         torch.manual_seed(seed)
         model = MPIQEModel(self.config(**overrides)).eval()
         with torch.no_grad():
             for name, param in model.named_parameters():
                 if param.requires_grad and not name.endswith("norm.weight"):
-                    param.normal_(std=0.3)
+                    fan_in = param.shape[1] if param.dim() == 2 and "prompt" not in name else 32
+                    param.normal_(std=0.3 * (32 / fan_in) ** 0.5)
         return model
 
     def pixel_values(self, seed=1, batch_size=None, num_crops=None):
@@ -78,7 +83,8 @@ def tester():
 
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory):
-    """A local folder with a tiny random CLIPModel and its CLIPTokenizer, usable as `clip_model_name_or_path`."""
+    """A local folder with a small random Hub-shaped CLIPModel and CLIP's tokenizer, usable as
+    `clip_model_name_or_path`."""
     return save_tiny_clip(tmp_path_factory.mktemp("tiny_clip"), seed=7)
 
 

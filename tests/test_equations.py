@@ -39,7 +39,6 @@ def test_eq6_text_prompts_are_clip_text_features_of_the_prompt_tokens():
     CLIP text feature is known: `[SOS] t_1..t_M <class tokens> [EOS]`."""
     tester = MPIQEModelTester()
     model = tester.model(visual_prompt_depth=0)
-    text_config = model.config.clip_config.text_config
     learner = model.scene_prompt_learner
     context_ids = torch.arange(3, 3 + model.config.text_prompt_length)
     with torch.no_grad():
@@ -49,7 +48,7 @@ def test_eq6_text_prompts_are_clip_text_features_of_the_prompt_tokens():
             eos = int(learner.eos_positions[index])
             ids = learner.token_ids[index, : eos + 1].clone()
             ids[1 : 1 + len(context_ids)] = context_ids
-            assert ids[0] == text_config.bos_token_id and ids[-1] == text_config.eos_token_id
+            assert ids[0] == model.config.prompt_bos_token_id and ids[-1] == model.config.prompt_eos_token_id
             reference = model.clip.get_text_features(input_ids=ids[None])
             reference = reference if isinstance(reference, torch.Tensor) else reference.pooler_output
             torch.testing.assert_close(ours[index], F.normalize(reference[0], dim=-1), atol=1e-5, rtol=0)

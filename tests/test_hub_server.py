@@ -26,23 +26,6 @@ from huggingface_hub.errors import (
 # Requests the clients make that the server answers with a plain 404 on purpose.
 EXPECTED_UNKNOWN = {("GET", "/api/agent-harnesses")}
 
-TINY_CLIP = dict(
-    text_config=dict(
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        vocab_size=99,
-        bos_token_id=97,
-        eos_token_id=98,
-        pad_token_id=1,
-    ),
-    vision_config=dict(
-        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=30, patch_size=2
-    ),
-    projection_dim=32,
-)
-
 
 @pytest.fixture(autouse=True)
 def only_loopback(monkeypatch):
@@ -302,10 +285,12 @@ def test_fixture_restores_everything(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_clip():
     import torch
-    from transformers import CLIPConfig, CLIPModel
+    from transformers import CLIPModel
+
+    from mpiqe_hf.testing_utils import tiny_clip_config
 
     torch.manual_seed(0)
-    return CLIPModel(CLIPConfig(**TINY_CLIP)).eval()
+    return CLIPModel(tiny_clip_config()).eval()
 
 
 def _weights_digest(state_dict) -> str:
@@ -330,7 +315,7 @@ def test_transformers_push_and_from_pretrained(hub_endpoint, tiny_clip, tmp_path
     assert expected.keys() == got.keys()
     for key in expected:
         assert torch.equal(expected[key], got[key]), key
-    assert CLIPConfig.from_pretrained("user/tiny-clip").projection_dim == 32
+    assert CLIPConfig.from_pretrained("user/tiny-clip").projection_dim == 512
 
     # a child process pointed at the server with HF_ENDPOINT (read at import) loads the same weights
     script = textwrap.dedent(

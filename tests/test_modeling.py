@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import CLIPModel, PreTrainedModel
 
-from conftest import MPIQEModelTester, tiny_tokenizer_vocab
+from conftest import MPIQEModelTester, clip_tokenizer
 from mpiqe_hf import MPIQEConfig, MPIQEModel
 
 TRAINABLE_PREFIXES = (
@@ -185,7 +185,7 @@ def test_paper_variants_build_and_train(overrides):
     assert (out.distortion_logits is None) == (not model.config.use_distortion_prompts)
     assert (out.scene_loss is None) == (not model.config.use_scene_prompts)
     num_queries = (9 if model.config.use_scene_prompts else 0) + (11 if model.config.use_distortion_prompts else 0)
-    assert model.get_text_features().prepared_queries.shape == (1, num_queries, 32)
+    assert model.get_text_features().prepared_queries.shape == (1, num_queries, model.config.clip_config.projection_dim)
     if model.config.visual_prompt_depth == 0:
         assert model.visual_prompts is None
     else:
@@ -218,10 +218,7 @@ def test_save_and_load_round_trip(tester, tmp_path):
 
 
 def _save_tiny_clip_with_tokenizer(tester, directory):
-    from transformers import CLIPTokenizer
-
-    vocab = tiny_tokenizer_vocab()
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
+    tokenizer = clip_tokenizer()
     torch.manual_seed(7)
     clip = CLIPModel(tester.clip_config())
     clip.save_pretrained(directory)
@@ -242,9 +239,9 @@ def test_from_clip_keeps_clip_weights_and_tokenises_class_names(tester, tmp_path
     assert model.config.scene_class_token_ids[still_life] == expected_ids
     row = model.scene_prompt_learner.token_ids[still_life].tolist()
     context = model.config.text_prompt_length
-    assert row[0] == tokenizer.bos_token_id
+    assert row[0] == tokenizer.bos_token_id == model.config.prompt_bos_token_id
     assert row[1 + context : 1 + context + len(expected_ids)] == expected_ids
-    assert row[1 + context + len(expected_ids)] == tokenizer.eos_token_id
+    assert row[1 + context + len(expected_ids)] == tokenizer.eos_token_id == model.config.prompt_eos_token_id
     assert model.config.base_model_name_or_path == str(tmp_path / "clip")
 
     # The saved model carries its tokenised prompts: no tokenizer is needed to load it.

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import HIDE_PACKAGE, MPIQEModelTester, tiny_tokenizer_vocab
+from conftest import HIDE_PACKAGE, MPIQEModelTester, clip_tokenizer
 from mpiqe_hf import MPIQEImageProcessor, MPIQEModel
 from mpiqe_hf.pipeline_mpiqe import MPIQEImageClassificationPipeline
 
@@ -63,7 +63,7 @@ WITHOUT_PACKAGE = HIDE_PACKAGE + textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def mirror(tmp_path_factory):
-    from transformers import CLIPModel, CLIPTokenizer
+    from transformers import CLIPModel
 
     root = tmp_path_factory.mktemp("olah")
     tester = MPIQEModelTester()
@@ -71,7 +71,7 @@ def mirror(tmp_path_factory):
         clip_dir = root / "clip"
         torch.manual_seed(11)
         CLIPModel(tester.clip_config()).save_pretrained(clip_dir)
-        CLIPTokenizer(vocab=tiny_tokenizer_vocab(), merges=[]).save_pretrained(clip_dir)
+        clip_tokenizer().save_pretrained(clip_dir)
         server.add_repo("test/clip-tiny", clip_dir)
 
         processor = MPIQEImageProcessor(crop_size=30, num_crops=3)

@@ -16,8 +16,8 @@ def test_get_text_features_and_reuse_agree_with_computing_them_in_forward(tester
         inline = model(pixel_values)
         reused = model(pixel_values, text_features=features)
     assert isinstance(features, MPIQETextFeatures)
-    assert features.scene_features.shape == (9, 32) and features.distortion_features.shape == (11, 32)
-    assert features.prepared_queries.shape == (1, 20, 32)
+    assert features.scene_features.shape == (9, 512) and features.distortion_features.shape == (11, 512)
+    assert features.prepared_queries.shape == (1, 20, 512)
     torch.testing.assert_close(features.scene_features.norm(dim=-1), torch.ones(9))
     for name in ("score", "crop_scores", "scene_logits", "distortion_logits"):
         torch.testing.assert_close(getattr(reused, name), getattr(inline, name), atol=1e-6, rtol=0)
@@ -103,7 +103,7 @@ def test_truncated_prompts_match_77_position_prompts(tester):
         truncated = model.get_text_features()
         for learner in (model.scene_prompt_learner, model.distortion_prompt_learner):
             assert learner.token_ids.shape[1] < 77
-            eos = model.config.clip_config.text_config.eos_token_id
+            eos = model.config.prompt_pad_token_id
             padded = torch.full((learner.num_classes, 77), eos, dtype=torch.long)
             padded[:, : learner.token_ids.shape[1]] = learner.token_ids
             learner.token_ids = padded

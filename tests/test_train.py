@@ -20,7 +20,7 @@ from mpiqe_hf import MPIQEImageProcessor, MPIQEModel
 from mpiqe_hf.data import load_iqa_dataset
 from mpiqe_hf.training import IQATransform, collate_iqa_batch, evaluate_model, iqa_split
 
-from conftest import MPIQEModelTester
+from conftest import MPIQEModelTester, save_tiny_clip
 from hub_server import hub_endpoint  # noqa: F401  (the fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,10 +184,10 @@ def test_bad_rows_name_file_and_line(tiny_clip, tmp_path, bad_row, field):
         train_script.main(tiny_args(tiny_clip, tmp_path / "run", "--train_dir", str(train_dir)))
 
 
-def test_the_papers_learning_rate_on_a_narrow_clip_is_told_it_will_under_fit(tiny_clip, synthetic_cache, tmp_path,
-                                                                              caplog):
+def test_the_papers_learning_rate_on_a_narrow_clip_is_told_it_will_under_fit(synthetic_cache, tmp_path, caplog):
+    narrow_clip = save_tiny_clip(tmp_path / "narrow_clip", projection_dim=32)
     with caplog.at_level("WARNING"):
-        train_script.main(tiny_args(tiny_clip, tmp_path / "run", "--cache_dir", synthetic_cache, "--max_train_samples",
+        train_script.main(tiny_args(narrow_clip, tmp_path / "run", "--cache_dir", synthetic_cache, "--max_train_samples",
                                     "8", "--max_eval_samples", "4", "--learning_rate", "3e-5"))
     assert "The paper's learning rate 3e-05 is set for ViT-B/16, whose image-text space is 512 wide; this CLIP's is " \
            "32 wide" in caplog.text
