@@ -85,6 +85,38 @@ def test_dataset_specs():
         get_dataset_spec("tid2013")
 
 
+def test_max_image_size_defaults_per_dataset(tmp_path):
+    """KonIQ-10k at DEIQT's 512x384, BID at LIQE's shorter side of 768 (1024x768 for its 4:3 frames), others native;
+    `DataArguments.resolved_max_image_size` is what the transforms get."""
+    from transformers import HfArgumentParser
+
+    from mpiqe_hf.data import default_max_image_size
+    from mpiqe_hf.training import DataArguments
+
+    assert {n: s.max_image_size for n, s in IQA_DATASETS.items()} == {
+        "koniq10k": 512, "kadid10k": None, "live": None, "csiq": None, "livec": None, "bid": 1024, "synthetic": None,
+    }
+    assert default_max_image_size("KonIQ-10k") == 512 and default_max_image_size(None) is None
+    assert default_max_image_size("org/hub-dataset") is None
+    (tmp_path / "bid").mkdir()
+    assert default_max_image_size(str(tmp_path / "bid")) is None  # a folder, not the named dataset
+
+    def resolved(*args):
+        (data_args,) = HfArgumentParser(DataArguments).parse_args_into_dataclasses(list(args))
+        return data_args.resolved_max_image_size
+
+    assert resolved("--dataset_name", "bid", "--data_dir", "/data/BID") == 1024
+    assert resolved("--dataset_name", "koniq", "--data_dir", "/data/koniq") == 512
+    assert resolved("--dataset_name", "live", "--data_dir", "/data/live") is None
+    assert resolved() is None  # the embedded synthetic set
+    assert resolved("--train_dir", str(tmp_path)) is None
+    assert resolved("--dataset_name", "bid", "--max_image_size", "2048") == 2048
+    assert resolved("--dataset_name", "bid", "--max_image_size", "0") is None  # 0: never downscale
+    assert resolved("--dataset_name", "livec", "--max_image_size", "300") == 300
+    with pytest.raises(ValueError, match="--max_image_size must be a number of pixels or 0"):
+        DataArguments(dataset_name="bid", max_image_size=-1)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # LIQE label files
 
