@@ -117,8 +117,9 @@ class TrainArguments:
     tf32: bool = field(default=True, metadata={"help": "TF32 matrix products on GPUs that have them (Ampere+)."})
     cpu: bool = field(default=False, metadata={"help": (
         "Run on CPU. Implied under torchrun on a machine without CUDA, so that its processes form one MULTI_CPU run.")})
-    horizontal_flip: bool = field(default=False, metadata={"help": (
-        "Flip each training crop left-right with probability 1/2 (LIQE, DEIQT and pyiqa do; the paper does not say).")})
+    horizontal_flip: bool = field(default=True, metadata={"help": (
+        "Flip each training crop left-right with probability 1/2, as DEIQT's and LIQE's training code do (the paper "
+        "does not say; docs/decisions.md). --no_horizontal_flip turns it off.")})
     checkpointing_steps: Optional[str] = field(default=None, metadata={"help": (
         "'epoch' or a number of optimizer steps: save_state into output_dir/epoch_N or step_N.")})
     resume_from_checkpoint: Optional[str] = field(default=None, metadata={"help": (

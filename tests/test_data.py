@@ -85,6 +85,38 @@ def test_dataset_specs():
         get_dataset_spec("tid2013")
 
 
+def test_max_image_size_defaults_per_dataset(tmp_path):
+    """KonIQ-10k at DEIQT's 512x384, BID at LIQE's shorter side of 768 (1024x768 for its 4:3 frames), others native;
+    `DataArguments.resolved_max_image_size` is what the transforms get."""
+    from transformers import HfArgumentParser
+
+    from mpiqe_hf.data import default_max_image_size
+    from mpiqe_hf.training import DataArguments
+
+    assert {n: s.max_image_size for n, s in IQA_DATASETS.items()} == {
+        "koniq10k": 512, "kadid10k": None, "live": None, "csiq": None, "livec": None, "bid": 1024, "synthetic": None,
+    }
+    assert default_max_image_size("KonIQ-10k") == 512 and default_max_image_size(None) is None
+    assert default_max_image_size("org/hub-dataset") is None
+    (tmp_path / "bid").mkdir()
+    assert default_max_image_size(str(tmp_path / "bid")) is None  # a folder, not the named dataset
+
+    def resolved(*args):
+        (data_args,) = HfArgumentParser(DataArguments).parse_args_into_dataclasses(list(args))
+        return data_args.resolved_max_image_size
+
+    assert resolved("--dataset_name", "bid", "--data_dir", "/data/BID") == 1024
+    assert resolved("--dataset_name", "koniq", "--data_dir", "/data/koniq") == 512
+    assert resolved("--dataset_name", "live", "--data_dir", "/data/live") is None
+    assert resolved() is None  # the embedded synthetic set
+    assert resolved("--train_dir", str(tmp_path)) is None
+    assert resolved("--dataset_name", "bid", "--max_image_size", "2048") == 2048
+    assert resolved("--dataset_name", "bid", "--max_image_size", "0") is None  # 0: never downscale
+    assert resolved("--dataset_name", "livec", "--max_image_size", "300") == 300
+    with pytest.raises(ValueError, match="--max_image_size must be a number of pixels or 0"):
+        DataArguments(dataset_name="bid", max_image_size=-1)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # LIQE label files
 
@@ -293,6 +325,95 @@ def test_official_live(tmp_path):
     liqe = load_iqa_dataset("live", data_dir=root, label_file=label)
     assert liqe["content_id"] == ["bikes", "parrots"]
     assert iqa_info(liqe).live_references_found is True
+
+
+def _live_info_txt(root: Path, picks, folders=("jp2k", "jpeg", "wn", "gblur", "fastfading")):
+    """The release's per-folder `info.txt` (reference, image, distortion parameter) for the picked entries."""
+    for folder in folders:
+        lines = [f"{ref} img{j}.bmp 1.0" for f, j, ref, _ in picks.values() if f == folder]
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        (root / folder / "info.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_live_without_reference_names_is_refused(tmp_path):
+    root = tmp_path / "databaserelease2"
+    root.mkdir()
+    picks = _live_fake(root)
+    (root / "refnames_all.mat").unlink()
+    label = write_liqe(tmp_path / "live_all_clip.txt", [
+        ["jp2k/img1.bmp", "40.0", "jpeg2000 compression", "human", "invalid", "invalid"],
+    ])
+    for kwargs in ({}, {"label_file": label}):
+        with pytest.raises(ValueError) as info:
+            load_iqa_dataset("live", data_dir=root, **kwargs)
+        message = str(info.value)
+        assert f"{root / 'refnames_all.mat'} not found" in message
+        assert all(str(root / f / "info.txt") in message for f in ("jp2k", "jpeg", "wn", "gblur", "fastfading"))
+        assert "leak" in message
+    # one info.txt missing: that file is named, the others are not
+    _live_info_txt(root, picks, folders=("jp2k", "jpeg", "wn", "gblur"))
+    with pytest.raises(ValueError, match="fastfading") as info:
+        load_iqa_dataset("live", data_dir=root)
+    assert str(root / "jp2k" / "info.txt") not in str(info.value)
+    # a refnames_all.mat of the wrong length does not count as found
+    savemat(root / "refnames_all.mat", {"refnames_all": np.array([["bikes.bmp"]], dtype=object)})
+    with pytest.raises(ValueError, match="holds 1 reference names, expected 982"):
+        load_iqa_dataset("live", data_dir=root)
+    # all five info.txt files: the references come from them
+    _live_info_txt(root, picks)
+    assert load_iqa_dataset("live", data_dir=root)["content_id"] == ["bikes", "bikes", "parrots", "house"]
+    # an image that info.txt does not list is a bad row, not a content of its own
+    (root / "wn" / "info.txt").write_text("")
+    with pytest.raises(ValueError, match=r"line 461, field 'content_id': wn/img1.bmp is not listed in wn/info.txt"):
+        load_iqa_dataset("live", data_dir=root)
+
+
+def test_live_liqe_rows_need_a_reference(tmp_path):
+    root = tmp_path / "databaserelease2"
+    root.mkdir()
+    _live_fake(root)
+    make_image(root / "refimgs" / "bikes.bmp", fmt="BMP")
+    label = write_liqe(tmp_path / "live_all_clip.txt", [
+        ["jp2k/img1.bmp", "40.0", "jpeg2000 compression", "human", "invalid", "invalid"],
+        ["refimgs/bikes.bmp", "0.0", "jpeg2000 compression", "human", "invalid", "invalid"],
+    ])
+    with pytest.raises(ValueError, match=r"line 2, field 'path': refimgs/bikes.bmp is not an image of the LIVE"):
+        load_iqa_dataset("live", data_dir=root, label_file=label)
+    # LIQE's LIVE labels without data_dir (no reference names) load, but cannot be split by content
+    labels_only = load_iqa_dataset("live", label_file=label, check_files=False)
+    assert iqa_info(labels_only).live_references_found is False
+    with pytest.raises(ValueError, match="without its reference names"):
+        paper_splits(labels_only)
+    assert len(paper_splits(labels_only, num_repetitions=1, by_content=False)) == 1
+
+
+def test_live_score_direction_follows_dmos_realigned(tmp_path):
+    """`mos` is dmos_realigned.mat's DMOS (lower = better), so the image with the lower DMOS scores higher."""
+    from scipy.io import loadmat
+
+    root = tmp_path / "databaserelease2"
+    root.mkdir()
+    picks = _live_fake(root)
+    dmos_new = loadmat(root / "dmos_realigned.mat")["dmos_new"].reshape(-1)
+    # the unrealigned dmos.mat next to it, with other values, is not read while dmos_realigned.mat is there
+    savemat(root / "dmos.mat", {"dmos": 120.0 - dmos_new[None, :], "orgs": loadmat(root / "dmos_realigned.mat")["orgs"]})
+    entry_of = {f"{folder}/img{j}.bmp": i for i, (folder, j, _, _) in picks.items()}
+    ds = load_iqa_dataset("live", data_dir=root)
+    assert iqa_info(ds).score_file.endswith("dmos_realigned.mat")
+    rows = [(dmos_new[entry_of[os.path.relpath(p, root)]], r["mos"], r["mos_normalized"])
+            for p, r in zip(image_paths(ds), labels(ds))]
+    assert len(rows) == 4 and len({d for d, _, _ in rows}) == 4
+    for dmos, mos, normalized in rows:
+        assert mos == dmos and normalized == pytest.approx((120.0 - dmos) / 120.0)
+    for a in rows:
+        for b in rows:
+            if a[0] < b[0]:
+                assert a[2] > b[2]  # lower DMOS = better = higher mos_normalized
+    assert dataset_mos_range(ds) == (0.0, 120.0, False)
+    # live_realigned=False reads dmos.mat (here reversed), and the direction follows that file instead
+    old = load_iqa_dataset("live", data_dir=root, live_realigned=False)
+    assert iqa_info(old).score_file.endswith("dmos.mat")
+    assert old["mos"] == pytest.approx([120.0 - m for m in ds["mos"]])
 
 
 def test_official_csiq(tmp_path):

@@ -130,6 +130,7 @@ def load_liqe_dataset(
         root = Path(data_dir)
     live_refs = None
     if spec.name == "live" and data_dir is not None:
+        # Raises when data_dir holds neither refnames_all.mat nor the info.txt files (see live_reference_map).
         from .official import live_reference_map
 
         live_refs = live_reference_map(root)
@@ -139,6 +140,16 @@ def load_liqe_dataset(
         parts.append(rows)
         problems.extend(wrong)
     raw = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    if live_refs is not None:
+        # A path the release does not list has no reference; as its own content it would leak across a split.
+        paths = raw["image"]
+        unknown = [i for i, rel in enumerate(paths) if rel is not None and rel.replace("\\", "/") not in live_refs]
+        for i in unknown:
+            row = raw[i]
+            problems.append(BadSample(row["source_file"], row["source_line"], "path",
+                                      f"{row['image']} is not an image of the LIVE release (no reference name)"))
+        if unknown:
+            raw = raw.select(sorted(set(range(len(raw))) - set(unknown)))
     info = IQADatasetInfo.from_spec(
         spec,
         "liqe",

@@ -4,8 +4,9 @@ Layouts (relative to `data_dir`):
 
 - KonIQ-10k: `koniq10k_scores_and_distributions.csv` (`image_name`, `MOS` on 1-5) + `1024x768/` (or `512x384/`).
 - KADID-10k: `dmos.csv` (`dist_img`, `ref_img`, `dmos`, `var`) + `images/I01_03_02.png`.
-- LIVE release 2: `dmos_realigned.mat` (`dmos_new`, `orgs`) or `dmos.mat` (`dmos`, `orgs`), `refnames_all.mat`,
-  folders `jp2k/ jpeg/ wn/ gblur/ fastfading/` with `img<N>.bmp` (982 entries in that order, references skipped).
+- LIVE release 2: `dmos_realigned.mat` (`dmos_new`, `orgs`) or `dmos.mat` (`dmos`, `orgs`), `refnames_all.mat`
+  (or the folders' `info.txt`; a folder with neither is refused), folders `jp2k/ jpeg/ wn/ gblur/ fastfading/`
+  with `img<N>.bmp` (982 entries in that order, references skipped).
 - CSIQ: `csiq.DMOS.xlsx` (sheet `all_by_image`) or a CSV export `csiq.DMOS.csv` with columns `image`, `dst_idx`,
   `dst_lev`, `dmos`; images `dst_imgs/<type>/<image>.<TYPE>.<level>.png`. Stored as 1 - DMOS like LIQE's files.
 - LIVE Challenge: `Data/AllImages_release.mat`, `Data/AllMOS_release.mat`, `Images/`; the 7 training images
@@ -175,26 +176,41 @@ def _kadid(root: Path, out, options):
 
 
 def live_reference_map(root) -> dict:
-    """`{"jp2k/img1.bmp": "coinsinfountain", ...}` from `refnames_all.mat`, else from the folders' `info.txt`."""
+    """`{"jp2k/img1.bmp": "coinsinfountain", ...}` from `refnames_all.mat`, else from the five folders' `info.txt`.
+
+    Raises `ValueError` naming the files when neither source is complete: without the reference names the images of
+    one reference cannot be kept on one side of a split, and splitting by image would leak content into the test part.
+    """
     root = Path(root)
-    refs = {}
+    total = sum(n for _, n, _ in LIVE_FOLDERS)
     mat = root / "refnames_all.mat"
     if mat.is_file():
         try:
             names = _mat_strings(_loadmat(mat, ("refnames_all",)))
-        except ValueError:
-            names = []
-        if len(names) == sum(n for _, n, _ in LIVE_FOLDERS):
-            i = 0
-            for folder, count, _ in LIVE_FOLDERS:
-                for j in range(1, count + 1):
-                    refs[f"{folder}/img{j}.bmp"] = os.path.splitext(names[i])[0]
-                    i += 1
-            return refs
-    for folder, _, _ in LIVE_FOLDERS:
-        info = root / folder / "info.txt"
-        if not info.is_file():
-            continue
+        except ValueError as err:
+            mat_problem = str(err)
+        else:
+            if len(names) == total:
+                refs, i = {}, 0
+                for folder, count, _ in LIVE_FOLDERS:
+                    for j in range(1, count + 1):
+                        refs[f"{folder}/img{j}.bmp"] = os.path.splitext(names[i])[0]
+                        i += 1
+                return refs
+            mat_problem = f"{mat} holds {len(names)} reference names, expected {total}"
+    else:
+        mat_problem = f"{mat} not found"
+    infos = [root / folder / "info.txt" for folder, _, _ in LIVE_FOLDERS]
+    missing = [str(info) for info in infos if not info.is_file()]
+    if missing:
+        raise ValueError(
+            f"LIVE: no reference names for the images in {root}: {mat_problem}, and {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} missing. Each distorted image must name its reference so that "
+            "random splits keep a reference's images on one side (splitting by image would leak content into the "
+            "test part); put LIVE release 2's refnames_all.mat (or the folders' info.txt files) there."
+        )
+    refs = {}
+    for (folder, _, _), info in zip(LIVE_FOLDERS, infos):
         with open(info, encoding="utf-8", errors="replace") as handle:
             for raw in handle:
                 parts = raw.split()
@@ -221,7 +237,10 @@ def _live(root: Path, out, options):
             if orgs[entry - 1] == 1:
                 continue  # a reference image listed inside the distortion folder
             rel = f"{folder}/img{j}.bmp"
-            out.add(mat_path, entry, rel, dmos[entry - 1], map_distortion(fine), refs.get(rel, rel))
+            if rel not in refs:
+                out.report(mat_path, entry, "content_id", f"{rel} is not listed in {folder}/info.txt (no reference)")
+                continue
+            out.add(mat_path, entry, rel, dmos[entry - 1], map_distortion(fine), refs[rel])
     return mat_path
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
@@ -18,7 +19,9 @@ class DatasetSpec:
     `mos_min`/`mos_max` bound the native score stored in the `mos` column; `higher_is_better` gives its
     direction. `score_loss_weight` and `batch_size` are the per-dataset values of the MP-IQE paper.
     `synthetic` is True for datasets built by distorting a few pristine references: their random splits must be
-    disjoint by `content_id`.
+    disjoint by `content_id`. `max_image_size` is the default bound (px) on an image's longer side before it is
+    cropped, in training and evaluation, where the authors' code shrinks the dataset's images (None: native pixels;
+    sources in docs/decisions.md).
     """
 
     name: str
@@ -31,6 +34,7 @@ class DatasetSpec:
     liqe_folder: Optional[str] = None
     liqe_prefix: Optional[str] = None
     description: str = ""
+    max_image_size: Optional[int] = None
 
     def normalize(self, mos: float) -> float:
         return normalize_mos(mos, self.mos_min, self.mos_max, self.higher_is_better)
@@ -40,6 +44,8 @@ IQA_DATASETS = {
     "koniq10k": DatasetSpec(
         "koniq10k", 1.0, 5.0, True, 0.5, 64, False, "koniq-10k", "koniq10k",
         "KonIQ-10k (Hosu et al. 2020), authentic distortions, MOS on the 1-5 ACR scale.",
+        # DEIQT (IQA/build.py) resizes KonIQ's 1024x768 images to 512x384 for training and testing.
+        max_image_size=512,
     ),
     "kadid10k": DatasetSpec(
         "kadid10k", 1.0, 5.0, True, 0.5, 64, True, "kadid10k", "kadid10k",
@@ -60,6 +66,9 @@ IQA_DATASETS = {
     "bid": DatasetSpec(
         "bid", 0.0, 5.0, True, 0.5, 32, False, "BID", "bid",
         "BID blurred image database (Ciancio et al. 2011), 586 images, MOS 0-5.",
+        # LIQE (utils.py, AdaptiveResize(768)) shrinks images whose shorter side exceeds 768 px, which among the
+        # paper's datasets only BID's are: a 4:3 frame becomes 1024x768.
+        max_image_size=1024,
     ),
     "synthetic": DatasetSpec(
         "synthetic", 1.0, 5.0, True, 0.5, 64, True, None, None,
@@ -86,6 +95,16 @@ def get_dataset_spec(name: str) -> DatasetSpec:
     if key is None:
         raise ValueError(f"Unknown IQA dataset {name!r}; known: {sorted(IQA_DATASETS)}.")
     return IQA_DATASETS[key]
+
+
+def default_max_image_size(name_or_path: Optional[str]) -> Optional[int]:
+    """The [`DatasetSpec.max_image_size`] of a named dataset (None: the synthetic set), or None for anything else.
+
+    A folder is never taken for a named dataset, even when it is called `bid`: the rule of `load_iqa_dataset`.
+    """
+    name = "synthetic" if name_or_path is None else os.fspath(name_or_path)
+    canonical = canonical_dataset_name(name) if not os.path.isdir(name) else None
+    return IQA_DATASETS[canonical].max_image_size if canonical is not None else None
 
 
 def normalize_mos(mos: float, mos_min: float, mos_max: float, higher_is_better: bool = True) -> float:

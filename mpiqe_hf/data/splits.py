@@ -50,6 +50,14 @@ def paper_splits(
         raise ValueError(f"Need at least 2 samples to split, got {n}.")
     unique = sorted(set(contents))
     by_content = splits_by_content(ds) if by_content is None else by_content
+    info = getattr(getattr(ds, "info", None), "iqa", None)
+    if by_content and info is not None and info.live_references_found is False:
+        # Each image would be its own content: a split by content would silently become a split by image.
+        raise ValueError(
+            "This LIVE dataset was loaded without its reference names (LIQE labels without data_dir), so a split by "
+            "content is impossible; load it with data_dir set to the LIVE folder that holds refnames_all.mat (or "
+            "the folders' info.txt files), or pass by_content=False to split by image knowingly."
+        )
     splits = []
     for repetition in range(num_repetitions):
         rng = np.random.default_rng([int(seed), repetition])
