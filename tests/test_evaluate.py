@@ -104,7 +104,8 @@ def test_run_protocol_tables_use_the_papers_protocol(table, runs, capsys):
         assert "--split_index 1" in command or "--split_index 2" in command
     assert "(paper)" in text or "paper" in text.splitlines()[4]
     if table == 1:
-        assert "| KonIQ | — | — | 0.904 | 0.898 |" in text and "--data_dir /data/IQA_Database/koniq-10k" in trains[-1]
+        assert "| KonIQ | — | — | — | — | — | — | 0.904 | 0.898 |" in text  # MP-IQE, CLIP-IQA, probe, paper
+        assert "--data_dir /data/IQA_Database/koniq-10k" in trains[-1]
     if table == 4:
         assert sum("use_scene_prompts=false" in c for c in trains) == 4  # CSIQ and LIVEC, 2 splits each
 
