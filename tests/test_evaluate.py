@@ -58,9 +58,13 @@ def test_cross_dataset_scores_the_whole_other_dataset(split_runs, tmp_path):
     out = tmp_path / "eval"
     summary = evaluate_script.main(["--protocol", "cross", "--model_name_or_path", str(split_runs / "split_1"),
                                     str(split_runs / "split_2"), "--validation_dir", str(other), "--output_dir",
-                                    str(out), "--dataloader_num_workers", "0"])
+                                    str(out), "--dataloader_num_workers", "0", "--baselines"])
     assert [m["num_samples"] for m in summary["per_model"]] == [8, 8]
     assert all(m["split_index"] is None for m in summary["per_model"])
+    # the probe learns from each model's own training part (280 synthetic images) and scores the other dataset
+    probes = [m["linear_probe"] for m in summary["per_model"]]
+    assert [p["num_train_images"] for p in probes] == [280, 280] and [p["num_samples"] for p in probes] == [8, 8]
+    assert probes[0]["plcc"] != probes[1]["plcc"]  # splits 1 and 2: two training parts
     assert (out / "scatter.png").is_file() and (out / "predictions.csv").is_file()
 
 

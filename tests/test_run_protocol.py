@@ -17,6 +17,11 @@ KNOWN_WITH_DISK_OPTIONS = protocol.train_options(protocol.load_train_script()) |
                                                                                    "checkpoints_total_limit"}
 
 
+def _option(command, name):
+    """The value of option `name` in `command` that argparse keeps: the last one given."""
+    return command[len(command) - command[::-1].index(name)]
+
+
 def _commands(printed):
     return [line for line in printed.splitlines() if line.startswith("+ ")]
 
@@ -57,7 +62,8 @@ def test_costs_follow_the_runs_options_and_count_full_models_without_the_disk_op
     # 6 runs: 2 full models each and one checkpoint (full weights and Adam's two moments of the trained ones)
     assert f"disk: about {protocol._size(6 * (3 * full + 2 * adapter))}" in printed
     fractions = [0.2, 0.4, 0.6]
-    crops = sum(round(0.8 * protocol.DATASET_IMAGES[name] * f) * 8 * 3 for f in fractions for name in ("live", "livec"))
+    crops = sum(round(0.8 * protocol.DATASET_IMAGES[name] * f) * 8 * 3 for f in fractions
+                for name in ("live", "livec"))
     assert f"{crops / 1e6:.2f} M training crops" in printed
 
 
@@ -127,9 +133,9 @@ def test_pilot_trains_the_four_recipes_on_both_datasets_beside_the_baselines(tin
     trains = [command for command in ran if command[0].endswith("train.py")]
     recipes = set()
     for command in trains:
-        options = dict(zip(command[1::2], command[2::2]))
-        assert options["--split_index"] == "1" and options["--split_protocol"] == "paper"
-        recipes.add((options["--dataset_name"], options["--config_overrides"], options["--horizontal_flip"]))
+        assert _option(command, "--split_index") == "1" and _option(command, "--split_protocol") == "paper"
+        recipes.add(tuple(_option(command, name) for name in ("--dataset_name", "--config_overrides",
+                                                              "--horizontal_flip")))
     assert recipes == {(name, f"score_loss_scale={scale}", flip) for name in ("koniq10k", "livec")
                        for scale in (1, 10) for flip in ("True", "False")}
     # one table: each recipe beside CLIP-IQA and the linear probe on the same split, final and optimistic
