@@ -10,7 +10,9 @@ Recipe measurements on the pretrained stand-in CLIP (`make_standin_clip.py`):
    dataset the stand-in never saw) per seed, for each training variant, beside the stand-in's zero-shot SRCC on the
    same held-out images.
 3. `probe`: the same split scored by ridge regressions on the stand-in's frozen features (fitted on the training
-   images), beside its zero-shot SRCC: how far quality learned from the training contents carries to unseen ones.
+   images; on the image embedding that is `evaluate.py --baselines`' linear probe, `mpiqe_hf.baselines`), at each
+   strength and at the one chosen by cross-validation, beside its zero-shot SRCC: how far quality learned from the
+   training contents carries to unseen ones.
 4. `movement`: how far the same Adam steps at the same learning rate move the score with 64-wide encoders and
    image-text space, with 64-wide encoders and ViT-B/16's 512-wide image-text space, and with ViT-B/16's widths
    (random CLIPs of the stand-in's depth and input size).
@@ -41,6 +43,7 @@ from _common import describe_machine, print_table  # noqa: E402
 from make_standin_clip import build_tokenizer, standin_clip_config, zero_shot_scores  # noqa: E402
 
 from mpiqe_hf import MPIQEImageProcessor, MPIQEModel  # noqa: E402
+from mpiqe_hf.baselines import PROBE_ALPHAS, RidgeProbe, clip_image_embeddings  # noqa: E402
 from mpiqe_hf.configuration_mpiqe import DISTORTION_CLASSES, SCENE_CLASSES  # noqa: E402
 from mpiqe_hf.data import load_iqa_dataset, paper_splits  # noqa: E402
 from mpiqe_hf.metrics import srcc  # noqa: E402
@@ -224,30 +227,31 @@ def run_srcc(args):
 
 
 
-def frozen_features(clip, images, crop_size):
-    """Per image (8 grid crops averaged): the normalised CLIP image embedding, and token statistics (post-LN CLS,
-    mean and spread of the post-LN patch tokens, spread of the patch tokens after each inner layer)."""
+def frozen_features(clip, images, mos, crop_size, batch_size=32):
+    """Per image (8 grid crops averaged): the library's linear-probe feature (`clip_image_embeddings`: the normalised
+    CLIP image embedding), and token statistics (post-LN CLS, mean and spread of the post-LN patch tokens, spread of
+    the patch tokens after each inner layer)."""
     processor = MPIQEImageProcessor(crop_size=crop_size, num_crops=8)
-    embeddings, statistics = [], []
+    batches = [{"pixel_values": processor(images[start : start + batch_size], return_tensors="pt")["pixel_values"],
+                "mos": torch.as_tensor(mos[start : start + batch_size], dtype=torch.float32),
+                "index": torch.arange(start, min(start + batch_size, len(images))), "skipped": []}
+               for start in range(0, len(images), batch_size)]
+    statistics = []
     with torch.no_grad():
-        for image in images:
-            crops = processor(image, return_tensors="pt")["pixel_values"][0]
+        for crops in (batch["pixel_values"][i] for batch in batches for i in range(len(batch["pixel_values"]))):
             outputs = clip.vision_model(pixel_values=crops, output_hidden_states=True)
             tokens = clip.vision_model.post_layernorm(outputs.last_hidden_state)
-            embeddings.append(torch.nn.functional.normalize(clip.visual_projection(tokens[:, 0]), dim=-1).mean(0))
             parts = [tokens[:, 0], tokens[:, 1:].mean(1), tokens[:, 1:].std(1)]
             parts += [hidden[:, 1:].std(1) for hidden in outputs.hidden_states[1:-1]]
             statistics.append(torch.cat(parts, dim=-1).mean(0))
-    return torch.stack(embeddings).numpy(), torch.stack(statistics).numpy()
+    return clip_image_embeddings(clip, batches)["embedding"], torch.stack(statistics).numpy()
 
 
-def ridge_srcc(train_x, train_y, test_x, test_y, strength):
-    """Ridge regression (standardised features, unpenalised intercept) fitted on train; SRCC on train and test."""
-    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
-    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
-    penalty = strength * np.eye(train_x.shape[1])
-    weights = np.linalg.solve(train_x.T @ train_x + penalty, train_x.T @ (train_y - train_y.mean()))
-    return srcc(train_x @ weights, train_y), srcc(test_x @ weights, test_y)
+def ridge_srcc(train_x, train_y, test_x, test_y, alphas, groups=None):
+    """The library's `RidgeProbe` (standardised features, unpenalised intercept; the strength chosen by
+    cross-validation when `alphas` has several) fitted on train; its strength and SRCC on train and test."""
+    probe = RidgeProbe(alphas=alphas).fit(train_x, train_y, groups=groups)
+    return probe.alpha_, srcc(probe.predict(train_x), train_y), srcc(probe.predict(test_x), test_y)
 
 
 def run_probe(args):
@@ -261,13 +265,16 @@ def run_probe(args):
     for name, indices in (("train", train_idx), ("held-out", test_idx)):
         images, mos = images_and_mos(dataset, indices)
         zero_shot = srcc(zero_shot_scores(clip, tokenizer, images), mos)
-        parts[name] = (*frozen_features(clip, images, crop_size), mos, zero_shot)
+        parts[name] = (*frozen_features(clip, images, mos, crop_size), mos, zero_shot)
+    # The folds of the cross-validated strength keep a content together, as the split does.
+    groups = [dataset[int(i)]["content_id"] for i in train_idx] if "content_id" in dataset.column_names else None
     rows = [["zero-shot (Good photo. / Bad photo.)", "", f"{parts['train'][3]:.3f}", f"{parts['held-out'][3]:.3f}"]]
     for column, name in ((0, "image embedding"), (1, "token statistics")):
-        for strength in args.strengths:
-            fitted, held_out = ridge_srcc(parts["train"][column], parts["train"][2], parts["held-out"][column],
-                                          parts["held-out"][2], strength)
-            rows.append([f"ridge on the {name}", f"{strength:g}", f"{fitted:.3f}", f"{held_out:.3f}"])
+        for alphas in [[strength] for strength in args.strengths] + [list(PROBE_ALPHAS)]:
+            alpha, fitted, held_out = ridge_srcc(parts["train"][column], parts["train"][2],
+                                                 parts["held-out"][column], parts["held-out"][2], alphas, groups)
+            chosen = f"{alpha:g}" if len(alphas) == 1 else f"{alpha:g} (5-fold CV)"
+            rows.append([f"ridge on the {name}", chosen, f"{fitted:.3f}", f"{held_out:.3f}"])
     print(f"\nStand-in {args.clip} on {args.dataset}: {len(train_idx)} training and {len(test_idx)} held-out images "
           f"(paper split, content-disjoint); {describe_machine(torch.device('cpu'))}")
     print_table(["scorer", "ridge strength", "SRCC train", "SRCC held-out"], rows)

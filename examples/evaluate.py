@@ -1,10 +1,13 @@
 #!/usr/bin/env python
 """Score saved MP-IQE models on an IQA dataset: the held-out part of a model's own split (default), the paper's
 10-split median (Table 1) or cross-dataset (Table 3). Writes per-image predictions (CSV), a scatter plot of
-predicted score vs MOS (PNG) and results.json; `--clip_iqa` adds the zero-shot CLIP-IQA baseline on the same images.
+predicted score vs MOS (PNG) and results.json; `--baselines` scores the same images with the zero-shot CLIP-IQA
+baseline and a linear probe (ridge on the frozen CLIP image embedding, fitted on the training part of the split).
 
     # the held-out part of the split the model was trained on (read from its training_args.json)
     python examples/evaluate.py --model_name_or_path runs/koniq/split_1
+    # the same, beside zero-shot CLIP-IQA and the linear probe on the same images
+    python examples/evaluate.py --model_name_or_path runs/koniq/split_1 --baselines
     # the 10-split protocol: median SRCC/PLCC over the models in runs/koniq/split_*
     python examples/evaluate.py --protocol paper_splits --model_name_or_path runs/koniq
     # cross-dataset: models trained on LIVE Challenge scored on all of KonIQ-10k
@@ -33,7 +36,8 @@ from accelerate import Accelerator
 from transformers import AutoTokenizer, HfArgumentParser
 
 from mpiqe_hf import MPIQEImageProcessor, MPIQEModel
-from mpiqe_hf.data import skipped_samples
+from mpiqe_hf.baselines import linear_probe, predict_clip_iqa
+from mpiqe_hf.data import skipped_samples, splits_by_content
 from mpiqe_hf.metrics import compute_metrics
 from mpiqe_hf.model_sources import ModelSourceUnavailable, check_model_source
 from mpiqe_hf.training import (
@@ -44,7 +48,6 @@ from mpiqe_hf.training import (
     load_split_sources,
     plan_split,
     predict,
-    predict_clip_iqa,
 )
 
 logger = logging.getLogger(__name__)
@@ -70,11 +73,13 @@ class EvaluationArguments:
     num_crops: Optional[int] = field(default=None, metadata={"help": "Grid crops per image (default: the "
                                                                      "processor's)."})
     per_device_eval_batch_size: int = 16
-    clip_iqa: bool = field(default=False, metadata={"help": (
-        "Also score the same images with zero-shot CLIP-IQA ('Good photo.' vs 'Bad photo.') on the model's own "
-        "frozen CLIP, and print it beside the model.")})
+    baselines: bool = field(default=False, metadata={"aliases": ["--clip_iqa"], "help": (
+        "Also score the same images with the baselines, on the model's own frozen CLIP, and print them beside the "
+        "model: zero-shot CLIP-IQA ('Good photo.' vs 'Bad photo.') and a linear probe (ridge on the CLIP image "
+        "embedding of the same crops, fitted on the training part of the model's split, its strength chosen by "
+        "cross-validation there). --clip_iqa is the same option.")})
     clip_model_name_or_path: Optional[str] = field(default=None, metadata={"help": (
-        "Where the CLIP tokenizer for --clip_iqa is (default: the CLIP the model was trained from).")})
+        "Where the CLIP tokenizer for CLIP-IQA is (default: the CLIP the model was trained from).")})
     output_dir: str = "mpiqe-eval"
 
 
@@ -156,10 +161,40 @@ def clip_iqa_tokenizer(eval_args, trained, model):
     if trained.get("clip_config_name") and not eval_args.clip_model_name_or_path:
         source = None  # a random CLIP has no tokenizer
     if not source:
-        raise ValueError("--clip_iqa needs the CLIP tokenizer: this model was built on a random CLIP; pass "
-                         "--clip_model_name_or_path with a folder that holds a CLIP tokenizer.")
-    check_model_source(source, "the CLIP tokenizer for --clip_iqa")
+        raise ValueError("--baselines needs the CLIP tokenizer (for CLIP-IQA): this model was built on a random CLIP; "
+                         "pass --clip_model_name_or_path with a folder that holds a CLIP tokenizer.")
+    check_model_source(source, "the CLIP tokenizer for CLIP-IQA (--baselines)")
     return AutoTokenizer.from_pretrained(source)
+
+
+def score_baselines(clip, tokenizer, loader, train_part, accelerator, batch_size, num_workers):
+    """CLIP-IQA and the linear probe on the images of `loader` (prepared), each `{"srcc", "plcc", "num_samples"}`
+    (the probe's also `alpha` and `num_train_images`); `train_part` = `(transform, indices, content_ids or None)` of
+    the training part the probe is fitted on, or None where no split is known (then the probe is None)."""
+    results = {}
+    clip_iqa = predict_clip_iqa(clip, tokenizer, loader, accelerator)
+    results["clip_iqa"] = {**_correlations(clip_iqa), "num_samples": len(clip_iqa["score"])}
+    results["linear_probe"] = None
+    if train_part is not None:
+        transform, indices, content_ids = train_part
+        train_loader = accelerator.prepare(torch.utils.data.DataLoader(
+            iqa_split(transform.dataset, indices, transform), batch_size=batch_size, collate_fn=collate_iqa_batch,
+            num_workers=num_workers))
+        probe = linear_probe(clip, train_loader, loader, accelerator, content_ids=content_ids)
+        results["linear_probe"] = {**_correlations(probe), "num_samples": len(probe["score"]),
+                                   "num_train_images": probe["num_train_images"], "alpha": probe["alpha"]}
+    return results
+
+
+def _correlations(predictions):
+    metrics = compute_metrics(predictions["score"], predictions["mos"])
+    return {"srcc": metrics["srcc"], "plcc": metrics["plcc"]}
+
+
+BASELINE_LABELS = {
+    "clip_iqa": "CLIP-IQA (zero-shot, same CLIP)",
+    "linear_probe": "linear probe (ridge on the frozen CLIP image embedding, fitted on the training part)",
+}
 
 
 def main(argv=None):
@@ -174,12 +209,8 @@ def main(argv=None):
     models = resolve_models(eval_args.model_name_or_path)
 
     loaded = {}  # the datasets, loaded once per source
-    per_model, baselines, rows, groups = [], [], [], []
-    for model_path in models:
-        trained = training_args_of(model_path)
-        data_args = data_arguments_for(trained, cli_data, cli_names_data)
-        if eval_args.protocol == "paper_splits" and cli_names_data and trained.get("split_index"):
-            data_args = DataArguments(**{**vars(data_args), "split_index": trained["split_index"]})
+
+    def sources(data_args):
         key = json.dumps({name: getattr(data_args, name) for name in SOURCE_FIELDS + ("split_protocol",
                                                                                       "mos_range", "lower_is_better")})
         if key not in loaded:
@@ -188,14 +219,23 @@ def main(argv=None):
             for ds in loaded[key]:
                 for bad in skipped_samples(ds) if ds is not None else []:
                     logger.warning(f"skipped: {bad}")
+        return loaded[key]
+
+    per_model, rows, groups = [], [], []
+    for model_path in models:
+        trained = training_args_of(model_path)
+        data_args = data_arguments_for(trained, cli_data, cli_names_data)
+        if eval_args.protocol == "paper_splits" and cli_names_data and trained.get("split_index"):
+            data_args = DataArguments(**{**vars(data_args), "split_index": trained["split_index"]})
+        plan = None
         if lone_folder or eval_args.protocol == "cross" or eval_args.whole_dataset:
-            ds, split_index = loaded[key][0], None
+            ds, split_index = sources(data_args)[0], None
             indices = list(range(len(ds)))
             part = f"all of {data_args.dataset_name or data_args.train_dir or 'synthetic'}"
             if not lone_folder and eval_args.protocol == "single":
                 part += " (training images included)"
         else:
-            plan = plan_split(data_args, seed=trained.get("seed", 0), loaded=loaded[key])
+            plan = plan_split(data_args, seed=trained.get("seed", 0), loaded=sources(data_args))
             ds, indices, part_name = plan.held_out
             part = f"the {part_name} part of {plan.description}"
             split_index = data_args.split_index
@@ -218,7 +258,23 @@ def main(argv=None):
                                              batch_size=eval_args.per_device_eval_batch_size,
                                              collate_fn=collate_iqa_batch,
                                              num_workers=data_args.dataloader_num_workers)
-        tokenizer = clip_iqa_tokenizer(eval_args, trained, model) if eval_args.clip_iqa else None
+        train_part = None
+        if eval_args.baselines:
+            tokenizer = clip_iqa_tokenizer(eval_args, trained, model)
+            split_args = data_args
+            if plan is None and trained:  # scored on other data: the probe learns from the model's own training part
+                split_args = data_arguments_for(trained, cli_data, cli_names_data=False)
+                plan = plan_split(split_args, seed=trained.get("seed", 0), loaded=sources(split_args))
+            if plan is not None:
+                train_ds = plan.train_ds
+                # Cross-validation folds keep a reference content together where the split does.
+                by_content = (not split_args.split_by_image and "content_id" in train_ds.column_names
+                              and splits_by_content(train_ds))
+                train_part = (IQATransform(train_ds, processor, model.config.scene_classes,
+                                           model.config.distortion_classes, random_crops=False,
+                                           max_image_size=data_args.max_image_size,
+                                           skip_bad_samples=data_args.skip_bad_samples),
+                              plan.train_idx, train_ds["content_id"] if by_content else None)
         model, loader = accelerator.prepare(model, loader)
         predictions = predict(model, loader, accelerator)
         model = accelerator.unwrap_model(model)
@@ -228,13 +284,17 @@ def main(argv=None):
         metrics.update(model=model_path, split_index=split_index, part=part,
                        num_samples=int(len(predictions["score"])), skipped=predictions["skipped"])
         line = f"{model_path}: SRCC {metrics['srcc']:.4f}  PLCC {metrics['plcc']:.4f}  ({metrics['num_samples']} images)"
-        if tokenizer is not None:
-            baseline = predict_clip_iqa(model.clip, tokenizer, loader, accelerator)
-            base = compute_metrics(baseline["score"], baseline["mos"])
-            metrics["clip_iqa"] = {"srcc": base["srcc"], "plcc": base["plcc"], "num_samples": len(baseline["score"])}
-            baselines.append(metrics["clip_iqa"])
-            line += f"   zero-shot CLIP-IQA on the same images: SRCC {base['srcc']:.4f}  PLCC {base['plcc']:.4f}"
         accelerator.print(line)
+        if eval_args.baselines:
+            metrics.update(score_baselines(model.clip, tokenizer, loader, train_part, accelerator,
+                                           eval_args.per_device_eval_batch_size, data_args.dataloader_num_workers))
+            for name, label in BASELINE_LABELS.items():
+                base = metrics[name]
+                accelerator.print(f"    {label} on the same images: " + (
+                    "— (no training part known: the model has no training_args.json)" if base is None else
+                    f"SRCC {base['srcc']:.4f}  PLCC {base['plcc']:.4f}"
+                    + (f"  (ridge strength {base['alpha']:g}, fitted on {base['num_train_images']} images)"
+                       if "alpha" in base else "")))
         per_model.append(metrics)
         native = model.to_native_scale(torch.as_tensor(predictions["score"])).numpy()
         mos_native = np.asarray(ds.select_columns(["mos"])[predictions["index"].tolist()]["mos"], dtype=np.float64)
@@ -256,9 +316,10 @@ def main(argv=None):
         "median_plcc_logistic": statistics.median(m["plcc_logistic"] for m in per_model),
         "per_model": per_model,
     }
-    if baselines:
-        summary["clip_iqa_median_srcc"] = statistics.median(b["srcc"] for b in baselines)
-        summary["clip_iqa_median_plcc"] = statistics.median(b["plcc"] for b in baselines)
+    for name in BASELINE_LABELS if eval_args.baselines else ():
+        scored = [m[name] for m in per_model if m[name] is not None]
+        for metric in ("srcc", "plcc"):
+            summary[f"{name}_median_{metric}"] = statistics.median(b[metric] for b in scored) if scored else None
     if accelerator.is_main_process:
         out = Path(eval_args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -273,9 +334,9 @@ def main(argv=None):
         write_scatter(out / "scatter.png", groups, title)
         (out / "results.json").write_text(json.dumps(summary, indent=2))
         table = f"\n| method | PLCC | SRCC |  ({what}; {per_model[0]['part']})\n|---|---|---|\n"
-        if baselines:
-            table += (f"| CLIP-IQA (zero-shot, same CLIP) | {summary['clip_iqa_median_plcc']:.3f} | "
-                      f"{summary['clip_iqa_median_srcc']:.3f} |\n")
+        for name, label in BASELINE_LABELS.items() if eval_args.baselines else ():
+            cells = [summary[f"{name}_median_{m}"] for m in ("plcc", "srcc")]
+            table += f"| {label} | " + " | ".join("—" if c is None else f"{c:.3f}" for c in cells) + " |\n"
         table += f"| MP-IQE | {summary['median_plcc']:.3f} | {summary['median_srcc']:.3f} |"
         print(table)
     accelerator.wait_for_everyone()

@@ -7,29 +7,53 @@ write a Markdown table of the medians beside the numbers the paper reports (OUT/
     python examples/run_protocol.py --table 1 --liqe_root /data/LIQE/IQA_Database --output_dir runs
     # Table 3 (cross-dataset, reuses Table 1's models), 4 (ablations), 5 (20/40/60 % of the data), 6 (prompt lengths)
     python examples/run_protocol.py --table 4 --liqe_root /data/LIQE/IQA_Database --output_dir runs
+    # the first GPU hour: one split of KonIQ-10k and of LIVE Challenge, score-loss scale 1 and 10, flips on and off
+    python examples/run_protocol.py --pilot --liqe_root /data/LIQE/IQA_Database --output_dir runs
     # any other experiment: the splits of one train.py command
     python examples/run_protocol.py --output_dir runs/mine --num_splits 10 -- --train_dir my_folder
 
 Images are looked for where LIQE keeps them, in `--liqe_root/<dataset folder>`; `--data_root` (same layout) or
 `--data_dir live=/data/databaserelease2` point elsewhere. Everything after `--` goes to every train.py command.
 Finished splits (with all_results.json) are not trained again; `--dry_run` prints the commands only.
+
+Before running anything it prints what the runs will cost: their number, the disk they take (adapter-only models and
+at most one checkpoint per run: `--save_adapter_only --checkpoints_total_limit 1` go to every train.py command) and
+GPU-hours at `--seconds_per_crop`. Every table puts MP-IQE beside zero-shot CLIP-IQA and the linear probe
+(`evaluate.py --baselines`, on the same images), and reports each experiment's final epoch (median and mean over
+splits) and, labelled optimistic, its best epoch on the test split (what the authors' code reports).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import shlex
+import shutil
+import statistics
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from mpiqe_hf.data import get_dataset_spec
+from mpiqe_hf.data.specs import canonical_dataset_name
 
 HERE = Path(__file__).resolve().parent
 
 DATASETS = ("live", "csiq", "kadid10k", "livec", "bid", "koniq10k")
 TITLES = {"live": "LIVE", "csiq": "CSIQ", "kadid10k": "KADID", "livec": "LIVEC", "bid": "BID", "koniq10k": "KonIQ"}
+# Images per dataset (the published counts; the embedded synthetic set's 336), for the cost estimate.
+DATASET_IMAGES = {"live": 779, "csiq": 866, "kadid10k": 10125, "livec": 1162, "bid": 586, "koniq10k": 10073,
+                  "synthetic": 336}
+# The assumed cost of one training crop (forward and backward of ViT-B/16 with MP-IQE's prompts, its share of the
+# step's text encoding and data loading) on one GPU; an evaluation crop (forward only) counts a third of it.
+# An assumption, not a measurement: train.py prints its own measured seconds per crop when it starts.
+SECONDS_PER_CROP = 0.005
+# train.py options that keep a run's disk small: models and checkpoints hold MP-IQE's trained weights only, and at
+# most the last checkpoint is kept.
+DISK_OPTIONS = ("--save_adapter_only", "--checkpoints_total_limit", "1")
+OPTIMISTIC = "optimistic (best epoch on the test split, as the authors' code reports)"
 # MP-IQE's numbers in the paper, as (PLCC, SRCC), or SRCC alone for Table 3.
 PAPER_TABLE_1 = {"live": (0.980, 0.978), "csiq": (0.968, 0.961), "kadid10k": (0.944, 0.941),
                  "livec": (0.916, 0.900), "bid": (0.887, 0.862), "koniq10k": (0.904, 0.898)}
@@ -59,27 +83,39 @@ PAPER_TABLE_6 = {  # (prompt, length) -> {dataset: (PLCC, SRCC)}
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--table", type=int, choices=[1, 3, 4, 5, 6], default=None,
-                        help="Reproduce this table of the paper (default: the splits of the train.py command after --).")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--table", type=int, choices=[1, 3, 4, 5, 6], default=None,
+                      help="Reproduce this table of the paper (default: the splits of the train.py command after --).")
+    what.add_argument("--pilot", action="store_true", help=(
+        "The first GPU hour: one split of KonIQ-10k and of LIVE Challenge with the paper preset, score-loss scale 1 "
+        "and 10, flips on and off, beside both baselines: which recipe to run Table 1 with."))
     parser.add_argument("--output_dir", required=True, help="Runs go to OUTPUT_DIR/<run>/split_<k>.")
     parser.add_argument("--liqe_root", type=str, default=None, help="LIQE's IQA_Database folder (label files).")
     parser.add_argument("--data_root", type=str, default=None,
                         help="Folder holding each dataset's images in its LIQE folder name (default: --liqe_root).")
     parser.add_argument("--data_dir", action="append", default=[], metavar="DATASET=PATH",
                         help="Image folder of one dataset (repeatable).")
-    parser.add_argument("--num_splits", type=int, default=10)
+    parser.add_argument("--num_splits", type=int, default=None, help="Splits per experiment (10; --pilot: 1).")
     parser.add_argument("--first_split", type=int, default=1)
     parser.add_argument("--launch_args", type=str, default="", help="Options for `accelerate launch`.")
     parser.add_argument("--evaluate_args", type=str, default="", help="Extra options for evaluate.py.")
-    parser.add_argument("--dry_run", action="store_true", help="Print the commands without running them.")
+    parser.add_argument("--seconds_per_crop", type=float, default=SECONDS_PER_CROP, help=(
+        f"Assumed GPU seconds per training crop for the cost estimate (default {SECONDS_PER_CROP}, not measured; "
+        "train.py prints the measured value when it starts). Evaluation crops count a third."))
+    parser.add_argument("--dry_run", action="store_true", help="Print the costs and commands without running them.")
     parser.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then options for every train.py command.")
     args = parser.parse_args(argv)
     if args.train_args and args.train_args[0] == "--":
         args.train_args = args.train_args[1:]
+    if args.num_splits is None:
+        args.num_splits = 1 if args.pilot else 10
+    if args.seconds_per_crop <= 0:
+        parser.error(f"--seconds_per_crop must be positive, got {args.seconds_per_crop}.")
     if not 1 <= args.first_split <= args.first_split + args.num_splits - 1 <= 10:
         parser.error("splits must lie in 1..10.")
-    if args.table is not None and args.liqe_root is None:
-        parser.error(f"--table {args.table} needs --liqe_root (LIQE's IQA_Database folder with the label files).")
+    if (args.table is not None or args.pilot) and args.liqe_root is None:
+        what = f"--table {args.table}" if args.table is not None else "--pilot"
+        parser.error(f"{what} needs --liqe_root (LIQE's IQA_Database folder with the label files).")
     for option in ("liqe_root", "data_root"):  # a dry run only prints the commands
         folder = getattr(args, option)
         if folder is not None and not args.dry_run and not Path(folder).is_dir():
@@ -89,14 +125,41 @@ def parse_args(argv=None):
     return args
 
 
+def load_train_script():
+    """examples/train.py as a module: its parser reads (and checks) every run's options before any run starts."""
+    spec = importlib.util.spec_from_file_location("mpiqe_run_protocol_train", HERE / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # HfArgumentParser resolves the dataclasses' annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
+def train_options(train_script) -> set:
+    """The option names (dataclass fields) that this checkout's train.py knows."""
+    return {f.name for cls in (train_script.DataArguments, train_script.ModelArguments, train_script.TrainArguments)
+            for f in fields(cls)}
+
+
 class Runner:
-    def __init__(self, args):
+    """
+    Trains and scores the experiments of a table. `planning=True` runs and prints nothing: it only lists the
+    training runs still to do in `planned` (`(run, split folder, train.py options but the disk options)`), for the
+    cost estimate.
+    `experiments` collects `(label, evaluate.py summary or None)` of every experiment, for the summary table.
+    """
+
+    def __init__(self, args, disk_options=DISK_OPTIONS, planning=False):
         self.args = args
         self.out = Path(args.output_dir)
         self.splits = list(range(args.first_split, args.first_split + args.num_splits))
         self.data_dirs = dict(item.split("=", 1) for item in args.data_dir)
+        self.disk_options = list(disk_options)
+        self.planning = planning
+        self.planned, self.experiments, self.already_trained = [], [], 0
 
     def run(self, command):
+        if self.planning:
+            return
         print("+", shlex.join(command), flush=True)
         if not self.args.dry_run:
             subprocess.run(command, check=True)
@@ -115,49 +178,196 @@ class Runner:
             split_dir = self.out / run / f"split_{k}"
             folders.append(split_dir)
             if (split_dir / "all_results.json").is_file():
-                print(f"{run} split {k}: already trained in {split_dir}")
+                self.already_trained += 1
+                if not self.planning:
+                    print(f"{run} split {k}: already trained in {split_dir}")
                 continue
-            # --quiet: the child's own one-line error is the message, without accelerate's traceback after it
+            options = [*train_args, *self.args.train_args, "--split_index", str(k), "--output_dir", str(split_dir)]
+            self.planned.append((run, split_dir, options))
+            # --quiet: the child's own one-line error is the message, without accelerate's traceback after it. The
+            # disk options first, so that options after `--` can override them.
             self.run([sys.executable, "-m", "accelerate.commands.launch", "--quiet", *shlex.split(self.args.launch_args),
-                      str(HERE / "train.py"), *train_args, *self.args.train_args, "--split_index", str(k),
-                      "--output_dir", str(split_dir)])
+                      str(HERE / "train.py"), *self.disk_options, *options])
         return folders
 
     def evaluate(self, name, folders, *extra):
-        """Scores `folders` with evaluate.py into OUTPUT_DIR/evaluation/<name>; returns its summary (None if dry)."""
+        """Scores `folders` with evaluate.py, baselines included, into OUTPUT_DIR/evaluation/<name>; returns its
+        summary (None when nothing runs)."""
         out = self.out / "evaluation" / name  # name "" for the splits of a plain train.py command
         self.run([sys.executable, str(HERE / "evaluate.py"), "--model_name_or_path", *map(str, folders),
-                  "--output_dir", str(out), *extra, *shlex.split(self.args.evaluate_args)])
-        return None if self.args.dry_run else json.loads((out / "results.json").read_text())
+                  "--output_dir", str(out), "--baselines", *extra, *shlex.split(self.args.evaluate_args)])
+        if self.planning or self.args.dry_run:
+            return None
+        summary = json.loads((out / "results.json").read_text())
+        for metric in ("srcc", "plcc"):
+            summary[f"mean_{metric}"] = statistics.mean(m[metric] for m in summary["per_model"])
+        return summary
 
-    def splits_median(self, run, train_args):
-        return self.evaluate(run, self.train(run, train_args), "--protocol", "paper_splits")
+    def splits_median(self, run, train_args, label=None):
+        """Trains and scores the splits of one experiment; its summary also holds the optimistic best epochs."""
+        folders = self.train(run, train_args)
+        summary = self.evaluate(run, folders, "--protocol", "paper_splits")
+        if summary is not None:
+            summary.update(best_epochs(folders))
+        self.experiments.append((label or run or "the splits of the train.py command", summary))
+        return summary
+
+
+def best_epochs(folders) -> dict:
+    """
+    Each split's best epoch by SRCC in its `eval_history.json` (train.py's evaluation of every epoch; with the
+    paper's 80/20 protocol that is the test part): `optimistic_{median,mean}_{srcc,plcc}` over the splits that have
+    one, and `optimistic_epochs`.
+    """
+    best = []
+    for folder in folders:
+        history = Path(folder) / "eval_history.json"
+        entries = json.loads(history.read_text()) if history.is_file() else []
+        if entries:
+            best.append(max(entries, key=lambda entry: entry["srcc"]))
+    result = {"optimistic_epochs": [entry["epoch"] for entry in best]}
+    for metric in ("srcc", "plcc"):
+        values = [entry[metric] for entry in best]
+        result[f"optimistic_median_{metric}"] = statistics.median(values) if values else None
+        result[f"optimistic_mean_{metric}"] = statistics.mean(values) if values else None
+    return result
 
 
 def _cell(summary, key="median_srcc"):
-    return "—" if summary is None else f"{summary[key]:.3f}"
+    value = None if summary is None else summary.get(key)
+    return "—" if value is None else f"{value:.3f}"
 
 
-def _pair(summary):
-    return f"{_cell(summary, 'median_plcc')} | {_cell(summary)}"
+def _pair(summary, prefix=""):
+    return f"{_cell(summary, prefix + 'median_plcc')} | {_cell(summary, prefix + 'median_srcc')}"
+
+
+def _slash(summary, prefix, statistic="median"):
+    return f"{_cell(summary, f'{prefix}{statistic}_plcc')} / {_cell(summary, f'{prefix}{statistic}_srcc')}"
+
+
+def experiments_table(experiments):
+    """Every experiment beside both baselines on the same splits: final epoch (median and mean over the splits) and,
+    labelled optimistic, the best epoch on the test split; PLCC / SRCC."""
+    rows = [f"| experiment | MP-IQE final epoch, median | MP-IQE final epoch, mean | {OPTIMISTIC}, median | "
+            f"{OPTIMISTIC}, mean | CLIP-IQA (zero-shot), median | linear probe (ridge on the CLIP image embedding), "
+            "median |", "|---|---|---|---|---|---|---|"]
+    for label, summary in experiments:
+        cells = [_slash(summary, ""), _slash(summary, "", "mean"), _slash(summary, "optimistic_"),
+                 _slash(summary, "optimistic_", "mean"), _slash(summary, "clip_iqa_"),
+                 _slash(summary, "linear_probe_")]
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def _size(num_bytes):
+    return f"{num_bytes / 1e9:.1f} GB" if num_bytes >= 1e9 else f"{num_bytes / 1e6:.0f} MB"
+
+
+def parameter_bytes(overrides, train_script):
+    """fp32 bytes of MP-IQE's trained weights and of the whole model (frozen CLIP included): ViT-B/16 with the
+    MPIQEConfig defaults and the run's --config_overrides, built on the meta device (no weights, no memory)."""
+    import torch
+
+    from mpiqe_hf import MPIQEConfig, MPIQEModel
+
+    config = MPIQEConfig()
+    config.update(train_script.config_overrides(overrides, config.clip_config))
+    with torch.device("meta"):
+        model = MPIQEModel(config)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return 4 * trained, 4 * sum(p.numel() for p in model.parameters())
+
+
+def estimate_costs(planned, seconds_per_crop, train_script, disk_options) -> dict:
+    """
+    Disk and GPU time of the `planned` runs (`Runner.planned`): per run the final model and `best/` (adapter-only
+    with `--save_adapter_only`, else full) and, with --checkpointing_steps, one checkpoint (its weights and Adam's two
+    moments); GPU seconds = `seconds_per_crop` x (training crops + a third of the evaluation crops: train.py's
+    evaluations and evaluate.py's model, CLIP-IQA and probe passes), from the dataset's image count (80/20 split).
+    """
+    sizes, disk, seconds, unknown, crops = {}, 0, 0.0, [], [0, 0]
+    for _run, split_dir, options in planned:
+        data_args, model_args, args = train_script.parse_args(options)
+        if model_args.config_overrides not in sizes:
+            sizes[model_args.config_overrides] = parameter_bytes(model_args.config_overrides, train_script)
+        adapter, full = sizes[model_args.config_overrides]
+        adapter_only = "--save_adapter_only" in disk_options
+        disk += 2 * (adapter if adapter_only else full)
+        if args.checkpointing_steps is not None:
+            disk += (adapter if adapter_only else full) + 2 * adapter
+        name = data_args.dataset_name and canonical_dataset_name(data_args.dataset_name)
+        images = DATASET_IMAGES.get(name)
+        if images is None:
+            unknown.append(str(split_dir))
+            continue
+        train_images = round(0.8 * images * data_args.train_fraction)
+        if data_args.max_train_samples is not None:
+            train_images = min(train_images, data_args.max_train_samples)
+        test_images = images - round(0.8 * images)
+        train_crops = train_images * model_args.num_crops * args.num_train_epochs
+        if args.max_train_steps is not None:
+            batch = (args.per_device_train_batch_size or get_dataset_spec(name).batch_size) * (
+                model_args.num_crops if model_args.crop_sampling == "per_image" else 1)
+            train_crops = min(train_crops, args.max_train_steps * batch)
+        eval_crops = model_args.eval_num_crops or model_args.num_crops
+        evaluations = -(-args.num_train_epochs // args.eval_every_epoch)
+        forward_crops = eval_crops * (evaluations * test_images + 3 * test_images + train_images)
+        crops[0] += train_crops
+        crops[1] += forward_crops
+        seconds += seconds_per_crop * (train_crops + forward_crops / 3)
+    adapter, full = next(iter(sizes.values()), (0, 0))
+    return {"runs": len(planned), "disk_bytes": disk, "gpu_hours": seconds / 3600, "train_crops": crops[0],
+            "eval_crops": crops[1], "unknown": unknown, "model_bytes": adapter if "--save_adapter_only" in
+            disk_options else full}
+
+
+def print_costs(costs, args, already, disk_options):
+    """What the runs will take (`estimate_costs`), printed before any of them starts."""
+    out = Path(args.output_dir)
+    existing = next(p for p in [out, *out.absolute().parents] if p.exists())
+    free = shutil.disk_usage(existing).free
+    each = "adapter-only" if disk_options else "full models: this train.py lacks --save_adapter_only"
+    lines = [f"Before starting: {costs['runs']} training run(s) to do ({already} already trained)."]
+    if costs["runs"]:
+        lines.append(
+            f"  disk: about {_size(costs['disk_bytes'])} for the new runs ({each}: final model and best/ of "
+            f"{_size(costs['model_bytes'])} each, plus at most one "
+            f"checkpoint with --checkpointing_steps); {_size(free)} free in {existing}"
+            + ("  -- NOT ENOUGH" if costs["disk_bytes"] > free else ""))
+        lines.append(
+            f"  GPU: about {costs['gpu_hours']:.1f} GPU-hour(s): {costs['train_crops'] / 1e6:.2f} M training crops "
+            f"and {costs['eval_crops'] / 1e6:.2f} M evaluation crops at an assumed {args.seconds_per_crop:g} s per "
+            "training crop (--seconds_per_crop; train.py prints the measured value when it starts)")
+        if costs["unknown"]:
+            lines.append(f"  (no image count known for {len(costs['unknown'])} run(s), left out of the GPU time: "
+                         f"{costs['unknown'][0]}, ...)")
+    print("\n".join(lines), flush=True)
 
 
 def table_1(runner):
-    rows = ["| dataset | PLCC (ours) | SRCC (ours) | PLCC (paper) | SRCC (paper) |", "|---|---|---|---|---|"]
+    rows = ["| dataset | PLCC (ours) | SRCC (ours) | CLIP-IQA PLCC | CLIP-IQA SRCC | linear probe PLCC | linear probe "
+            "SRCC | PLCC (paper) | SRCC (paper) |", "|---|---|---|---|---|---|---|---|---|"]
     for name in DATASETS:
-        summary = runner.splits_median(name, runner.dataset_args(name))
+        summary = runner.splits_median(name, runner.dataset_args(name), label=TITLES[name])
         plcc, srcc = PAPER_TABLE_1[name]
-        rows.append(f"| {TITLES[name]} | {_pair(summary)} | {plcc:.3f} | {srcc:.3f} |")
+        rows.append(f"| {TITLES[name]} | {_pair(summary)} | {_pair(summary, 'clip_iqa_')} | "
+                    f"{_pair(summary, 'linear_probe_')} | {plcc:.3f} | {srcc:.3f} |")
     return "Table 1: median over splits of the paper's 80/20 protocol, LIQE's labels", rows
 
 
 def table_3(runner):
-    rows = ["| training | testing | SRCC (ours) | SRCC (paper) |", "|---|---|---|---|"]
+    rows = ["| training | testing | SRCC (ours) | CLIP-IQA SRCC | linear probe SRCC | SRCC (paper) |",
+            "|---|---|---|---|---|---|"]
     for (train, test), paper in PAPER_TABLE_3.items():
         folders = runner.train(train, runner.dataset_args(train))
         test_args = runner.dataset_args(test)[:6]  # the whole test dataset: no split
+        # The probe is fitted on each model's own training part and scored on the other dataset, as the model is.
         summary = runner.evaluate(f"{train}_on_{test}", folders, "--protocol", "cross", *test_args)
-        rows.append(f"| {TITLES[train]} | {TITLES[test]} | {_cell(summary)} | {paper:.3f} |")
+        runner.experiments.append((f"{TITLES[train]} on {TITLES[test]} (cross-dataset)", summary))
+        rows.append(f"| {TITLES[train]} | {TITLES[test]} | {_cell(summary)} | "
+                    f"{_cell(summary, 'clip_iqa_median_srcc')} | {_cell(summary, 'linear_probe_median_srcc')} | "
+                    f"{paper:.3f} |")
     return "Table 3: cross-dataset SRCC, median over the models of the training dataset's splits", rows
 
 
@@ -169,7 +379,8 @@ def table_4(runner):
         for name in ("csiq", "livec"):
             extra = ["--config_overrides", overrides] if overrides else []
             run = name if overrides is None else f"{name}_{overrides.replace('=', '_')}"
-            cells.append(_pair(runner.splits_median(run, runner.dataset_args(name) + extra)))
+            cells.append(_pair(runner.splits_median(run, runner.dataset_args(name) + extra,
+                                                    label=f"{TITLES[name]}: {variant}")))
         rows.append(f"| {variant} | {' | '.join(cells)} | {paper_csiq[0]:.3f} / {paper_csiq[1]:.3f} | "
                     f"{paper_livec[0]:.3f} / {paper_livec[1]:.3f} |")
     return "Table 4: ablations (PLCC / SRCC)", rows
@@ -180,7 +391,8 @@ def table_5(runner):
             "|---|---|---|---|---|---|---|"]
     for fraction, paper in PAPER_TABLE_5.items():
         cells = [_pair(runner.splits_median(f"{name}_fraction_{fraction}",
-                                            runner.dataset_args(name) + ["--train_fraction", str(fraction)]))
+                                            runner.dataset_args(name) + ["--train_fraction", str(fraction)],
+                                            label=f"{TITLES[name]}: {fraction:.0%} of the training part"))
                  for name in ("live", "livec")]
         rows.append(f"| {fraction:.0%} | {' | '.join(cells)} | {paper['live'][0]:.3f} / {paper['live'][1]:.3f} | "
                     f"{paper['livec'][0]:.3f} / {paper['livec'][1]:.3f} |")
@@ -193,11 +405,36 @@ def table_6(runner):
     for (prompt, length), paper in PAPER_TABLE_6.items():
         field = f"{prompt}_prompt_length={length}"
         cells = [_pair(runner.splits_median(f"{name}_{prompt}_prompt_{length}",
-                                            runner.dataset_args(name) + ["--config_overrides", field]))
+                                            runner.dataset_args(name) + ["--config_overrides", field],
+                                            label=f"{TITLES[name]}: {prompt} prompts of length {length}"))
                  for name in ("live", "csiq")]
         rows.append(f"| {prompt} | {length} | {' | '.join(cells)} | {paper['live'][0]:.3f} / "
                     f"{paper['live'][1]:.3f} | {paper['csiq'][0]:.3f} / {paper['csiq'][1]:.3f} |")
     return "Table 6: prompt lengths (PLCC / SRCC)", rows
+
+
+PILOT_DATASETS = ("koniq10k", "livec")
+PILOT_SCORE_LOSS_SCALES = (1, 10)
+
+
+def pilot(runner):
+    """The first GPU hour: which recipe to run Table 1 with. The paper preset on one split of KonIQ-10k and of LIVE
+    Challenge, score-loss scale 1 and 10, flips on and off (explicitly both ways: train.py's default may change)."""
+    for name in PILOT_DATASETS:
+        for scale in PILOT_SCORE_LOSS_SCALES:
+            for flip in (True, False):
+                flips = "on" if flip else "off"
+                runner.splits_median(f"pilot/{name}_scale_{scale}_flip_{flips}", runner.dataset_args(name) + [
+                    "--config_overrides", f"score_loss_scale={scale}", "--horizontal_flip", str(flip)],
+                    label=f"{TITLES[name]}, score-loss scale {scale}, flips {flips}")
+    return ("Pilot: the paper preset on KonIQ-10k and LIVE Challenge, score-loss scale 1 and 10, flips on and off, "
+            "beside both baselines"), None
+
+
+def plain(runner):
+    """The splits of the train.py command after `--`."""
+    runner.splits_median("", [])
+    return "The splits of the train.py command", None
 
 
 TABLES = {1: table_1, 3: table_3, 4: table_4, 5: table_5, 6: table_6}
@@ -205,19 +442,34 @@ TABLES = {1: table_1, 3: table_3, 4: table_4, 5: table_5, 6: table_6}
 
 def main(argv=None):
     args = parse_args(argv)
-    runner = Runner(args)
-    if args.table is None:
-        summary = runner.splits_median("", [])
+    train_script = load_train_script()
+    disk_options = DISK_OPTIONS
+    if not {"save_adapter_only", "checkpoints_total_limit"} <= train_options(train_script):
+        disk_options = ()
+        print("run_protocol: this train.py has no --save_adapter_only / --checkpoints_total_limit: every run keeps "
+              "full models (the estimate below counts them).")
+    experiment = pilot if args.pilot else TABLES[args.table] if args.table is not None else plain
+    planner = Runner(args, disk_options, planning=True)
+    experiment(planner)
+    costs = estimate_costs(planner.planned, args.seconds_per_crop, train_script, disk_options)
+    print_costs(costs, args, planner.already_trained, disk_options)
+
+    runner = Runner(args, disk_options)
+    title, rows = experiment(runner)
+    splits = f"({len(runner.splits)} split(s): {runner.splits[0]}..{runner.splits[-1]})"
+    text = f"## {title}\n\n{splits}\n\n"
+    if rows:
+        text += "\n".join(rows) + "\n\n### Every experiment beside the baselines (PLCC / SRCC)\n\n"
+    text += "\n".join(experiments_table(runner.experiments)) + "\n"
+    print(text)
+    if experiment is plain:
+        summary = runner.experiments[0][1]
         if summary is not None:
             print(f"median of {summary['num_models']} splits: SRCC {summary['median_srcc']:.3f}, "
                   f"PLCC {summary['median_plcc']:.3f}")
         return summary
-    title, rows = TABLES[args.table](runner)
-    text = f"## {title}\n\n({len(runner.splits)} split(s): {runner.splits[0]}..{runner.splits[-1]})\n\n" + "\n".join(
-        rows) + "\n"
-    print(text)
     if not args.dry_run:
-        path = runner.out / f"table_{args.table}.md"
+        path = runner.out / ("pilot.md" if args.pilot else f"table_{args.table}.md")
         path.write_text(text)
         print(f"written to {path}")
     return text

@@ -602,6 +602,8 @@ def main(argv=None):
         logger.info(f"test SRCC {test_metrics['srcc']:.4f}, PLCC {test_metrics['plcc']:.4f}")
     if accelerator.is_main_process:
         Path(args.output_dir, "all_results.json").write_text(json.dumps(results, indent=2))
+        # Every evaluation's validation metrics, by epoch: run_protocol.py reports the best epoch from it.
+        Path(args.output_dir, "eval_history.json").write_text(json.dumps(history, indent=2))
         if args.push_to_hub:
             # The reported part: LIQE's test part, else the validation (held-out) part.
             prefix = "test_" if test_dataloader is not None else ""

@@ -31,7 +31,6 @@ from typing import Optional, Sequence
 import datasets
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from .data import liqe_splits, load_iqa_dataset, paper_splits, splits_by_content, subsample
@@ -289,42 +288,6 @@ def evaluate_model(model, dataloader, accelerator=None) -> dict:
     return metrics
 
 
-CLIP_IQA_PROMPTS = ("Good photo.", "Bad photo.")
-
-
-@torch.no_grad()
-def predict_clip_iqa(clip, tokenizer, dataloader, accelerator=None) -> dict:
-    """
-    The zero-shot CLIP-IQA baseline (Wang et al. 2023) on the crops of `dataloader`: each crop's softmax over its
-    cosine similarities (times CLIP's logit scale) with the antonym prompts "Good photo." and "Bad photo."; an image's
-    score is P(good) averaged over its crops. `clip` is a `CLIPModel` (MP-IQE's frozen `model.clip`, so the baseline
-    uses the same CLIP). Returns the same dict as [`predict`].
-    """
-    device = accelerator.device if accelerator is not None else next(clip.parameters()).device
-    encoded = tokenizer(list(CLIP_IQA_PROMPTS), padding=True, return_tensors="pt").to(device)
-    text = F.normalize(clip.get_text_features(**encoded).pooler_output.float(), dim=-1)
-    indices, scores, targets, skipped = [], [], [], []
-    for batch in dataloader:
-        skipped.extend(batch["skipped"])
-        pixel_values = batch["pixel_values"].to(device)
-        batch_size, num_crops = pixel_values.shape[:2]
-        image = clip.get_image_features(pixel_values=pixel_values.flatten(0, 1)).pooler_output.float()
-        logits = clip.logit_scale.exp() * F.normalize(image, dim=-1) @ text.T
-        score = logits.softmax(dim=-1)[:, 0].view(batch_size, num_crops).mean(dim=1)
-        mos, index = batch["mos"].to(device), batch["index"].to(device)
-        if accelerator is not None:
-            score, mos, index = accelerator.gather_for_metrics((score, mos, index))
-        indices.append(index.cpu())
-        scores.append(score.cpu())
-        targets.append(mos.cpu())
-    return {
-        "index": torch.cat(indices).numpy(),
-        "score": torch.cat(scores).numpy().astype(np.float64),
-        "mos": torch.cat(targets).numpy().astype(np.float64),
-        "skipped": skipped,
-    }
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Data arguments and splits (shared by examples/train.py and examples/evaluate.py)
 # ---------------------------------------------------------------------------------------------------------------------
@@ -531,6 +494,4 @@ __all__ = [
     "collate_iqa_batch",
     "predict",
     "evaluate_model",
-    "predict_clip_iqa",
-    "CLIP_IQA_PROMPTS",
 ]

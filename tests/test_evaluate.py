@@ -7,10 +7,12 @@ import statistics
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from test_train import ROOT, _load_script, tiny_args, train_script, write_blur_folder
 
+from mpiqe_hf.baselines import PROBE_ALPHAS, RidgeProbe, clip_image_embeddings, linear_probe
 from mpiqe_hf.data import load_iqa_dataset, paper_splits
 
 evaluate_script = _load_script("evaluate")
@@ -56,9 +58,13 @@ def test_cross_dataset_scores_the_whole_other_dataset(split_runs, tmp_path):
     out = tmp_path / "eval"
     summary = evaluate_script.main(["--protocol", "cross", "--model_name_or_path", str(split_runs / "split_1"),
                                     str(split_runs / "split_2"), "--validation_dir", str(other), "--output_dir",
-                                    str(out), "--dataloader_num_workers", "0"])
+                                    str(out), "--dataloader_num_workers", "0", "--baselines"])
     assert [m["num_samples"] for m in summary["per_model"]] == [8, 8]
     assert all(m["split_index"] is None for m in summary["per_model"])
+    # the probe learns from each model's own training part (280 synthetic images) and scores the other dataset
+    probes = [m["linear_probe"] for m in summary["per_model"]]
+    assert [p["num_train_images"] for p in probes] == [280, 280] and [p["num_samples"] for p in probes] == [8, 8]
+    assert probes[0]["plcc"] != probes[1]["plcc"]  # splits 1 and 2: two training parts
     assert (out / "scatter.png").is_file() and (out / "predictions.csv").is_file()
 
 
@@ -102,7 +108,8 @@ def test_run_protocol_tables_use_the_papers_protocol(table, runs, capsys):
         assert "--split_index 1" in command or "--split_index 2" in command
     assert "(paper)" in text or "paper" in text.splitlines()[4]
     if table == 1:
-        assert "| KonIQ | — | — | 0.904 | 0.898 |" in text and "--data_dir /data/IQA_Database/koniq-10k" in trains[-1]
+        assert "| KonIQ | — | — | — | — | — | — | 0.904 | 0.898 |" in text  # MP-IQE, CLIP-IQA, probe, paper
+        assert "--data_dir /data/IQA_Database/koniq-10k" in trains[-1]
     if table == 4:
         assert sum("use_scene_prompts=false" in c for c in trains) == 4  # CSIQ and LIVEC, 2 splits each
 
@@ -116,7 +123,7 @@ def test_run_protocol_names_a_missing_data_folder_before_any_run(tmp_path, capsy
     assert not (tmp_path / "o").exists()
 
 
-def test_default_scores_the_held_out_part_with_clip_iqa_beside(split_runs, synthetic_cache, tmp_path, capsys):
+def test_default_scores_the_held_out_part_with_baselines_beside(split_runs, synthetic_cache, tmp_path, capsys):
     summary = evaluate_script.main(["--model_name_or_path", str(split_runs / "split_1"), "--output_dir",
                                     str(tmp_path / "eval"), "--dataloader_num_workers", "0", "--clip_iqa"])
     ds = load_iqa_dataset("synthetic", cache_dir=synthetic_cache)
@@ -131,8 +138,22 @@ def test_default_scores_the_held_out_part_with_clip_iqa_beside(split_runs, synth
         paths = {row["path"] for row in csv.DictReader(f)}
     plain = ds.cast_column("image", __import__("datasets").Image(decode=False))
     assert paths == {plain[i]["image"]["path"] for i in held_out}
-    assert "zero-shot CLIP-IQA on the same images" in printed and "| CLIP-IQA (zero-shot, same CLIP) |" in printed
+    # --clip_iqa (the same option as --baselines) prints both baselines, scored on the same 56 images
+    assert "CLIP-IQA (zero-shot, same CLIP) on the same images: SRCC" in printed
+    assert "linear probe (ridge on the frozen CLIP image embedding, fitted on the training part) on the same " \
+           "images: SRCC" in printed
+    table = printed[printed.index("| method |"):].splitlines()
+    assert [row.split(" | ")[0] for row in table[2:]] == [
+        "| CLIP-IQA (zero-shot, same CLIP)",
+        "| linear probe (ridge on the frozen CLIP image embedding, fitted on the training part)", "| MP-IQE"]
     assert model["clip_iqa"]["num_samples"] == 56 and summary["clip_iqa_median_srcc"] == model["clip_iqa"]["srcc"]
+    probe = model["linear_probe"]
+    train_idx = paper_splits(ds)[0][0]
+    assert probe["num_samples"] == 56 and probe["num_train_images"] == len(train_idx) == 280
+    assert probe["alpha"] in PROBE_ALPHAS and summary["linear_probe_median_srcc"] == probe["srcc"]
+    assert f"| {summary['linear_probe_median_plcc']:.3f} | {summary['linear_probe_median_srcc']:.3f} |" in table[3]
+    saved = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert saved["per_model"][0]["linear_probe"] == probe and saved["linear_probe_median_srcc"] == probe["srcc"]
     whole = evaluate_script.main(["--model_name_or_path", str(split_runs / "split_1"), "--whole_dataset",
                                   "--output_dir", str(tmp_path / "whole"), "--dataloader_num_workers", "0"])
     assert whole["per_model"][0]["num_samples"] == len(ds) == 336
@@ -141,7 +162,7 @@ def test_default_scores_the_held_out_part_with_clip_iqa_beside(split_runs, synth
 def test_clip_iqa_scores_are_p_good_averaged_over_crops(tiny_clip):
     from transformers import CLIPModel, CLIPTokenizer
 
-    from mpiqe_hf.training import predict_clip_iqa
+    from mpiqe_hf.baselines import predict_clip_iqa
 
     clip, tokenizer = CLIPModel.from_pretrained(tiny_clip), CLIPTokenizer.from_pretrained(tiny_clip)
     pixel_values = torch.randn(2, 3, 3, 30, 30, generator=torch.Generator().manual_seed(0))
@@ -170,3 +191,68 @@ def test_models_trained_on_folders_are_scored_on_their_validation_folder(tiny_cl
     model = summary["per_model"][0]
     assert model["part"].startswith("the validation part of none") and model["num_samples"] == 7
     assert len(model["skipped"]) == 1 and "c1_l2.png" in model["skipped"][0]
+
+
+def _ridge(features, targets, alpha):
+    """Ridge on standardised features with an unpenalised intercept, by its normal equations."""
+    mean, scale = features.mean(0), features.std(0)
+    x = (features - mean) / scale
+    coef = np.linalg.solve(x.T @ x + alpha * np.eye(x.shape[1]), x.T @ (targets - targets.mean()))
+    return lambda new: (new - mean) / scale @ coef + targets.mean()
+
+
+def test_ridge_probe_is_ridge_and_cross_validation_picks_the_strength():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(60, 5)) * [1, 2, 3, 4, 5] + 7
+    weights = np.array([0.5, -0.2, 0.1, 0.0, 0.3])
+    clean = features @ weights
+    new = rng.normal(size=(4, 5))
+    probe = RidgeProbe(alphas=[3.0]).fit(features, clean)
+    assert probe.alpha_ == 3.0 and probe.cv_mse_ == {}
+    np.testing.assert_allclose(probe.predict(new), _ridge(features, clean, 3.0)(new), rtol=1e-9)
+    # noiseless linear targets: the weakest strength; pure noise: the strongest (predict the mean)
+    assert RidgeProbe(alphas=[0.01, 1.0, 1e6]).fit(features, clean).alpha_ == 0.01
+    noise = RidgeProbe(alphas=[0.01, 1.0, 1e6]).fit(features, rng.normal(size=60))
+    assert noise.alpha_ == 1e6 and noise.cv_mse_[1e6] < noise.cv_mse_[0.01]
+
+
+def test_ridge_probe_folds_keep_groups_together_and_bad_input_is_named():
+    groups = np.repeat(np.arange(6), 5)
+    folds = RidgeProbe(num_folds=4)._folds(len(groups), groups)
+    assert len(folds) == 4 and sorted(np.concatenate(folds).tolist()) == list(range(30))
+    assert all(len(set(groups[fold]) & set(groups[other])) == 0 for fold in folds for other in folds
+               if fold is not other)
+    with pytest.raises(ValueError, match=r"features must be \(n, num_features\) and targets \(n,\)"):
+        RidgeProbe().fit(np.zeros((4, 2)), np.zeros(3))
+    with pytest.raises(ValueError, match="needs at least 2 training images"):
+        RidgeProbe().fit(np.zeros((3, 2)), np.zeros(3), groups=["a", "a", "a"])
+    with pytest.raises(ValueError, match="Call fit before predict"):
+        RidgeProbe().predict(np.zeros((1, 2)))
+
+
+def test_linear_probe_fits_the_crop_averaged_clip_embedding(tiny_clip):
+    from transformers import CLIPModel
+
+    clip = CLIPModel.from_pretrained(tiny_clip).eval()
+    generator = torch.Generator().manual_seed(0)
+
+    def batches(rows, seed):
+        pixel_values = torch.randn(len(rows), 2, 3, 30, 30, generator=torch.Generator().manual_seed(seed))
+        mos = torch.rand(len(rows), generator=generator)
+        return [{"pixel_values": pixel_values, "mos": mos, "index": torch.tensor(rows), "skipped": []}]
+
+    train, held_out = batches(list(range(12)), 1), batches([20, 21, 22], 2)
+    embedded = clip_image_embeddings(clip, train)
+    with torch.no_grad():
+        crops = clip.get_image_features(pixel_values=train[0]["pixel_values"][3]).pooler_output
+    expected = torch.nn.functional.normalize(crops, dim=-1).mean(0)
+    np.testing.assert_allclose(embedded["embedding"][3], expected.numpy(), rtol=1e-5, atol=1e-6)
+    assert embedded["embedding"].shape == (12, clip.config.projection_dim)
+    result = linear_probe(clip, train, held_out, content_ids={row: f"c{row % 4}" for row in range(12)},
+                          alphas=[0.5, 50.0])
+    probe = RidgeProbe(alphas=[0.5, 50.0]).fit(embedded["embedding"], embedded["mos"],
+                                               groups=[f"c{row % 4}" for row in range(12)])
+    target = clip_image_embeddings(clip, held_out)["embedding"]
+    np.testing.assert_allclose(result["score"], probe.predict(target), rtol=1e-9)
+    assert result["alpha"] == probe.alpha_ and result["num_train_images"] == 12
+    assert result["index"].tolist() == [20, 21, 22] and "embedding" not in result
