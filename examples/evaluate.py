@@ -252,7 +252,7 @@ def main(argv=None):
         if eval_args.num_crops is not None:
             processor.num_crops = eval_args.num_crops
         transform = IQATransform(ds, processor, model.config.scene_classes, model.config.distortion_classes,
-                                 random_crops=False, max_image_size=data_args.max_image_size,
+                                 random_crops=False, max_image_size=data_args.resolved_max_image_size,
                                  skip_bad_samples=data_args.skip_bad_samples)
         loader = torch.utils.data.DataLoader(iqa_split(ds, indices, transform),
                                              batch_size=eval_args.per_device_eval_batch_size,
@@ -272,7 +272,7 @@ def main(argv=None):
                               and splits_by_content(train_ds))
                 train_part = (IQATransform(train_ds, processor, model.config.scene_classes,
                                            model.config.distortion_classes, random_crops=False,
-                                           max_image_size=data_args.max_image_size,
+                                           max_image_size=data_args.resolved_max_image_size,
                                            skip_bad_samples=data_args.skip_bad_samples),
                               plan.train_idx, train_ds["content_id"] if by_content else None)
         model, loader = accelerator.prepare(model, loader)

@@ -34,7 +34,14 @@ from transformers import CLIPConfig, HfArgumentParser, get_cosine_schedule_with_
 from mpiqe_hf import MPIQEConfig, MPIQEImageProcessor, MPIQEModel
 from mpiqe_hf.data import dataset_mos_range, iqa_info, skipped_samples
 from mpiqe_hf.metrics import MIN_ITEMS
-from mpiqe_hf.model_sources import ModelSourceUnavailable, check_model_source
+from mpiqe_hf.model_sources import (
+    STANDIN_CLIP_NAME,
+    STANDIN_CLIP_NOTICE,
+    ModelSourceUnavailable,
+    check_model_source,
+    is_standin_clip,
+    resolve_clip_source,
+)
 from mpiqe_hf.testing_utils import tiny_clip_config
 from mpiqe_hf.training import (
     DataArguments,
@@ -69,8 +76,9 @@ NARROW_LEARNING_RATE_AT_WIDTH_64 = 1e-3
 class ModelArguments:
     """The model to train: a new MP-IQE on a CLIP, or a trained MP-IQE to fine-tune."""
 
-    clip_model_name_or_path: str = field(default=DEFAULT_CLIP, metadata={
-        "help": "Hub id or local folder holding a pretrained CLIPModel and its tokenizer."})
+    clip_model_name_or_path: str = field(default=DEFAULT_CLIP, metadata={"help": (
+        f"Hub id or local folder holding a pretrained CLIPModel and its tokenizer; '{STANDIN_CLIP_NAME}' is the small "
+        "stand-in shipped with mpiqe_hf (not CLIP), for runs offline in minutes.")})
     clip_config_name: Optional[str] = field(default=None, metadata={"help": (
         "Random-weight CLIP instead of a pretrained one: 'tiny' (hidden 32, 30-px crops) or a CLIPConfig JSON file / "
         "folder. For a look at the loop only: a random CLIP learns little.")})
@@ -92,6 +100,9 @@ class ModelArguments:
     distortion_loss_weight: float = field(default=1.0, metadata={"help": "lambda_1."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": (
         "Recompute the CLIP layers' activations in the backward pass: less memory, more time.")})
+
+    def __post_init__(self):
+        self.clip_model_name_or_path = resolve_clip_source(self.clip_model_name_or_path)
 
 
 @dataclass
@@ -214,7 +225,9 @@ def check_sources(model_args: ModelArguments):
         check_model_source(model_args.model_name_or_path, "the MP-IQE model to fine-tune")
     elif model_args.clip_config_name is None:
         check_model_source(model_args.clip_model_name_or_path, "the CLIP model (with its tokenizer)",
-                           alternatives=["for a look at the training loop without pretrained weights, "
+                           alternatives=[f"for a run offline in minutes, --clip_model_name_or_path {STANDIN_CLIP_NAME} "
+                                         "(a small stand-in shipped with mpiqe_hf, not CLIP)",
+                                         "for a look at the training loop without pretrained weights, "
                                          "--clip_config_name tiny (a random CLIP)"])
 
 
@@ -326,6 +339,8 @@ def main(argv=None):
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S",
                         level=logging.INFO)
     logger.info(accelerator.state, main_process_only=False)
+    if model_args.model_name_or_path is None and is_standin_clip(model_args.clip_model_name_or_path):
+        logger.warning(f"The CLIP of this run is {STANDIN_CLIP_NOTICE}.")
     if accelerator.device.type == "cuda" and args.tf32 and torch.cuda.get_device_capability(accelerator.device)[0] >= 8:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -11,6 +11,8 @@ import sys
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .model_sources import STANDIN_CLIP_NOTICE, is_standin_clip
+
 __all__ = ["build_model_card", "example_card", "DEFAULT_BASE_MODEL"]
 
 DEFAULT_BASE_MODEL = "openai/clip-vit-base-patch16"
@@ -223,7 +225,8 @@ def build_model_card(
     """
     evaluation_results = [dict(item) for item in evaluation_results or []]
     eval_results = _eval_results(evaluation_results)
-    base_model = _base_model(config)
+    standin = is_standin_clip(config.base_model_name_or_path)
+    base_model = None if standin else _base_model(config)
     name = repo_id.split("/")[-1]
     all_tags = ["image-quality-assessment", "iqa", "blind-iqa", "clip", "prompt-learning", "mp-iqe"]
     all_tags += [tag for tag in tags or [] if tag not in all_tags]
@@ -243,6 +246,8 @@ def build_model_card(
     summary = f"This checkpoint scores on {span}, " + (
         "higher is better." if config.mos_higher_is_better else "lower is better (a DMOS scale)."
     )
+    if standin:
+        summary = f"**Its frozen backbone is {STANDIN_CLIP_NOTICE}.** " + summary
     if adapter_only:
         summary += (
             " The repository holds only the trained weights (`adapter_model.safetensors`, described by "
@@ -254,7 +259,7 @@ def build_model_card(
     crop_side = crop_size if isinstance(crop_size, int) else crop_size["height"]
     body = _BODY.substitute(
         title=f"MP-IQE: {name}",
-        base_model=f"`{base_model}`",
+        base_model="the stand-in CLIP shipped with mpiqe_hf (not CLIP)" if standin else f"`{base_model}`",
         prompt_layers=config.visual_prompt_depth,
         summary=summary,
         scale=span,

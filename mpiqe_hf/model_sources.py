@@ -9,6 +9,33 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+#: The name under which `--clip_model_name_or_path` finds the stand-in CLIP shipped in this package.
+STANDIN_CLIP_NAME = "mpiqe-standin-clip"
+#: What every output made with the stand-in says about it.
+STANDIN_CLIP_NOTICE = (
+    "a stand-in, NOT CLIP: the small CLIP-shaped model shipped with mpiqe_hf (64-px crops, 4 vision layers, 64 wide, "
+    "pretrained for minutes on distorted scikit-image photos and procedural pictures by "
+    "benchmarks/make_standin_clip.py), so that training runs offline in minutes and learns something; its scores "
+    "say nothing about MP-IQE on real CLIP"
+)
+
+
+def standin_clip_path() -> str:
+    """The folder of the stand-in CLIP shipped with the package (a `CLIPModel` and its `CLIPTokenizer`)."""
+    return str(Path(__file__).resolve().parent / "standin_clip")
+
+
+def resolve_clip_source(name_or_path: str) -> str:
+    """`name_or_path` itself, or the stand-in's folder for [`STANDIN_CLIP_NAME`]."""
+    return standin_clip_path() if name_or_path == STANDIN_CLIP_NAME else name_or_path
+
+
+def is_standin_clip(name_or_path) -> bool:
+    """Whether `name_or_path` (a name, or a `base_model_name_or_path` read from a config) is the shipped stand-in."""
+    if not name_or_path:
+        return False
+    return name_or_path == STANDIN_CLIP_NAME or Path(name_or_path).resolve() == Path(standin_clip_path())
+
 
 class ModelSourceUnavailable(RuntimeError):
     """A model the run needs can be neither found locally nor downloaded; the message says what to do instead."""
@@ -52,4 +79,12 @@ def check_model_source(name_or_path: str, what: str, alternatives: Sequence[str]
                                  + ".")
 
 
-__all__ = ["ModelSourceUnavailable", "check_model_source"]
+__all__ = [
+    "STANDIN_CLIP_NAME",
+    "STANDIN_CLIP_NOTICE",
+    "ModelSourceUnavailable",
+    "check_model_source",
+    "is_standin_clip",
+    "resolve_clip_source",
+    "standin_clip_path",
+]

@@ -8,11 +8,13 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPModel, PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .configuration_mpiqe import DISTORTION_CLASSES, SCENE_CLASSES, MPIQEConfig
 from .hub_mpiqe import MPIQECheckpointMixin
 from .quality_map_mpiqe import MPIQEQualityMapOutput, as_crop_batch, compute_quality_maps, distortion_window_weights
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -481,6 +483,8 @@ class MPIQEModel(MPIQECheckpointMixin, MPIQEPreTrainedModel):
         from transformers import AutoTokenizer
 
         clip = CLIPModel.from_pretrained(clip_name_or_path, revision=revision, use_safetensors=True)
+        if getattr(clip.config, "stand_in_notice", None):
+            logger.warning(clip.config.stand_in_notice)
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(clip_name_or_path, revision=revision)
         scene_classes = config_kwargs.get("scene_classes", SCENE_CLASSES)
