@@ -305,7 +305,7 @@ def check_checkpoint_weights(checkpoint, model):
     if not files:
         raise ValueError(f"{checkpoint} has no model weights (model.safetensors): it is not a checkpoint of this run.")
     with safe_open(str(files[0]), framework="pt") as f:
-        saved = {key.removeprefix("module.") for key in f.keys()}
+        saved = {key.removeprefix("module.") for key in f.keys()}  # noqa: SIM118 (a safe_open handle, no mapping)
     missing = sorted(name for name, p in model.named_parameters() if p.requires_grad and name not in saved)
     if missing:
         raise ValueError(f"{checkpoint} lacks {len(missing)} trained weight(s) of this model ({missing[0]}, ...): it "

@@ -191,9 +191,11 @@ class IQATransform:
         if not self.random_crops:
             return self.image_processor(image, crop_mode="grid", return_tensors="pt")["pixel_values"][0]
         if self.visits is not None:
-            # One array for all visits: the processor would convert the PIL image again for every crop.
+            # One array for all visits: the processor would convert the PIL image again for every crop. The crops are
+            # joined in numpy: torch.cat's threads contend with the training step's when no workers decode.
             pixels = np.asarray(image.convert("RGB"))
-            return torch.cat([self.visit_crops(pixels, row, v) for v in range(self.visits)])
+            crops = [self.visit_crops(pixels, row, v).numpy() for v in range(self.visits)]
+            return torch.from_numpy(np.concatenate(crops))
         return self.visit_crops(image, row, visit)
 
     def visit_crops(self, image, row: int, visit: int) -> torch.Tensor:
@@ -264,7 +266,15 @@ def collate_iqa_batch(items):
 
 
 def keep_samples(items):
-    """The `collate_fn` of an image loader feeding [`ShuffledCropBatches`]: the samples as they are, one per image."""
+    """
+    The `collate_fn` of an image loader feeding [`ShuffledCropBatches`]: the samples, one per image, each sample's
+    `pixel_values` `(V, 3, S, S)` split into a list of `V` crops `(1, 3, S, S)` of their own (`None` stays `None`).
+    Split here, in the loader's workers: a crop that shared its image's tensor would keep all of it alive in the
+    buffer, and copying it in the training process would take the training step's time.
+    """
+    for item in items:
+        if item["pixel_values"] is not None:
+            item["pixel_values"] = [crop.clone() for crop in item["pixel_values"].split(1)]
     return items
 
 
@@ -294,7 +304,7 @@ class ShuffledCropBatches:
     """
     Per-crop training batches from a loader of whole images, each image decoded once an epoch.
 
-    `image_loader` yields lists of samples of `IQATransform(visits=V)` (collate with [`keep_samples`]), in the order
+    `image_loader` yields lists of samples of `IQATransform(visits=V)` (collated by [`keep_samples`]), in the order
     of a sampler that repeats itself within an epoch ([`EpochShuffleSampler`]; a loader prepared by Accelerate keeps
     it and takes its share of the image batches). Each arriving image puts its `V` crops into a buffer; whenever the
     buffer holds `buffer_size` crops, a batch is drawn from it at random, and the crops left when the images run out
@@ -411,12 +421,14 @@ class ShuffledCropBatches:
                 for position, sample in enumerate(samples):
                     pixel_values = sample["pixel_values"]
                     for visit in range(self.visits):
-                        if (arrived, position, visit) not in needed:
-                            continue
-                        # A crop of its own (clone): a view would keep the whole image batch alive in the buffer.
-                        crop = None if pixel_values is None else pixel_values[visit : visit + 1].clone()
-                        crops[(arrived, position, visit)] = {**sample, "pixel_values": crop}
+                        if (arrived, position, visit) in needed:
+                            crop = None if pixel_values is None else pixel_values[visit]
+                            crops[(arrived, position, visit)] = {**sample, "pixel_values": crop}
             yield collate_iqa_batch([crops.pop(key) for key in batches[t]])
+        # The last batch came with the last image batch: ending the loader's iteration lets Accelerate's prepared
+        # loader close it, so that it is no longer counted as the running dataloader.
+        for _ in images:
+            pass
 
 
 @torch.no_grad()
