@@ -205,6 +205,24 @@ def test_adapter_only_checkpoints_resume_exactly_and_the_limit_keeps_the_newest(
                                     "--save_adapter_only", steps=1))
 
 
+def test_gradient_accumulation_ends_each_epoch_on_a_step_and_resumes_exactly(tiny_clip, synthetic_cache, tmp_path):
+    # 10 images x 2 crops in batches of at most 4 crops: 5 batches, rounded up to 6 for 2 accumulation steps (crops
+    # spread 4, 4, 3, 3, 3, 3): 3 optimizer steps an epoch, 6 in 2 epochs
+    common = ["--cache_dir", synthetic_cache, "--max_train_samples", "10", "--max_eval_samples", "6",
+              "--gradient_accumulation_steps", "2", "--num_train_epochs", "2", "--checkpointing_steps", "1"]
+    straight = tmp_path / "straight"
+    results = train_script.main(tiny_args(tiny_clip, straight, *common, steps=None))
+    assert results["steps_per_epoch"] == 3 and results["step"] == 6 and results["batches_per_process"] == [12]
+    state = json.loads((straight / "step_4" / "training_state.json").read_text())
+    assert (state["epoch"], state["batches_in_epoch"]) == (1, 2)
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(straight / "step_4", resumed / "step_4")
+    train_script.main(tiny_args(tiny_clip, resumed, *common, "--resume_from_checkpoint", "latest", steps=None))
+    a, b = trainable_state(straight), trainable_state(resumed)
+    assert all(torch.allclose(a[name], b[name], atol=1e-6, rtol=0) for name in a)
+
+
 def test_train_on_metadata_folders(tiny_clip, tmp_path):
     train_dir = write_blur_folder(tmp_path / "train", contents=3, seed=1)
     val_dir = write_blur_folder(tmp_path / "val", contents=2, seed=2)
