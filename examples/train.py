@@ -420,8 +420,8 @@ def main(argv=None):
     model = build_model(model_args, mos_range, score_loss_weight)
     config = model.config
     if args.save_adapter_only and not config.base_model_name_or_path:
-        raise ValueError("--save_adapter_only saves the model as an adapter of a pretrained base CLIP, which this model "
-                         "lacks (a random CLIP from --clip_config_name): drop --save_adapter_only or train from "
+        raise ValueError("--save_adapter_only saves the model as an adapter of a pretrained base CLIP, which this "
+                         "model lacks (a random CLIP from --clip_config_name): drop --save_adapter_only or train from "
                          "--clip_model_name_or_path.")
     loss_terms = {"scene": bool(config.use_scene_prompts), "distortion": bool(config.use_distortion_prompts),
                   "score": True}
@@ -561,7 +561,7 @@ def main(argv=None):
         if not state_file.is_file():
             raise ValueError(f"{checkpoint} is not a checkpoint of this script (no {TRAINING_STATE_FILE}).")
         accelerator.print(f"Resumed from checkpoint: {checkpoint}")
-        # An adapter-only checkpoint (--save_adapter_only) lacks the frozen CLIP, which this run built as the first did.
+        # An adapter-only checkpoint (--save_adapter_only) lacks the frozen CLIP; this run built it as the first did.
         adapter_only = check_checkpoint_weights(checkpoint, accelerator.unwrap_model(model))
         accelerator.load_state(checkpoint, strict=not adapter_only)
         state = json.loads(state_file.read_text())

@@ -308,8 +308,9 @@ class ShuffledCropBatches:
     of a sampler that repeats itself within an epoch ([`EpochShuffleSampler`]; a loader prepared by Accelerate keeps
     it and takes its share of the image batches). Each arriving image puts its `V` crops into a buffer; whenever the
     buffer holds `buffer_size` crops, a batch is drawn from it at random, and the crops left when the images run out
-    fill the epoch's last batches. A batch therefore mixes crops of up to `buffer_size / V` images, each crop its own
-    sample as in [`make_samples`] with `visits=V`, and every `(image, visit)` crop of the epoch is in exactly one batch.
+    fill the epoch's last batches. A batch is therefore drawn from the crops of at least `buffer_size / V` images,
+    each crop its own sample as in [`make_samples`] with `visits=V`, and every `(image, visit)` crop of the epoch is in
+    exactly one batch.
 
     The epoch's batches are planned from the sampler's order and a generator seeded with `(seed, epoch,
     process_index)` before any image is decoded: they do not depend on the number of dataloader workers, and

@@ -180,7 +180,8 @@ def test_adapter_only_checkpoints_resume_exactly_and_the_limit_keeps_the_newest(
     # a checkpoint holds the trained weights, the optimizer, scheduler and RNG states, not the frozen CLIP
     saved = load_file(straight / "step_4" / "model.safetensors")
     assert saved and not any(key.startswith("clip.") for key in saved)
-    assert {"optimizer.bin", "scheduler.bin", "random_states_0.pkl"} <= {p.name for p in (straight / "step_4").iterdir()}
+    files = {p.name for p in (straight / "step_4").iterdir()}
+    assert {"optimizer.bin", "scheduler.bin", "random_states_0.pkl"} <= files
     # (the tiny CLIP is small beside MP-IQE's parts; ViT-B/16's 600 MB are the saving in a real run)
     clip_bytes = sum(t.numel() * t.element_size() for t in MPIQEModel.from_pretrained(full).clip.state_dict().values())
     size = (straight / "step_4" / "model.safetensors").stat().st_size
