@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,7 +28,8 @@ from typing import Optional
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.logging import get_logger
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import GradientAccumulationPlugin, gather_object, set_seed
+from safetensors import safe_open
 from tqdm.auto import tqdm
 from transformers import CLIPConfig, HfArgumentParser, get_cosine_schedule_with_warmup
 
@@ -45,11 +47,15 @@ from mpiqe_hf.model_sources import (
 from mpiqe_hf.testing_utils import tiny_clip_config
 from mpiqe_hf.training import (
     DataArguments,
+    EpochShuffleSampler,
     IQATransform,
+    ShuffledCropBatches,
     collate_iqa_batch,
     evaluate_model,
     iqa_split,
+    keep_samples,
     label_coverage,
+    make_samples,
     plan_split,
 )
 
@@ -135,6 +141,14 @@ class TrainArguments:
         "'epoch' or a number of optimizer steps: save_state into output_dir/epoch_N or step_N.")})
     resume_from_checkpoint: Optional[str] = field(default=None, metadata={"help": (
         "A step_N/epoch_N folder, or 'latest' for the newest one in output_dir.")})
+    checkpoints_total_limit: Optional[int] = field(default=None, metadata={"help": (
+        "Keep only the newest N step_N/epoch_N checkpoints; older ones are deleted once a new one is written.")})
+    save_adapter_only: bool = field(default=False, metadata={"help": (
+        "The final model, best/ and every checkpoint hold only MP-IQE's trained weights (tens of MB), not the frozen "
+        "CLIP: the model is an adapter of the base CLIP, a checkpoint resumes on the same CLIP.")})
+    shuffle_buffer_size: Optional[int] = field(default=None, metadata={"help": (
+        "Per-crop training: crops held in the shuffle buffer a batch is drawn from (default 8 batches). Each image is "
+        "decoded once an epoch and its crops wait there, so a batch mixes crops of up to this / --num_crops images.")})
     eval_every_epoch: int = field(default=1, metadata={"help": "Evaluate every N epochs (and at the end)."})
     load_best_model_at_end: bool = field(default=False, metadata={"help": (
         "Save the best-validation-SRCC model as the final model (it is always in output_dir/best).")})
@@ -151,6 +165,10 @@ class TrainArguments:
         if self.checkpointing_steps is not None and self.checkpointing_steps != "epoch":
             if not self.checkpointing_steps.isdigit() or int(self.checkpointing_steps) < 1:
                 raise ValueError("--checkpointing_steps must be 'epoch' or a positive integer.")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+            raise ValueError(f"--checkpoints_total_limit must be at least 1, got {self.checkpoints_total_limit}.")
+        if self.shuffle_buffer_size is not None and self.shuffle_buffer_size < 1:
+            raise ValueError(f"--shuffle_buffer_size must be positive, got {self.shuffle_buffer_size}.")
         if self.with_tracking and self.report_to not in ("all", "none"):
             from accelerate.utils import is_tensorboard_available, is_wandb_available
 
@@ -266,19 +284,57 @@ def _checkpoint_dirs(output_dir):
     return [path for *_, path in sorted(found)]
 
 
-def save_checkpoint(accelerator, output_dir, name, state):
+def save_checkpoint(accelerator, output_dir, name, state, total_limit=None):
+    """`save_state` into output_dir/name plus the loop's state; then, with `total_limit`, deletes the oldest
+    checkpoints beyond it. The state file is written last: a folder without it (a save cut short) is no checkpoint."""
     path = Path(output_dir) / name
     accelerator.save_state(str(path))
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (path / TRAINING_STATE_FILE).write_text(json.dumps(state, indent=2))
+        if total_limit is not None:
+            for old in _checkpoint_dirs(output_dir)[:-total_limit]:
+                if old.resolve() != path.resolve():
+                    shutil.rmtree(old)
     accelerator.wait_for_everyone()
 
 
-def save_model(accelerator, model, image_processor, directory, recorded_args):
+def _is_clip_weight(key: str) -> bool:
+    """Whether a state-dict key (of the model or of its DDP wrapper) is one of the frozen CLIP's tensors."""
+    parts = key.split(".")
+    return parts[parts[0] == "module"] == "clip"
+
+
+def keep_adapter_weights_only(models, weights, output_dir):
+    """`save_state` pre-hook: the checkpoint's model file holds MP-IQE's trained weights, not the frozen CLIP, which
+    the resumed run rebuilds from its source as the first run did (the adapter format's split, see hub_mpiqe)."""
+    for state in weights:
+        for key in [key for key in state if _is_clip_weight(key)]:
+            del state[key]
+
+
+def check_checkpoint_weights(checkpoint, model):
+    """A checkpoint must hold every trained weight of `model`; an adapter-only one lacks only the frozen CLIP."""
+    files = sorted(Path(checkpoint).glob("model*.safetensors"))
+    if not files:
+        raise ValueError(f"{checkpoint} has no model weights (model.safetensors): it is not a checkpoint of this run.")
+    with safe_open(str(files[0]), framework="pt") as f:
+        saved = {key.removeprefix("module.") for key in f.keys()}  # noqa: SIM118 (a safe_open handle, no mapping)
+    missing = sorted(name for name, p in model.named_parameters() if p.requires_grad and name not in saved)
+    if missing:
+        raise ValueError(f"{checkpoint} lacks {len(missing)} trained weight(s) of this model ({missing[0]}, ...): it "
+                         "was written by a run with another model configuration.")
+    return all(not _is_clip_weight(key) for key in saved)
+
+
+def save_model(accelerator, model, image_processor, directory, recorded_args, adapter_only=False):
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
-    unwrapped.save_pretrained(directory, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
-                              state_dict=accelerator.get_state_dict(model))
+    if adapter_only:
+        unwrapped.save_pretrained(directory, adapter_only=True, is_main_process=accelerator.is_main_process)
+    else:
+        unwrapped.save_pretrained(directory, is_main_process=accelerator.is_main_process,
+                                  save_function=accelerator.save, state_dict=accelerator.get_state_dict(model))
     if accelerator.is_main_process:
         image_processor.save_pretrained(directory)
         Path(directory, TRAINING_ARGS_FILE).write_text(json.dumps(recorded_args, indent=2, default=str))
@@ -326,9 +382,13 @@ def main(argv=None):
     # The seedable sampler shuffles with a generator seeded with `seed + epoch`: the same order on every process and
     # after a resume. Without CUDA, processes started by torchrun would each run alone unless forced onto the CPU.
     use_cpu = args.cpu or (int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
+    # Per-crop batches come from a shuffle buffer, not straight from a DataLoader, so Accelerate cannot see where an
+    # epoch ends; their count is a multiple of the accumulation steps instead, so that each epoch ends on a step.
+    per_crop = model_args.crop_sampling == "per_crop"
     accelerator_kwargs = dict(
         cpu=use_cpu,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=args.gradient_accumulation_steps,
+                                                                sync_with_dataloader=not per_crop),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
     )
     if args.mixed_precision is not None:
@@ -359,7 +419,6 @@ def main(argv=None):
     name, paper_batch, score_loss_weight = recipe_defaults(plan.train_ds)
     if model_args.score_loss_weight is not None:
         score_loss_weight = model_args.score_loss_weight
-    per_crop = model_args.crop_sampling == "per_crop"
     samples_per_image = model_args.num_crops if per_crop else 1
     batch_size = args.per_device_train_batch_size
     if batch_size is None:
@@ -376,6 +435,10 @@ def main(argv=None):
     # Model and image processing; crops have the CLIP input size.
     model = build_model(model_args, mos_range, score_loss_weight)
     config = model.config
+    if args.save_adapter_only and not config.base_model_name_or_path:
+        raise ValueError("--save_adapter_only saves the model as an adapter of a pretrained base CLIP, which this "
+                         "model lacks (a random CLIP from --clip_config_name): drop --save_adapter_only or train from "
+                         "--clip_model_name_or_path.")
     loss_terms = {"scene": bool(config.use_scene_prompts), "distortion": bool(config.use_distortion_prompts),
                   "score": True}
     coverage = label_coverage(plan.train_ds, plan.train_idx)
@@ -396,14 +459,29 @@ def main(argv=None):
     image_processor = MPIQEImageProcessor(crop_size={"height": crop_size, "width": crop_size},
                                           num_crops=model_args.eval_num_crops or model_args.num_crops)
     classes = dict(scene_classes=config.scene_classes, distortion_classes=config.distortion_classes)
+    # Per-crop: an image is decoded once an epoch and yields the crops of all its visits, which a shuffle buffer
+    # deals into batches of crops of many images (ShuffledCropBatches). Per-image: a sample is already an image.
     train_transform = IQATransform(plan.train_ds, image_processor, random_crops=True, seed=args.seed,
                                    crops_per_sample=1 if per_crop else model_args.num_crops,
+                                   visits=model_args.num_crops if per_crop else None,
                                    horizontal_flip=args.horizontal_flip, max_image_size=data_args.max_image_size,
                                    skip_bad_samples=True, **classes)
-    train_dataset = iqa_split(plan.train_ds, plan.train_idx, train_transform, visits=samples_per_image)
+    num_train_samples = len(plan.train_idx) * samples_per_image
     loader_kwargs = dict(collate_fn=collate_iqa_batch, num_workers=data_args.dataloader_num_workers)
-    train_dataloader = torch.utils.data.DataLoader(train_dataset, shuffle=True, batch_size=batch_size,
-                                                   **loader_kwargs)
+    if per_crop:
+        images = make_samples(plan.train_idx).with_transform(train_transform)
+        image_sampler = EpochShuffleSampler(len(images), seed=args.seed)
+        image_loader = accelerator.prepare(torch.utils.data.DataLoader(
+            images, sampler=image_sampler, batch_size=max(1, batch_size // model_args.num_crops),
+            collate_fn=keep_samples, num_workers=data_args.dataloader_num_workers))
+        train_dataloader = ShuffledCropBatches(
+            image_loader, image_sampler, visits=model_args.num_crops, batch_size=batch_size,
+            buffer_size=args.shuffle_buffer_size, seed=args.seed, process_index=accelerator.process_index,
+            batches_multiple_of=args.gradient_accumulation_steps)
+    else:
+        train_dataloader = torch.utils.data.DataLoader(
+            iqa_split(plan.train_ds, plan.train_idx, train_transform), shuffle=True, batch_size=batch_size,
+            **loader_kwargs)
 
     def evaluation_loader(ds, indices):
         transform = IQATransform(ds, image_processor, random_crops=False, max_image_size=data_args.max_image_size,
@@ -419,7 +497,10 @@ def main(argv=None):
 
     # Steps per epoch after sharding: the global batch is batch_size x processes x accumulation samples.
     total_batch_size = batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-    steps_per_epoch = math.ceil(len(train_dataset) / total_batch_size)
+    if per_crop:  # this process's share of the images, in batches of crops (a multiple of the accumulation steps)
+        steps_per_epoch = len(train_dataloader) // args.gradient_accumulation_steps
+    else:
+        steps_per_epoch = math.ceil(num_train_samples / total_batch_size)
     max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
     num_epochs = math.ceil(max_train_steps / steps_per_epoch)
     num_warmup_steps = args.num_warmup_steps
@@ -441,19 +522,27 @@ def main(argv=None):
     )
     model.to(accelerator.device)
     crop_seconds = seconds_per_crop(model, accelerator, 1 if per_crop else model_args.num_crops, crop_size)
-    model, optimizer, train_dataloader, eval_dataloader, lr_scheduler = accelerator.prepare(
-        model, optimizer, train_dataloader, eval_dataloader, lr_scheduler
-    )
+    if per_crop:  # its image loader is prepared already
+        model, optimizer, eval_dataloader, lr_scheduler = accelerator.prepare(
+            model, optimizer, eval_dataloader, lr_scheduler
+        )
+    else:
+        model, optimizer, train_dataloader, eval_dataloader, lr_scheduler = accelerator.prepare(
+            model, optimizer, train_dataloader, eval_dataloader, lr_scheduler
+        )
     if test_dataloader is not None:
         test_dataloader = accelerator.prepare(test_dataloader)
-    if len(train_dataloader) != steps_per_epoch * args.gradient_accumulation_steps:
-        logger.warning(f"{len(train_dataloader)} batches per process and epoch, {steps_per_epoch} steps expected.")
+    batches_per_epoch = len(train_dataloader)
+    if batches_per_epoch != steps_per_epoch * args.gradient_accumulation_steps:
+        logger.warning(f"{batches_per_epoch} batches per process and epoch, {steps_per_epoch} steps expected.")
+    if args.save_adapter_only:
+        accelerator.register_save_state_pre_hook(keep_adapter_weights_only)
 
     crops_per_step = total_batch_size * (1 if per_crop else model_args.num_crops)
     estimate = crop_seconds * crops_per_step * max_train_steps / accelerator.num_processes
     logger.info(
         f"***** Running training *****\n"
-        f"  {len(plan.train_idx)} images x {samples_per_image} sample(s) = {len(train_dataset)} samples an epoch "
+        f"  {len(plan.train_idx)} images x {samples_per_image} sample(s) = {num_train_samples} samples an epoch "
         f"({model_args.crop_sampling}); {num_epochs} epoch(s) of {steps_per_epoch} optimizer steps = "
         f"{max_train_steps} steps, warm-up {num_warmup_steps}\n"
         f"  batch: {batch_size} per process x {accelerator.num_processes} process(es) x "
@@ -488,7 +577,9 @@ def main(argv=None):
         if not state_file.is_file():
             raise ValueError(f"{checkpoint} is not a checkpoint of this script (no {TRAINING_STATE_FILE}).")
         accelerator.print(f"Resumed from checkpoint: {checkpoint}")
-        accelerator.load_state(checkpoint)
+        # An adapter-only checkpoint (--save_adapter_only) lacks the frozen CLIP; this run built it as the first did.
+        adapter_only = check_checkpoint_weights(checkpoint, accelerator.unwrap_model(model))
+        accelerator.load_state(checkpoint, strict=not adapter_only)
         state = json.loads(state_file.read_text())
         completed_steps = state["completed_steps"]
         starting_epoch = state["epoch"]
@@ -515,15 +606,18 @@ def main(argv=None):
         # Sums and counts of each loss term over this epoch's batches (a term is absent when no sample has its label).
         term_sums = torch.zeros(len(LOSS_TERMS), device=accelerator.device)
         term_counts = torch.zeros(len(LOSS_TERMS), device=accelerator.device)
-        batches_in_epoch = 0
-        dataloader = train_dataloader
-        if epoch == starting_epoch and resume_batches:
-            dataloader = accelerator.skip_first_batches(train_dataloader, resume_batches)
-            batches_in_epoch = resume_batches
+        batches_in_epoch = resume_batches if epoch == starting_epoch else 0
         # The shuffling order and the random crops depend on (seed, epoch) only; the dataloader passes the epoch to
-        # Accelerate's seedable sampler.
-        dataloader.set_epoch(epoch)
+        # its sampler (Accelerate's seedable sampler, or the image sampler and the shuffle buffer of per-crop batches).
         train_transform.set_epoch(epoch)
+        if per_crop:
+            train_dataloader.set_epoch(epoch)
+            dataloader = train_dataloader.iterate(batches_in_epoch)
+        else:
+            dataloader = train_dataloader
+            if batches_in_epoch:
+                dataloader = accelerator.skip_first_batches(train_dataloader, batches_in_epoch)
+            dataloader.set_epoch(epoch)
         for batch in dataloader:
             batch.pop("index")
             dropped.extend(batch.pop("skipped"))
@@ -555,10 +649,10 @@ def main(argv=None):
                     accelerator.log(logs, step=completed_steps)
                 if checkpoint_every and completed_steps % checkpoint_every == 0:
                     save_checkpoint(accelerator, args.output_dir, f"step_{completed_steps}",
-                                    training_state(epoch, batches_in_epoch))
+                                    training_state(epoch, batches_in_epoch), args.checkpoints_total_limit)
             if completed_steps >= max_train_steps:
                 break
-        if batches_in_epoch >= len(train_dataloader):
+        if batches_in_epoch >= batches_per_epoch:
             next_epoch, next_batches = epoch + 1, 0
         else:
             next_epoch, next_batches = epoch, batches_in_epoch
@@ -582,9 +676,11 @@ def main(argv=None):
             if eval_metrics["srcc"] > best["srcc"]:
                 best = {"srcc": eval_metrics["srcc"], "plcc": eval_metrics["plcc"], "epoch": epoch,
                         "step": completed_steps}
-                save_model(accelerator, model, image_processor, os.path.join(args.output_dir, "best"), recorded_args)
+                save_model(accelerator, model, image_processor, os.path.join(args.output_dir, "best"), recorded_args,
+                           args.save_adapter_only)
         if args.checkpointing_steps == "epoch":
-            save_checkpoint(accelerator, args.output_dir, f"epoch_{epoch}", training_state(next_epoch, next_batches))
+            save_checkpoint(accelerator, args.output_dir, f"epoch_{epoch}", training_state(next_epoch, next_batches),
+                            args.checkpoints_total_limit)
     progress_bar.close()
 
     if args.load_best_model_at_end and best["epoch"] is not None and best["step"] != completed_steps:
@@ -594,7 +690,7 @@ def main(argv=None):
         eval_metrics = evaluate_model(model, eval_dataloader, accelerator)
     elif not eval_metrics:  # a finished run resumed from its last checkpoint: nothing trained, nothing evaluated yet
         eval_metrics = evaluate_model(model, eval_dataloader, accelerator)
-    save_model(accelerator, model, image_processor, args.output_dir, recorded_args)
+    save_model(accelerator, model, image_processor, args.output_dir, recorded_args, args.save_adapter_only)
 
     dropped = [error for errors in gather_object([dropped]) for error in errors]
     batches_per_process = accelerator.gather(torch.tensor([batches_done], device=accelerator.device)).tolist()
@@ -605,7 +701,7 @@ def main(argv=None):
         steps_per_epoch=steps_per_epoch, total_train_batch_size=total_batch_size,
         best_srcc=best["srcc"] if best["epoch"] is not None else None, best_epoch=best["epoch"],
         num_train_samples=len(plan.train_idx), num_eval_samples=len(plan.eval_idx),
-        crop_sampling=model_args.crop_sampling, num_train_samples_per_epoch=len(train_dataset),
+        crop_sampling=model_args.crop_sampling, num_train_samples_per_epoch=num_train_samples,
         dataset=name, split_protocol=protocol, split_description=plan.description,
         split_index=data_args.split_index, train_fraction=data_args.train_fraction, loss_terms=loss_terms,
         num_processes=accelerator.num_processes, batches_per_process=batches_per_process,

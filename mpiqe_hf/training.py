@@ -5,9 +5,12 @@ layout of `mpiqe_hf.data.load_iqa_dataset`, see `docs/data.md`) and `visit` numb
 image. [`IQATransform`], set with `Dataset.with_transform`, decodes the images of a batch of samples and makes their
 crops, so nothing is decoded before it is needed.
 
-- Paper preset (per-crop training): [`make_samples`] with `visits=num_crops` lists every training image `num_crops`
-  times; each visit is one fresh random crop and its own sample (`pixel_values` `(1, 3, S, S)`), so batches count
-  crops and the losses apply per crop, as in the paper's code base.
+- Paper preset (per-crop training): every training image is visited `num_crops` times an epoch; each visit is one
+  fresh random crop and its own sample (`pixel_values` `(1, 3, S, S)`), so batches count crops and the losses apply
+  per crop, as in the paper's code base. [`ShuffledCropBatches`] decodes each image once an epoch
+  (`IQATransform(visits=num_crops)` cuts all its visits' crops) and deals the crops into batches through a shuffle
+  buffer, so a batch mixes crops of many images. [`make_samples`] with `visits=num_crops` lists the same samples one
+  visit a row (one decode per crop), for inspection and for a plain `DataLoader`.
 - Per-image training: `visits=1` and `crops_per_sample=num_crops`: one sample holds an image's `num_crops` random
   crops, whose scores the model averages before the loss.
 - Evaluation: `visits=1`, grid crops; the model averages an image's crops.
@@ -15,13 +18,15 @@ crops, so nothing is decoded before it is needed.
 The random crop (and optional flip) of a sample is drawn from a generator seeded with `(seed, epoch, row, visit)`,
 not from the process-wide RNG: a sample's crop does not depend on the number of dataloader workers or processes, on
 prefetching, or on where a run was interrupted, which is what makes `--resume_from_checkpoint` continue exactly.
-Shuffling is Accelerate's seedable sampler (`DataLoaderConfiguration(use_seedable_sampler=True)`), whose order
-depends on `(data_seed, epoch)` only.
+Shuffling is Accelerate's seedable sampler (`DataLoaderConfiguration(use_seedable_sampler=True)`) or, for the
+per-crop stream, [`EpochShuffleSampler`] and the buffer's generator, whose orders depend on `(seed, epoch)` (and the
+process) only.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -120,13 +125,17 @@ class IQATransform:
         scene_classes, distortion_classes (`Sequence[str]`): the model's vocabularies (`config.scene_classes`, ...).
         random_crops (`bool`): random crops (training) or the processor's deterministic grid (evaluation).
         crops_per_sample (`int`): random crops per sample: 1 in per-crop training, `num_crops` in per-image training.
+        visits (`int`, *optional*): the sample holds the crops of all `visits` visits of its image, cut from one
+            decode: crop `v` is the crop the per-visit sample `(row, v)` would have (same seed, same flip). The input
+            of [`ShuffledCropBatches`]; needs `random_crops` and `crops_per_sample=1`.
         seed (`int`): base seed of the random crops and flips; see [`derived_seed`].
         horizontal_flip (`bool`): flip each random crop with probability 1/2.
         max_image_size (`int`, *optional*): downscale images whose longer side exceeds this before cropping.
         skip_bad_samples (`bool`): an image that fails to decode is dropped from its batch with a warning (and
             counted, see [`collate_iqa_batch`]) instead of stopping the run.
 
-    Each sample becomes `pixel_values` `(crops, 3, S, S)`, `mos` `()` (normalised), `scene_labels`
+    Each sample becomes `pixel_values` `(crops, 3, S, S)` (`crops` = `visits`, else `crops_per_sample` or the grid's
+    `num_crops`), `mos` `()` (normalised), `scene_labels`
     `(num_scene_classes,)` multi-hot, `distortion_labels` `()` (`IGNORE_INDEX` = no label) and `index` `()` (the
     row), or, when skipped, `pixel_values=None` and `error` saying why.
     """
@@ -144,7 +153,10 @@ class IQATransform:
         horizontal_flip: bool = False,
         max_image_size: Optional[int] = None,
         skip_bad_samples: bool = False,
+        visits: Optional[int] = None,
     ):
+        if visits is not None and (visits < 1 or not random_crops or crops_per_sample != 1):
+            raise ValueError(f"visits={visits} needs random_crops=True, crops_per_sample=1 and visits >= 1.")
         missing = set(REQUIRED_COLUMNS) - set(dataset.column_names)
         if missing:
             raise ValueError(f"The dataset lacks the columns {sorted(missing)}; load it with `load_iqa_dataset`.")
@@ -161,6 +173,7 @@ class IQATransform:
         self.horizontal_flip = horizontal_flip
         self.max_image_size = max_image_size
         self.skip_bad_samples = skip_bad_samples
+        self.visits = visits
         self.epoch = 0
 
     def set_epoch(self, epoch: int):
@@ -176,6 +189,16 @@ class IQATransform:
             image.thumbnail((self.max_image_size, self.max_image_size), Image.Resampling.BICUBIC)
         if not self.random_crops:
             return self.image_processor(image, crop_mode="grid", return_tensors="pt")["pixel_values"][0]
+        if self.visits is not None:
+            # One array for all visits: the processor would convert the PIL image again for every crop. The crops are
+            # joined in numpy: torch.cat's threads contend with the training step's when no workers decode.
+            pixels = np.asarray(image.convert("RGB"))
+            crops = [self.visit_crops(pixels, row, v).numpy() for v in range(self.visits)]
+            return torch.from_numpy(np.concatenate(crops))
+        return self.visit_crops(image, row, visit)
+
+    def visit_crops(self, image, row: int, visit: int) -> torch.Tensor:
+        """The `(crops_per_sample, 3, S, S)` random crops of visit `visit` of dataset row `row` in this epoch."""
         seed = derived_seed(self.seed, self.epoch, row, visit)
         pixel_values = self.image_processor(
             image, num_crops=self.crops_per_sample, crop_mode="random", seed=seed, return_tensors="pt"
@@ -239,6 +262,173 @@ def collate_iqa_batch(items):
     batch = {key: torch.stack([item[key] for item in kept]) for key in kept[0] if key != "error"}
     batch["skipped"] = skipped
     return batch
+
+
+def keep_samples(items):
+    """
+    The `collate_fn` of an image loader feeding [`ShuffledCropBatches`]: the samples, one per image, each sample's
+    `pixel_values` `(V, 3, S, S)` split into a list of `V` crops `(1, 3, S, S)` of their own (`None` stays `None`).
+    Split here, in the loader's workers: a crop that shared its image's tensor would keep all of it alive in the
+    buffer, and copying it in the training process would take the training step's time.
+    """
+    for item in items:
+        if item["pixel_values"] is not None:
+            item["pixel_values"] = [crop.clone() for crop in item["pixel_values"].split(1)]
+    return items
+
+
+class EpochShuffleSampler(torch.utils.data.Sampler):
+    """
+    Positions `0..num_samples-1` in an order drawn from `(seed, epoch)` alone: iterating twice in an epoch gives the
+    same order, which [`ShuffledCropBatches`] relies on to plan an epoch before its images arrive.
+    """
+
+    def __init__(self, num_samples: int, seed: int = 0):
+        self.num_samples = int(num_samples)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = int(epoch)
+
+    def __len__(self):
+        return self.num_samples
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, self.epoch, 0x5A3B1E])
+        return iter(rng.permutation(self.num_samples).tolist())
+
+
+class ShuffledCropBatches:
+    """
+    Per-crop training batches from a loader of whole images, each image decoded once an epoch.
+
+    `image_loader` yields lists of samples of `IQATransform(visits=V)` (collated by [`keep_samples`]), in the order
+    of a sampler that repeats itself within an epoch ([`EpochShuffleSampler`]; a loader prepared by Accelerate keeps
+    it and takes its share of the image batches). Each arriving image puts its `V` crops into a buffer; whenever the
+    buffer holds `buffer_size` crops, a batch is drawn from it at random, and the crops left when the images run out
+    fill the epoch's last batches. A batch is therefore drawn from the crops of at least `buffer_size / V` images,
+    each crop its own sample as in [`make_samples`] with `visits=V`, and every `(image, visit)` crop of the epoch is in
+    exactly one batch.
+
+    The epoch's batches are planned from the sampler's order and a generator seeded with `(seed, epoch,
+    process_index)` before any image is decoded: they do not depend on the number of dataloader workers, and
+    `iterate(start)` resumes at batch `start` decoding only the images whose crops are still to come.
+
+    Args:
+        image_loader (`torch.utils.data.DataLoader`): the image loader (plain or prepared by Accelerate).
+        sampler ([`EpochShuffleSampler`]): its sampler, told each epoch.
+        visits (`int`): crops of each image, `V`.
+        batch_size (`int`): crops per batch at most; the epoch's crops are spread evenly over its batches.
+        buffer_size (`int`, *optional*): crops in the buffer before a batch is drawn (default `8 * batch_size`).
+        seed (`int`), process_index (`int`): seed of the buffer's draws.
+        batches_multiple_of (`int`): the epoch's batch count is rounded up to a multiple of this (the gradient
+            accumulation steps, so that an epoch ends on an optimizer step).
+
+    Batches are [`collate_iqa_batch`] dicts: `pixel_values` `(n, 1, 3, S, S)`, `mos` `(n,)`, `scene_labels`
+    `(n, num_scene_classes)`, `distortion_labels` `(n,)`, `index` `(n,)` (dataset rows) and `skipped` (one entry per
+    crop of an image that failed to decode).
+    """
+
+    def __init__(self, image_loader, sampler: EpochShuffleSampler, visits: int, batch_size: int,
+                 buffer_size: Optional[int] = None, seed: int = 0, process_index: int = 0,
+                 batches_multiple_of: int = 1):
+        if batch_size < 1 or visits < 1 or batches_multiple_of < 1:
+            raise ValueError(f"batch_size ({batch_size}), visits ({visits}) and batches_multiple_of "
+                             f"({batches_multiple_of}) must be positive.")
+        buffer_size = 8 * batch_size if buffer_size is None else int(buffer_size)
+        if buffer_size < batch_size:
+            raise ValueError(f"The shuffle buffer ({buffer_size} crops) must hold at least a batch ({batch_size}).")
+        self.image_loader = image_loader
+        self.sampler = sampler
+        self.visits = int(visits)
+        self.batch_size = int(batch_size)
+        self.buffer_size = buffer_size
+        self.seed = int(seed)
+        self.process_index = int(process_index)
+        self.batches_multiple_of = int(batches_multiple_of)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int):
+        """Selects the image order and buffer draws of `epoch` (call before iterating)."""
+        self.epoch = int(epoch)
+        self.sampler.set_epoch(epoch)
+        if hasattr(self.image_loader, "set_epoch"):
+            self.image_loader.set_epoch(epoch)
+
+    def plan(self) -> tuple[list, list]:
+        """
+        `(batches, arrivals)` of the current epoch: `batches[t]` lists the `(image batch, position, visit)` crops of
+        batch `t`; `arrivals[t]` is the image batch after whose arrival it is drawn.
+        """
+        sizes = [len(indices) for indices in self.image_loader.batch_sampler]
+        total = sum(sizes) * self.visits
+        if total == 0:
+            raise ValueError("The image loader yields no images.")
+        count = math.ceil(total / self.batch_size)
+        count = self.batches_multiple_of * math.ceil(count / self.batches_multiple_of)
+        if count > total:
+            raise ValueError(f"{total} crops cannot fill {count} batches: fewer crops per process than "
+                             f"{self.batches_multiple_of} gradient accumulation steps.")
+        # Even sizes: rounding the count up to the accumulation steps never leaves a batch nearly empty.
+        batch_sizes = [len(part) for part in np.array_split(np.arange(total), count)]
+        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, self.epoch, self.process_index, 0xB0FFE2])
+        buffer, batches, arrivals = [], [], []
+
+        def draw(arrival):
+            size = batch_sizes[len(batches)]
+            picked = set(rng.choice(len(buffer), size=size, replace=False).tolist())
+            batches.append([crop for i, crop in enumerate(buffer) if i in picked])
+            buffer[:] = [crop for i, crop in enumerate(buffer) if i not in picked]
+            arrivals.append(arrival)
+
+        for j, size in enumerate(sizes):
+            buffer.extend((j, position, visit) for position in range(size) for visit in range(self.visits))
+            while len(batches) < count and len(buffer) >= max(self.buffer_size, batch_sizes[len(batches)]):
+                draw(j)
+        while len(batches) < count:
+            draw(len(sizes) - 1)
+        return batches, arrivals
+
+    def __len__(self):
+        return len(self.plan()[0])
+
+    def __iter__(self):
+        return self.iterate(0)
+
+    def iterate(self, start: int = 0):
+        """The epoch's batches from batch `start` on (a resumed run skips the images it no longer needs)."""
+        from accelerate.data_loader import skip_first_batches
+
+        batches, arrivals = self.plan()
+        if start >= len(batches):
+            return
+        first = min(j for batch in batches[start:] for j, _, _ in batch)
+        loader = skip_first_batches(self.image_loader, first) if first else self.image_loader
+        needed = {key for batch in batches[start:] for key in batch}
+        lengths = {}  # the fewest samples each image batch must hold
+        for j, position, _ in needed:
+            lengths[j] = max(lengths.get(j, 0), position + 1)
+        images = iter(loader)
+        crops, arrived = {}, first - 1
+        for t in range(start, len(batches)):
+            while arrived < arrivals[t]:
+                arrived += 1
+                samples = next(images, None)
+                if samples is None or len(samples) < lengths.get(arrived, 0):
+                    raise ValueError("The image loader yielded other batches than its sampler listed: its sampler "
+                                     "must give the same order every time it is iterated in an epoch.")
+                for position, sample in enumerate(samples):
+                    pixel_values = sample["pixel_values"]
+                    for visit in range(self.visits):
+                        if (arrived, position, visit) in needed:
+                            crop = None if pixel_values is None else pixel_values[visit]
+                            crops[(arrived, position, visit)] = {**sample, "pixel_values": crop}
+            yield collate_iqa_batch([crops.pop(key) for key in batches[t]])
+        # The last batch came with the last image batch: ending the loader's iteration lets Accelerate's prepared
+        # loader close it, so that it is no longer counted as the running dataloader.
+        for _ in images:
+            pass
 
 
 @torch.no_grad()
@@ -492,6 +682,9 @@ __all__ = [
     "iqa_split",
     "derived_seed",
     "collate_iqa_batch",
+    "keep_samples",
+    "EpochShuffleSampler",
+    "ShuffledCropBatches",
     "predict",
     "evaluate_model",
 ]

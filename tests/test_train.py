@@ -16,9 +16,18 @@ import torch
 from PIL import Image, ImageFilter
 from safetensors.torch import load_file
 
-from mpiqe_hf import MPIQEImageProcessor, MPIQEModel
+from mpiqe_hf import MPIQEImageProcessor, MPIQEModel, training
 from mpiqe_hf.data import load_iqa_dataset
-from mpiqe_hf.training import IQATransform, collate_iqa_batch, evaluate_model, iqa_split
+from mpiqe_hf.training import (
+    EpochShuffleSampler,
+    IQATransform,
+    ShuffledCropBatches,
+    collate_iqa_batch,
+    evaluate_model,
+    iqa_split,
+    keep_samples,
+    make_samples,
+)
 
 from conftest import MPIQEModelTester, save_tiny_clip
 from hub_server import hub_endpoint  # noqa: F401  (the fixture)
@@ -157,6 +166,64 @@ def test_resume_from_checkpoint_continues_exactly(tiny_clip, synthetic_cache, tm
     assert all(torch.equal(after[name], a[name]) for name in a)
 
 
+def test_adapter_only_checkpoints_resume_exactly_and_the_limit_keeps_the_newest(tiny_clip, synthetic_cache,
+                                                                               tmp_path):
+    common = ["--cache_dir", synthetic_cache, "--max_train_samples", "12", "--max_eval_samples", "6",
+              "--per_device_train_batch_size", "8"]
+    full = tmp_path / "full"
+    train_script.main(tiny_args(tiny_clip, full, *common, "--checkpointing_steps", "2", steps=4))
+    straight = tmp_path / "straight"
+    train_script.main(tiny_args(tiny_clip, straight, *common, "--save_adapter_only", "--checkpointing_steps", "1",
+                                "--checkpoints_total_limit", "2", steps=4))
+    # only the newest 2 of the 4 checkpoints are kept
+    assert sorted(p.name for p in straight.glob("step_*")) == ["step_3", "step_4"]
+    # a checkpoint holds the trained weights, the optimizer, scheduler and RNG states, not the frozen CLIP
+    saved = load_file(straight / "step_4" / "model.safetensors")
+    assert saved and not any(key.startswith("clip.") for key in saved)
+    files = {p.name for p in (straight / "step_4").iterdir()}
+    assert {"optimizer.bin", "scheduler.bin", "random_states_0.pkl"} <= files
+    # (the tiny CLIP is small beside MP-IQE's parts; ViT-B/16's 600 MB are the saving in a real run)
+    clip_bytes = sum(t.numel() * t.element_size() for t in MPIQEModel.from_pretrained(full).clip.state_dict().values())
+    size = (straight / "step_4" / "model.safetensors").stat().st_size
+    assert (full / "step_4" / "model.safetensors").stat().st_size - size >= 0.99 * clip_bytes
+    # the final model and best/ are adapters of the base CLIP
+    for folder in (straight, straight / "best"):
+        names = {p.name for p in folder.iterdir()}
+        assert {"adapter_config.json", "adapter_model.safetensors"} <= names and "model.safetensors" not in names
+    a = trainable_state(straight)
+    assert all(torch.allclose(a[name], value, atol=1e-6, rtol=0) for name, value in trainable_state(full).items())
+    # resuming from the adapter-only checkpoint after step 3 gives the uninterrupted run's weights
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(straight / "step_3", resumed / "step_3")
+    train_script.main(tiny_args(tiny_clip, resumed, *common, "--save_adapter_only", "--resume_from_checkpoint",
+                                "latest", steps=4))
+    b = trainable_state(resumed)
+    assert a.keys() == b.keys() and all(torch.allclose(a[name], b[name], atol=1e-6, rtol=0) for name in a)
+    # an adapter needs a pretrained base CLIP to be loaded on
+    with pytest.raises(ValueError, match="--save_adapter_only saves the model as an adapter of a pretrained base"):
+        train_script.main(tiny_args(tiny_clip, tmp_path / "random", *common, "--clip_config_name", "tiny",
+                                    "--save_adapter_only", steps=1))
+
+
+def test_gradient_accumulation_ends_each_epoch_on_a_step_and_resumes_exactly(tiny_clip, synthetic_cache, tmp_path):
+    # 10 images x 2 crops in batches of at most 4 crops: 5 batches, rounded up to 6 for 2 accumulation steps (crops
+    # spread 4, 4, 3, 3, 3, 3): 3 optimizer steps an epoch, 6 in 2 epochs
+    common = ["--cache_dir", synthetic_cache, "--max_train_samples", "10", "--max_eval_samples", "6",
+              "--gradient_accumulation_steps", "2", "--num_train_epochs", "2", "--checkpointing_steps", "1"]
+    straight = tmp_path / "straight"
+    results = train_script.main(tiny_args(tiny_clip, straight, *common, steps=None))
+    assert results["steps_per_epoch"] == 3 and results["step"] == 6 and results["batches_per_process"] == [12]
+    state = json.loads((straight / "step_4" / "training_state.json").read_text())
+    assert (state["epoch"], state["batches_in_epoch"]) == (1, 2)
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(straight / "step_4", resumed / "step_4")
+    train_script.main(tiny_args(tiny_clip, resumed, *common, "--resume_from_checkpoint", "latest", steps=None))
+    a, b = trainable_state(straight), trainable_state(resumed)
+    assert all(torch.allclose(a[name], b[name], atol=1e-6, rtol=0) for name in a)
+
+
 def test_train_on_metadata_folders(tiny_clip, tmp_path):
     train_dir = write_blur_folder(tmp_path / "train", contents=3, seed=1)
     val_dir = write_blur_folder(tmp_path / "val", contents=2, seed=2)
@@ -268,6 +335,85 @@ def test_per_crop_samples_and_evaluate_model(tmp_path):
     loader = torch.utils.data.DataLoader(evaluation, batch_size=4, collate_fn=collate_iqa_batch)
     metrics = evaluate_model(model, loader)
     assert metrics["num_samples"] == 6 and -1.0 <= metrics["srcc"] <= 1.0 and "plcc" in metrics
+
+
+def crop_stream(ds, indices, seed=5, visits=3, batch_size=4, buffer_size=8, workers=0, epoch=1, **transform_kwargs):
+    config = MPIQEModelTester().config()
+    transform = IQATransform(ds, MPIQEImageProcessor(crop_size=30), random_crops=True, seed=seed, visits=visits,
+                             scene_classes=config.scene_classes, distortion_classes=config.distortion_classes,
+                             **transform_kwargs)
+    transform.set_epoch(epoch)
+    images = make_samples(indices).with_transform(transform)
+    sampler = EpochShuffleSampler(len(images), seed=seed)
+    loader = torch.utils.data.DataLoader(images, sampler=sampler, batch_size=2, collate_fn=keep_samples,
+                                         num_workers=workers)
+    stream = ShuffledCropBatches(loader, sampler, visits=visits, batch_size=batch_size, buffer_size=buffer_size,
+                                 seed=seed)
+    stream.set_epoch(epoch)
+    return stream
+
+
+def test_shuffled_crop_batches_decode_each_image_once_and_hold_every_visit_once(tmp_path, monkeypatch):
+    folder = write_blur_folder(tmp_path / "data", contents=3, levels=4, size=64)
+    ds = load_iqa_dataset(str(folder))
+    indices = list(range(12))
+    decoded = []
+    original = training.load_image
+    monkeypatch.setattr(training, "load_image", lambda image: decoded.append(image["path"]) or original(image))
+    stream = crop_stream(ds, indices, horizontal_flip=True)
+    batches = list(stream)
+    # 12 images x 3 visits = 36 crops in 9 batches of 4; each image decoded once (per-visit samples: 36 decodes)
+    assert len(decoded) == 12 and len(set(decoded)) == 12
+    assert len(batches) == len(stream) == 9
+    assert all(b["pixel_values"].shape == (4, 1, 3, 30, 30) and b["skipped"] == [] for b in batches)
+    # each crop is the per-visit sample's crop (same seed, same flip), and each (image, visit) comes exactly once
+    config = MPIQEModelTester().config()
+    per_visit = IQATransform(ds, MPIQEImageProcessor(crop_size=30), random_crops=True, seed=5, horizontal_flip=True,
+                             scene_classes=config.scene_classes, distortion_classes=config.distortion_classes)
+    per_visit.set_epoch(1)
+    samples = iqa_split(ds, indices, per_visit, visits=3)
+    expected = {}
+    for item, row, visit in zip(samples.__getitems__(list(range(36))), np.repeat(indices, 3), [0, 1, 2] * 12):
+        expected[item["pixel_values"].numpy().tobytes()] = (int(row), visit, item["mos"].item())
+    assert len(expected) == 36
+    seen = []
+    for batch in batches:
+        for crop, row, mos in zip(batch["pixel_values"], batch["index"].tolist(), batch["mos"].tolist()):
+            found = expected[crop.numpy().tobytes()]
+            assert found[0] == row and found[2] == pytest.approx(mos)
+            seen.append(found[:2])
+    assert sorted(seen) == sorted((row, visit) for row in indices for visit in range(3))
+    # batches mix images: drawn at random from a buffer of 8 crops, not in arrival order (at most 2 images a batch)
+    assert all(len(set(b["index"].tolist())) > 1 for b in batches)
+    assert max(len(set(b["index"].tolist())) for b in batches) >= 3
+    # the same seed and epoch give the same batches, whatever the number of workers; another epoch others
+    again = list(crop_stream(ds, indices, horizontal_flip=True, workers=2))
+    assert all(torch.equal(a["pixel_values"], b["pixel_values"]) for a, b in zip(batches, again))
+    other = list(crop_stream(ds, indices, horizontal_flip=True, epoch=2))
+    assert not torch.equal(batches[0]["pixel_values"], other[0]["pixel_values"])
+    # resuming at batch 5 gives the rest, decoding only the images whose crops are still to come
+    decoded.clear()
+    rest = list(stream.iterate(5))
+    assert len(rest) == 4 and all(torch.equal(a["pixel_values"], b["pixel_values"]) for a, b in zip(batches[5:], rest))
+    assert len(decoded) < 12 and list(stream.iterate(9)) == []
+
+
+def test_shuffled_crop_batches_options_and_bad_images(tmp_path):
+    folder = write_blur_folder(tmp_path / "data", contents=2, levels=3, size=40)
+    (folder / "images" / "c1_l1.png").write_bytes(b"garbage")
+    ds = load_iqa_dataset(str(folder), verify_images=False)
+    # the epoch's batch count is rounded up to a multiple of the accumulation steps, spreading the crops evenly
+    stream = crop_stream(ds, list(range(6)), visits=2, batch_size=4, buffer_size=4, skip_bad_samples=True)
+    stream.batches_multiple_of = 2
+    batches = list(stream)
+    assert [len(b["index"]) + len(b["skipped"]) for b in batches] == [3, 3, 3, 3]
+    # the bad image's two crops are dropped from their batches and listed
+    skipped = [error for b in batches for error in b["skipped"]]
+    assert len(skipped) == 2 and all("c1_l1.png" in error for error in skipped)
+    with pytest.raises(ValueError, match=r"shuffle buffer \(2 crops\) must hold at least a batch \(4\)"):
+        crop_stream(ds, [0], batch_size=4, buffer_size=2)
+    with pytest.raises(ValueError, match="visits=2 needs random_crops=True, crops_per_sample=1"):
+        crop_stream(ds, [0], visits=2, crops_per_sample=2)
 
 
 @pytest.mark.parametrize("crop_sampling, steps_per_epoch", [("per_crop", 3), ("per_image", 2)])
