@@ -251,9 +251,10 @@ def main(argv=None):
             processor = MPIQEImageProcessor(crop_size={"height": size, "width": size})
         if eval_args.num_crops is not None:
             processor.num_crops = eval_args.num_crops
+        if data_args.max_image_size is not None:  # else the scale the model was trained at, saved in its processor
+            processor.max_image_size = data_args.max_image_size or None
         transform = IQATransform(ds, processor, model.config.scene_classes, model.config.distortion_classes,
-                                 random_crops=False, max_image_size=data_args.resolved_max_image_size,
-                                 skip_bad_samples=data_args.skip_bad_samples)
+                                 random_crops=False, skip_bad_samples=data_args.skip_bad_samples)
         loader = torch.utils.data.DataLoader(iqa_split(ds, indices, transform),
                                              batch_size=eval_args.per_device_eval_batch_size,
                                              collate_fn=collate_iqa_batch,
@@ -272,7 +273,6 @@ def main(argv=None):
                               and splits_by_content(train_ds))
                 train_part = (IQATransform(train_ds, processor, model.config.scene_classes,
                                            model.config.distortion_classes, random_crops=False,
-                                           max_image_size=data_args.resolved_max_image_size,
                                            skip_bad_samples=data_args.skip_bad_samples),
                               plan.train_idx, train_ds["content_id"] if by_content else None)
         model, loader = accelerator.prepare(model, loader)

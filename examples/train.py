@@ -456,15 +456,17 @@ def main(argv=None):
     if model_args.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     crop_size = config.clip_config.vision_config.image_size
+    # Saved with the model: the pipeline and mpiqe-score then see images at the scale training saw them.
     image_processor = MPIQEImageProcessor(crop_size={"height": crop_size, "width": crop_size},
-                                          num_crops=model_args.eval_num_crops or model_args.num_crops)
+                                          num_crops=model_args.eval_num_crops or model_args.num_crops,
+                                          max_image_size=data_args.resolved_max_image_size)
     classes = dict(scene_classes=config.scene_classes, distortion_classes=config.distortion_classes)
     # Per-crop: an image is decoded once an epoch and yields the crops of all its visits, which a shuffle buffer
     # deals into batches of crops of many images (ShuffledCropBatches). Per-image: a sample is already an image.
     train_transform = IQATransform(plan.train_ds, image_processor, random_crops=True, seed=args.seed,
                                    crops_per_sample=1 if per_crop else model_args.num_crops,
                                    visits=model_args.num_crops if per_crop else None,
-                                   horizontal_flip=args.horizontal_flip, max_image_size=data_args.max_image_size,
+                                   horizontal_flip=args.horizontal_flip,
                                    skip_bad_samples=True, **classes)
     num_train_samples = len(plan.train_idx) * samples_per_image
     loader_kwargs = dict(collate_fn=collate_iqa_batch, num_workers=data_args.dataloader_num_workers)
@@ -484,8 +486,8 @@ def main(argv=None):
             **loader_kwargs)
 
     def evaluation_loader(ds, indices):
-        transform = IQATransform(ds, image_processor, random_crops=False, max_image_size=data_args.max_image_size,
-                                 skip_bad_samples=data_args.skip_bad_samples, **classes)
+        transform = IQATransform(ds, image_processor, random_crops=False, skip_bad_samples=data_args.skip_bad_samples,
+                                 **classes)
         return torch.utils.data.DataLoader(iqa_split(ds, indices, transform), batch_size=eval_batch_size,
                                            **loader_kwargs)
 

@@ -1,8 +1,10 @@
 """Image processor of MP-IQE: cuts each image, at its native resolution, into a fixed number of CLIP-sized crops.
 
-Quality depends on the pixels as they are, so images are never downscaled: an image is only enlarged (aspect ratio
-kept) when a side is shorter than the crop. Each image then gives `num_crops` crops, on a deterministic grid spanning
-the whole image (evaluation) or at random positions (training).
+Quality depends on the pixels as they are, so by default images are never downscaled: an image is only enlarged
+(aspect ratio kept) when a side is shorter than the crop. A model trained on downscaled copies (`max_image_size`, e.g.
+KonIQ-10k at 512 px as DEIQT trains it) saves that bound in its processor, so that it scores images at the scale it
+learned. Each image then gives `num_crops` crops, on a deterministic grid spanning the whole image (evaluation) or at
+random positions (training).
 
 Shipped as Hub remote code together with `image_utils_mpiqe.py` (its decoding).
 """
@@ -22,7 +24,14 @@ from transformers.processing_utils import ImagesKwargs, Unpack
 from .image_utils_mpiqe import to_rgb_array
 
 
-__all__ = ["MPIQEImageProcessor", "MPIQEImageProcessorKwargs", "enlarged_size", "grid_crop_positions", "grid_layout"]
+__all__ = [
+    "MPIQEImageProcessor",
+    "MPIQEImageProcessorKwargs",
+    "downscaled_size",
+    "enlarged_size",
+    "grid_crop_positions",
+    "grid_layout",
+]
 
 
 def _at_least_one(value: int | None = None):
@@ -41,11 +50,15 @@ class MPIQEImageProcessorKwargs(ImagesKwargs, total=False):
         Makes random crops reproducible with a `torch.Generator` private to the call. Unset, random crops draw from
         torch's global RNG, so `torch.manual_seed`, `accelerate.utils.set_seed` and the `DataLoader`'s per-worker
         seeding govern them. Grid crops ignore it.
+    max_image_size (`int`, *optional*, defaults to `self.max_image_size`):
+        Images whose longer side exceeds this many pixels are first downscaled to it (aspect ratio kept, with
+        `resample`); `None` keeps the native resolution.
     """
 
     num_crops: Annotated[int | None, _at_least_one]
     crop_mode: Literal["grid", "random"] | None
     seed: int | None
+    max_image_size: Annotated[int | None, _at_least_one]
 
 
 def grid_layout(num_crops: int, height: int, width: int, crop_height: int, crop_width: int) -> tuple[int, int]:
@@ -73,11 +86,22 @@ def grid_layout(num_crops: int, height: int, width: int, crop_height: int, crop_
     return min(covering or pairs, key=rank)
 
 
-def enlarged_size(height: int, width: int, crop_height: int, crop_width: int) -> tuple[int, int]:
+def downscaled_size(height: int, width: int, max_image_size: int | None) -> tuple[int, int]:
+    """`(height, width)` with the longer side cut to `max_image_size` when it exceeds it (aspect ratio kept)."""
+    if max_image_size is None or max(height, width) <= max_image_size:
+        return height, width
+    shrink = max_image_size / max(height, width)
+    return max(1, round(height * shrink)), max(1, round(width * shrink))
+
+
+def enlarged_size(
+    height: int, width: int, crop_height: int, crop_width: int, max_image_size: int | None = None
+) -> tuple[int, int]:
     """
-    The size `(height, width)` an image is brought to before it is cut into crops: unchanged when it holds the crop,
-    otherwise enlarged with its aspect ratio kept until it does.
+    The size `(height, width)` an image is brought to before it is cut into crops: [`downscaled_size`] when
+    `max_image_size` is given, then, if it no longer holds the crop, enlarged until it does (aspect ratio kept).
     """
+    height, width = downscaled_size(height, width, max_image_size)
     scale = max(crop_height / height, crop_width / width)
     if scale <= 1:
         return height, width
@@ -123,8 +147,12 @@ class MPIQEImageProcessor(PilBackend):
             `"grid"` or `"random"`.
         seed (`int`, *optional*):
             Seed of random crops; unset, they draw from torch's global RNG.
+        max_image_size (`int`, *optional*):
+            Longer side (px) above which images are downscaled before cropping; unset, never (the native pixels).
+            Training writes the bound it trained with (`--max_image_size`, the dataset's default) into the saved
+            processor.
         resample (`PILImageResampling`, *optional*, defaults to `PILImageResampling.BICUBIC`):
-            Filter that enlarges images smaller than the crop.
+            Filter that resizes images (downscaling to `max_image_size`, enlarging to the crop).
         do_rescale (`bool`, *optional*, defaults to `True`):
             Whether to multiply the 0..255 pixel values by `rescale_factor`.
         rescale_factor (`float`, *optional*, defaults to `1/255`):
@@ -147,6 +175,7 @@ class MPIQEImageProcessor(PilBackend):
     num_crops = 8
     crop_mode = "grid"
     seed = None
+    max_image_size = None
     resample = PILImageResampling.BICUBIC
     do_rescale = True
     do_normalize = True
@@ -179,9 +208,14 @@ class MPIQEImageProcessor(PilBackend):
         return to_rgb_array(image)
 
     def _prepare_image_like_inputs(
-        self, images: ImageInput, crop_size: SizeDict, resample: PILImageResampling, **kwargs
+        self,
+        images: ImageInput,
+        crop_size: SizeDict,
+        resample: PILImageResampling,
+        max_image_size: int | None = None,
+        **kwargs,
     ) -> list[np.ndarray]:
-        """Decode each image of the batch and enlarge it to at least `crop_size`; a failure names the image's index."""
+        """Decode each image of the batch and bring it to [`enlarged_size`]; a failure names the image's index."""
         if crop_size.height is None or crop_size.width is None:
             raise ValueError(f"crop_size must have 'height' and 'width', got {dict(crop_size)}")
         is_batch = isinstance(images, (list, tuple)) or (
@@ -193,7 +227,7 @@ class MPIQEImageProcessor(PilBackend):
         prepared = []
         for index, image in enumerate(batch):
             try:
-                prepared.append(self._enlarge_if_small(self.process_image(image), crop_size, resample))
+                prepared.append(self._fit(self.process_image(image), crop_size, max_image_size, resample))
             except ValueError as err:
                 if not is_batch:
                     raise
@@ -201,9 +235,11 @@ class MPIQEImageProcessor(PilBackend):
         return prepared
 
     @staticmethod
-    def _enlarge_if_small(image: np.ndarray, crop_size: SizeDict, resample: PILImageResampling) -> np.ndarray:
+    def _fit(
+        image: np.ndarray, crop_size: SizeDict, max_image_size: int | None, resample: PILImageResampling
+    ) -> np.ndarray:
         _, height, width = image.shape
-        new_height, new_width = enlarged_size(height, width, crop_size.height, crop_size.width)
+        new_height, new_width = enlarged_size(height, width, crop_size.height, crop_size.width, max_image_size)
         if (new_height, new_width) == (height, width):
             return image
         if new_height * new_width > 4 * (Image.MAX_IMAGE_PIXELS or math.inf):

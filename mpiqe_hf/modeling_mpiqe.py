@@ -656,6 +656,7 @@ class MPIQEModel(MPIQECheckpointMixin, MPIQEPreTrainedModel):
         pixel_values: torch.Tensor,
         image_sizes,
         text_features: MPIQETextFeatures | None = None,
+        max_image_size: int | None = None,
     ) -> MPIQEQualityMapOutput:
         r"""
         Where the model sees degradation, at each image's own size: Grad-CAM of the lowered score over the last vision
@@ -668,12 +669,15 @@ class MPIQEModel(MPIQECheckpointMixin, MPIQEPreTrainedModel):
                 Grid crops made by [`MPIQEImageProcessor`] (`crop_mode="grid"`, the default).
             image_sizes (sequence of `(height, width)`): the size of each image before processing.
             text_features ([`MPIQETextFeatures`], *optional*): reused when given.
+            max_image_size (`int`, *optional*): the `max_image_size` of the processor that cut the crops.
 
         Returns:
             [`MPIQEQualityMapOutput`] with `gradcam_maps` and `distortion_maps`, one `(height, width)` tensor in
             `[0, 1]` per image, and the score and logits of the same forward pass.
         """
-        return compute_quality_maps(self, pixel_values, image_sizes, text_features=text_features)
+        return compute_quality_maps(
+            self, pixel_values, image_sizes, text_features=text_features, max_image_size=max_image_size
+        )
 
 
 __all__ = ["MPIQEModel", "MPIQEPreTrainedModel", "MPIQEOutput", "MPIQETextFeatures"]

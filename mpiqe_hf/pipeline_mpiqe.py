@@ -242,7 +242,10 @@ class ImageQualityAssessmentPipeline(Pipeline):
         pixel_values = model_inputs["pixel_values"]
         if return_map:
             outputs = self.model.quality_map(
-                pixel_values, model_inputs["image_size"].tolist(), text_features=self._text_features
+                pixel_values,
+                model_inputs["image_size"].tolist(),
+                text_features=self._text_features,
+                max_image_size=self.image_processor.max_image_size,
             )
         else:
             outputs = self.model(pixel_values=pixel_values, text_features=self._text_features)

@@ -77,12 +77,15 @@ def as_crop_batch(pixel_values: torch.Tensor) -> torch.Tensor:
     return pixel_values
 
 
-def grid_crop_boxes(height: int, width: int, crop_height: int, crop_width: int, num_crops: int):
+def grid_crop_boxes(
+    height: int, width: int, crop_height: int, crop_width: int, num_crops: int, max_image_size: int | None = None
+):
     """
     Where the processor's grid crops of a `height x width` image lie: `((resized_height, resized_width), positions)`
-    with `positions` the `(top, left)` corners in the (possibly enlarged) image, in the order of the crops.
+    with `positions` the `(top, left)` corners in the (possibly downscaled or enlarged) image, in the order of the
+    crops; `max_image_size` is the processor's.
     """
-    resized = enlarged_size(height, width, crop_height, crop_width)
+    resized = enlarged_size(height, width, crop_height, crop_width, max_image_size)
     return resized, grid_crop_positions(*resized, crop_height, crop_width, num_crops)
 
 
@@ -173,7 +176,9 @@ def _merge_crops(
     return merged / peak if peak > 0 else merged
 
 
-def compute_quality_maps(model, pixel_values: torch.Tensor, image_sizes, text_features=None) -> MPIQEQualityMapOutput:
+def compute_quality_maps(
+    model, pixel_values: torch.Tensor, image_sizes, text_features=None, max_image_size: int | None = None
+) -> MPIQEQualityMapOutput:
     """
     Grad-CAM and distortion-window maps of images cut into the processor's grid crops (see
     [`MPIQEModel.quality_map`]).
@@ -184,6 +189,7 @@ def compute_quality_maps(model, pixel_values: torch.Tensor, image_sizes, text_fe
             grid crops made by [`MPIQEImageProcessor`] (`crop_mode="grid"`).
         image_sizes (sequence of `(height, width)`, one per image): the sizes of the images before processing.
         text_features ([`MPIQETextFeatures`], *optional*): `model.get_text_features()`, computed here if not given.
+        max_image_size (`int`, *optional*): the processor's `max_image_size`, which placed the crops.
     """
     pixel_values = as_crop_batch(pixel_values)
     batch_size, num_crops, _, crop_height, crop_width = pixel_values.shape
@@ -249,7 +255,7 @@ def compute_quality_maps(model, pixel_values: torch.Tensor, image_sizes, text_fe
 
     gradcam_maps, distortion_maps = [], [] if distortion_grid is not None else None
     for index, image_size in enumerate(image_sizes):
-        resized_size, positions = grid_crop_boxes(*image_size, crop_height, crop_width, num_crops)
+        resized_size, positions = grid_crop_boxes(*image_size, crop_height, crop_width, num_crops, max_image_size)
         crops = slice(index * num_crops, (index + 1) * num_crops)
         crop_size = (crop_height, crop_width)
         gradcam_maps.append(_merge_crops(gradcam[crops], crop_size, positions, resized_size, image_size))

@@ -40,7 +40,7 @@ from PIL import Image
 
 from .data import liqe_splits, load_iqa_dataset, paper_splits, splits_by_content, subsample
 from .data.specs import canonical_dataset_name, default_max_image_size
-from .image_processing_mpiqe import MPIQEImageProcessor
+from .image_processing_mpiqe import MPIQEImageProcessor, downscaled_size
 from .image_utils_mpiqe import load_image
 from .metrics import compute_metrics
 
@@ -130,7 +130,6 @@ class IQATransform:
             of [`ShuffledCropBatches`]; needs `random_crops` and `crops_per_sample=1`.
         seed (`int`): base seed of the random crops and flips; see [`derived_seed`].
         horizontal_flip (`bool`): flip each random crop with probability 1/2.
-        max_image_size (`int`, *optional*): downscale images whose longer side exceeds this before cropping.
         skip_bad_samples (`bool`): an image that fails to decode is dropped from its batch with a warning (and
             counted, see [`collate_iqa_batch`]) instead of stopping the run.
 
@@ -151,7 +150,6 @@ class IQATransform:
         crops_per_sample: int = 1,
         seed: int = 0,
         horizontal_flip: bool = False,
-        max_image_size: Optional[int] = None,
         skip_bad_samples: bool = False,
         visits: Optional[int] = None,
     ):
@@ -171,7 +169,6 @@ class IQATransform:
         self.crops_per_sample = int(crops_per_sample)
         self.seed = int(seed)
         self.horizontal_flip = horizontal_flip
-        self.max_image_size = max_image_size
         self.skip_bad_samples = skip_bad_samples
         self.visits = visits
         self.epoch = 0
@@ -184,9 +181,10 @@ class IQATransform:
         return (image or {}).get("path") or f"row {row}"
 
     def crops(self, image: Image.Image, row: int, visit: int) -> torch.Tensor:
-        if self.max_image_size is not None and max(image.size) > self.max_image_size:
-            image = image.copy()
-            image.thumbnail((self.max_image_size, self.max_image_size), Image.Resampling.BICUBIC)
+        # Downscaled once here, as the processor would (the same size and filter), rather than once per visit.
+        size = downscaled_size(image.height, image.width, self.image_processor.max_image_size)
+        if size != (image.height, image.width):
+            image = image.resize(size[::-1], self.image_processor.resample)
         if not self.random_crops:
             return self.image_processor(image, crop_mode="grid", return_tensors="pt")["pixel_values"][0]
         if self.visits is not None:

@@ -18,7 +18,7 @@ from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImage
 
 import mpiqe_hf
 from conftest import HIDE_PACKAGE
-from mpiqe_hf.image_processing_mpiqe import MPIQEImageProcessor, grid_crop_positions, grid_layout
+from mpiqe_hf.image_processing_mpiqe import MPIQEImageProcessor, enlarged_size, grid_crop_positions, grid_layout
 from mpiqe_hf.image_utils_mpiqe import load_image
 
 CROP = 224
@@ -90,7 +90,7 @@ def test_small_images_are_enlarged_keeping_aspect(processor, height, width):
     image = np.full((height, width, 3), 128, dtype=np.uint8)
     pixels = processor(image)["pixel_values"]
     assert pixels.shape == (1, 8, 3, CROP, CROP)
-    enlarged = processor._enlarge_if_small(image.transpose(2, 0, 1), processor.crop_size, processor.resample)
+    enlarged = processor._fit(image.transpose(2, 0, 1), processor.crop_size, None, processor.resample)
     assert min(enlarged.shape[1:]) == CROP
     expected_long = round(max(height, width) * CROP / min(height, width))
     assert max(enlarged.shape[1:]) == expected_long
@@ -586,3 +586,25 @@ def test_saved_processor_loads_as_remote_code_without_the_package(tmp_path):
     assert out.returncode == 0, out.stderr[-4000:]
     np.testing.assert_array_equal(np.load(tmp_path / "child.npy"), processor(str(image))["pixel_values"])
     assert f"ERROR Cannot load image file '{tmp_path / 'missing.png'}': no such file" in out.stdout
+
+
+def test_max_image_size_downscales_large_images_before_cropping(tmp_path):
+    """A model trained on downscaled copies (KonIQ-10k at 512 px) scores at that scale: the bound is a processor
+    setting, saved with it, and the crops are those of the downscaled image."""
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (300, 600, 3), dtype=np.uint8))
+    assert enlarged_size(300, 600, 224, 224, max_image_size=512) == (256, 512)
+    assert enlarged_size(300, 600, 224, 224, max_image_size=300) == (224, 448)  # then enlarged to hold the crop
+    assert enlarged_size(300, 600, 224, 224, max_image_size=800) == (300, 600)
+    processor = MPIQEImageProcessor(max_image_size=512)
+    smaller = image.resize((512, 256), Image.Resampling.BICUBIC)
+    expected = MPIQEImageProcessor()(smaller, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(processor(image, return_tensors="pt")["pixel_values"], expected, atol=1e-6, rtol=0)
+    native = MPIQEImageProcessor()(image, return_tensors="pt")["pixel_values"]
+    assert not torch.allclose(native, expected)
+
+    processor.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "preprocessor_config.json").read_text())["max_image_size"] == 512
+    assert MPIQEImageProcessor.from_pretrained(tmp_path).max_image_size == 512
+    with pytest.raises(Exception, match="max_image_size"):
+        MPIQEImageProcessor(max_image_size=0)

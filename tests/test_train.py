@@ -10,6 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 import torch
@@ -18,6 +19,7 @@ from safetensors.torch import load_file
 
 from mpiqe_hf import MPIQEImageProcessor, MPIQEModel, training
 from mpiqe_hf.data import load_iqa_dataset
+from mpiqe_hf.image_utils_mpiqe import load_image
 from mpiqe_hf.training import (
     EpochShuffleSampler,
     IQATransform,
@@ -229,11 +231,13 @@ def test_train_on_metadata_folders(tiny_clip, tmp_path):
     val_dir = write_blur_folder(tmp_path / "val", contents=2, seed=2)
     out = tmp_path / "run"
     results = train_script.main(tiny_args(tiny_clip, out, "--train_dir", str(train_dir), "--validation_dir",
-                                          str(val_dir), "--mos_range", "1", "5"))
+                                          str(val_dir), "--mos_range", "1", "5", "--max_image_size", "36"))
     assert results["split_protocol"] == "none" and results["num_train_samples"] == 12
     assert results["num_eval_samples"] == 8
     model = MPIQEModel.from_pretrained(out)
     assert (model.config.mos_min, model.config.mos_max) == (1.0, 5.0)
+    # The scale it trained at goes with the model, for the pipeline and mpiqe-score.
+    assert MPIQEImageProcessor.from_pretrained(out).max_image_size == 36
 
 
 @pytest.mark.parametrize(
@@ -543,9 +547,14 @@ def test_flips_and_downscaling_of_training_crops(tmp_path):
         return original(images, *args, **kwargs)
 
     processor.preprocess = recording
-    iqa_split(ds, [0], IQATransform(ds, processor, random_crops=True, max_image_size=32, **classes))[0]
     iqa_split(ds, [0], IQATransform(ds, processor, random_crops=True, **classes))[0]
-    assert sizes == [(32, 32), (40, 40)]
+    processor.max_image_size = 32  # the bound lives in the processor, which training saves with the model
+    bounded = iqa_split(ds, [0], IQATransform(ds, processor, random_crops=False, **classes))[0]["pixel_values"]
+    assert sizes == [(40, 40), (32, 32)]
+    # the transform's one downscale gives the pixels the processor's own would (what scoring does)
+    image = load_image(ds.cast_column("image", datasets.Image(decode=False))[0]["image"])
+    processor.preprocess = original
+    torch.testing.assert_close(bounded, processor(image, return_tensors="pt")["pixel_values"][0], atol=1e-6, rtol=0)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

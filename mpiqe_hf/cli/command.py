@@ -186,11 +186,12 @@ class _Inputs:
 class _MapWriter:
     """`--save-maps`: the quality-map overlays of each scored image (decoded again for the overlay)."""
 
-    def __init__(self, folder: str, scorer, inputs: _Inputs):
+    def __init__(self, folder: str, scorer, inputs: _Inputs, max_image_size: int | None):
         import torch
 
         self.folder = folder
         self.scorer = scorer
+        self.max_image_size = max_image_size
         with torch.no_grad():  # not in inference mode: the maps take gradients through these
             self.text_features = scorer.model.get_text_features()
         self.sources = inputs.sources
@@ -206,6 +207,7 @@ class _MapWriter:
                 crops[None].to(self.scorer.device, self.scorer.dtype),
                 [(image.height, image.width)],
                 text_features=self.text_features,
+                max_image_size=self.max_image_size,
             )
             distortion_map = maps.distortion_maps[0].float() if maps.distortion_maps is not None else None
             title = f"{row['score']:.3f} ({row['quality']})"
@@ -338,7 +340,7 @@ class _Run:
         )
 
         writer = self._writer(output, state, scorer.config)
-        map_writer = _MapWriter(args.save_maps, scorer, inputs) if args.save_maps is not None else None
+        map_writer = _MapWriter(args.save_maps, scorer, inputs, processor.max_image_size) if args.save_maps is not None else None
         counts = {"scored": 0, "failed": 0}
         status = EXIT_OK
         try:
