@@ -140,6 +140,25 @@ def train_options(train_script) -> set:
             for f in fields(cls)}
 
 
+def merged_config_overrides(experiment_args, user_args):
+    """
+    `experiment_args` then `user_args`, with one `--config_overrides` joining both's (the user's fields last, so they
+    win a field both set): train.py keeps only its last `--config_overrides`, and an experiment's own (the ablation
+    of Table 4, the pilot's score-loss scale) must survive the user's `-- --config_overrides ...`.
+    """
+    overrides, rest = [], []
+    for args in (experiment_args, user_args):
+        args = list(args)
+        while "--config_overrides" in args:
+            at = args.index("--config_overrides")
+            if at + 1 == len(args):
+                raise ValueError("--config_overrides needs a value (PretrainedConfig.update_from_string syntax).")
+            overrides.append(args[at + 1])
+            del args[at : at + 2]
+        rest.extend(args)
+    return rest + (["--config_overrides", ",".join(overrides)] if overrides else [])
+
+
 class Runner:
     """
     Trains and scores the experiments of a table. `planning=True` runs and prints nothing: it only lists the
@@ -182,7 +201,8 @@ class Runner:
                 if not self.planning:
                     print(f"{run} split {k}: already trained in {split_dir}")
                 continue
-            options = [*train_args, *self.args.train_args, "--split_index", str(k), "--output_dir", str(split_dir)]
+            options = [*merged_config_overrides(train_args, self.args.train_args), "--split_index", str(k),
+                       "--output_dir", str(split_dir)]
             self.planned.append((run, split_dir, options))
             # --quiet: the child's own one-line error is the message, without accelerate's traceback after it. The
             # disk options first, so that options after `--` can override them.

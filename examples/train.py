@@ -340,26 +340,36 @@ def save_model(accelerator, model, image_processor, directory, recorded_args, ad
         Path(directory, TRAINING_ARGS_FILE).write_text(json.dumps(recorded_args, indent=2, default=str))
 
 
-def seconds_per_crop(model, accelerator, crops_per_sample, crop_size) -> float:
-    """Times one forward and backward pass of a few random samples (after one untimed pass): the cost of a crop in a
-    training step on this machine, to say what the run will cost before it starts. The RNG state is left as it was."""
-    samples = 4
-    pixel_values = torch.randn(samples, crops_per_sample, 3, crop_size, crop_size, device=accelerator.device)
-    mos = torch.rand(samples, device=accelerator.device)
+def step_cost(model, accelerator, crops_per_sample, crop_size, batch_size) -> tuple[float, float]:
+    """
+    What a forward and backward pass costs on this machine, to say what the run will cost before it starts:
+    `(seconds per pass, seconds per crop)`. A pass has a cost of its own (the prompts through the text encoder, the
+    decoder's queries) beside its crops', so after one untimed pass it times a pass of one sample and one of
+    `min(batch_size, 8)` samples and splits the time between the two. The RNG state is left as it was.
+    """
     devices = [accelerator.device] if accelerator.device.type == "cuda" else []
     model.train()
+
+    def timed(samples):
+        pixel_values = torch.randn(samples, crops_per_sample, 3, crop_size, crop_size, device=accelerator.device)
+        mos = torch.rand(samples, device=accelerator.device)
+        start = time.perf_counter()
+        with accelerator.autocast():
+            loss = model(pixel_values=pixel_values, mos=mos).loss
+        loss.backward()
+        if accelerator.device.type == "cuda":
+            torch.cuda.synchronize(accelerator.device)
+        return time.perf_counter() - start
+
     with torch.random.fork_rng(devices=devices):
-        timings = []
-        for _ in range(2):
-            start = time.perf_counter()
-            with accelerator.autocast():
-                loss = model(pixel_values=pixel_values, mos=mos).loss
-            loss.backward()
-            if accelerator.device.type == "cuda":
-                torch.cuda.synchronize(accelerator.device)
-            timings.append(time.perf_counter() - start)
+        timed(1)
+        larger = max(1, min(batch_size, 8))
+        one, many = timed(1), timed(larger)
     model.zero_grad(set_to_none=True)
-    return timings[-1] / (samples * crops_per_sample)
+    if larger == 1:
+        return 0.0, one / crops_per_sample
+    per_crop = max(0.0, (many - one) / ((larger - 1) * crops_per_sample))
+    return max(0.0, one - per_crop * crops_per_sample), per_crop
 
 
 def _duration(seconds: float) -> str:
@@ -523,7 +533,8 @@ def main(argv=None):
         num_training_steps=max_train_steps * accelerator.num_processes,
     )
     model.to(accelerator.device)
-    crop_seconds = seconds_per_crop(model, accelerator, 1 if per_crop else model_args.num_crops, crop_size)
+    crops_per_sample = 1 if per_crop else model_args.num_crops
+    pass_seconds, crop_seconds = step_cost(model, accelerator, crops_per_sample, crop_size, batch_size)
     if per_crop:  # its image loader is prepared already
         model, optimizer, eval_dataloader, lr_scheduler = accelerator.prepare(
             model, optimizer, eval_dataloader, lr_scheduler
@@ -541,7 +552,8 @@ def main(argv=None):
         accelerator.register_save_state_pre_hook(keep_adapter_weights_only)
 
     crops_per_step = total_batch_size * (1 if per_crop else model_args.num_crops)
-    estimate = crop_seconds * crops_per_step * max_train_steps / accelerator.num_processes
+    passes = max_train_steps * args.gradient_accumulation_steps
+    estimate = passes * (pass_seconds + crop_seconds * batch_size * crops_per_sample)
     logger.info(
         f"***** Running training *****\n"
         f"  {len(plan.train_idx)} images x {samples_per_image} sample(s) = {num_train_samples} samples an epoch "
@@ -550,8 +562,8 @@ def main(argv=None):
         f"  batch: {batch_size} per process x {accelerator.num_processes} process(es) x "
         f"{args.gradient_accumulation_steps} accumulation = {total_batch_size} samples ({crops_per_step} crops) a "
         f"step\n"
-        f"  cost: about {_duration(estimate)} of training on {accelerator.device} (measured {crop_seconds:.3g} s per "
-        f"crop forward+backward), plus evaluation")
+        f"  cost: about {_duration(estimate)} of training on {accelerator.device} (measured forward+backward: "
+        f"{pass_seconds:.3g} s a pass + {crop_seconds:.3g} s a crop), plus evaluation")
 
     recorded_args = {**asdict(data_args), **asdict(model_args), **asdict(args), "split_protocol": protocol,
                      "split_description": plan.description, "loss_terms": loss_terms,

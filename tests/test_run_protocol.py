@@ -111,8 +111,8 @@ def write_standin_liqe(root, folder, prefix, mos_range, contents=6, levels=4, si
 def test_pilot_trains_the_four_recipes_on_both_datasets_beside_the_baselines(tiny_clip, tmp_path, monkeypatch,
                                                                               capsys):
     liqe = tmp_path / "IQA_Database"
-    write_standin_liqe(liqe, "koniq-10k", "koniq10k", (1.0, 5.0))
-    write_standin_liqe(liqe, "ChallengeDB_release", "clive", (0.0, 100.0))
+    write_standin_liqe(liqe, "koniq-10k", "koniq10k", (1.0, 5.0), contents=5, levels=3)
+    write_standin_liqe(liqe, "ChallengeDB_release", "clive", (0.0, 100.0), contents=5, levels=3)
     ran = []
 
     def in_process(self, command):  # train.py and evaluate.py in this process instead of children
@@ -136,8 +136,9 @@ def test_pilot_trains_the_four_recipes_on_both_datasets_beside_the_baselines(tin
         assert _option(command, "--split_index") == "1" and _option(command, "--split_protocol") == "paper"
         recipes.add(tuple(_option(command, name) for name in ("--dataset_name", "--config_overrides",
                                                               "--horizontal_flip")))
-    assert recipes == {(name, f"score_loss_scale={scale}", flip) for name in ("koniq10k", "livec")
-                       for scale in (1, 10) for flip in ("True", "False")}
+    # the user's --config_overrides (tiny_args') join the pilot's own instead of replacing them
+    assert recipes == {(name, f"score_loss_scale={scale},decoder_intermediate_size=64", flip)
+                       for name in ("koniq10k", "livec") for scale in (1, 10) for flip in ("True", "False")}
     # one table: each recipe beside CLIP-IQA and the linear probe on the same split, final and optimistic
     assert text.startswith("## Pilot: the paper preset on KonIQ-10k and LIVE Challenge")
     rows = [line for line in text.splitlines() if line.startswith("| ") and "score-loss scale" in line]
@@ -148,7 +149,7 @@ def test_pilot_trains_the_four_recipes_on_both_datasets_beside_the_baselines(tin
     assert (out / "pilot.md").read_text() == text
     results = json.loads((out / "evaluation" / "pilot" / "livec_scale_1_flip_on" / "results.json").read_text())
     model = results["per_model"][0]
-    assert model["linear_probe"]["num_train_images"] == 19 and model["clip_iqa"]["num_samples"] == 5
+    assert model["linear_probe"]["num_train_images"] == 12 and model["clip_iqa"]["num_samples"] == 3
     history = json.loads((out / "pilot" / "livec_scale_1_flip_on" / "split_1" / "eval_history.json").read_text())
     assert [entry["epoch"] for entry in history] == [0, 1]
     best = max(history, key=lambda entry: entry["srcc"])
