@@ -160,7 +160,7 @@ def push_to_hub(
     api = HfApi(token=token if isinstance(token, str) else None)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     if image_processor is None and not api.file_exists(repo_id, "preprocessor_config.json", revision=revision):
-        image_processor = MPIQEImageProcessor(crop_size=model.config.clip_config.vision_config.image_size)
+        image_processor = MPIQEImageProcessor.default_for(model.config)
     with tempfile.TemporaryDirectory() as work_dir:
         write_repository(
             model,
