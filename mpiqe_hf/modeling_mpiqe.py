@@ -665,8 +665,13 @@ class MPIQEModel(MPIQEPreTrainedModel):
             prompt_eos_token_id=tokenizer.eos_token_id,
             prompt_pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         )
+        # CLIP's architecture, not the dtype it was stored in: a `dtype` in the CLIP configs would keep the towers in
+        # float32 when the model is loaded with `dtype=torch.bfloat16`, beside bfloat16 projections
+        clip_config = CLIPConfig.from_dict(clip.config.to_dict())
+        for sub_config in (clip_config, clip_config.text_config, clip_config.vision_config):
+            sub_config.dtype = None
         config = MPIQEConfig(
-            clip_config=clip.config,
+            clip_config=clip_config,
             scene_class_token_ids=tokenize(scene_classes),
             distortion_class_token_ids=tokenize(distortion_classes),
             **{**special_ids, **config_kwargs},

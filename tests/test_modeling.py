@@ -402,3 +402,17 @@ def test_a_model_built_in_bfloat16_keeps_its_score_head_in_float32(tester):
     assert {param.dtype for param in model.score_head.parameters()} == {torch.float32}
     with torch.no_grad():
         assert model(tester.pixel_values().to(torch.bfloat16)).score.dtype == torch.float32
+
+
+def test_a_model_from_clip_loads_in_bfloat16_throughout(tester, tmp_path):
+    # CLIPModel.from_pretrained records float32 in CLIP's configs; MP-IQE's config keeps CLIP's architecture only, or
+    # the towers would stay float32 under dtype=bfloat16 beside bfloat16 projections
+    from mpiqe_hf.testing_utils import save_tiny_clip
+
+    model = MPIQEModel.from_clip(save_tiny_clip(tmp_path / "clip", seed=7), visual_prompt_depth=2, window_size=3,
+                                 decoder_heads=4, decoder_intermediate_size=37)
+    model.save_pretrained(tmp_path / "mpiqe")
+    loaded = MPIQEModel.from_pretrained(tmp_path / "mpiqe", dtype=torch.bfloat16).eval()
+    assert {param.dtype for param in loaded.clip.parameters()} == {torch.bfloat16}
+    with torch.no_grad():
+        assert loaded(tester.pixel_values().to(torch.bfloat16)).score.dtype == torch.float32
