@@ -84,6 +84,6 @@ def test_model_files_import_only_each_other():
 
 def test_no_private_transformers_names_in_the_source():
     private = re.compile(r"LOAD REPORT|_registered_impl|_from_auto|_commit_hash|_raise_exceptions_for_missing_entries")
-    for path in PACKAGE.rglob("*.py"):
+    for path in [*PACKAGE.rglob("*.py"), *(PACKAGE.parent / "examples").rglob("*.py")]:
         hits = [line for line in path.read_text().splitlines() if private.search(line)]
         assert not hits, f"{path.name}: {hits}"
