@@ -61,10 +61,7 @@ def parse_args(argv=None):
 def load_scorer(model_name, revision=None, device="cpu"):
     """The model's `image-quality-assessment` pipeline (its own processor, or the default one for its crop size)."""
     model = MPIQEModel.from_pretrained(model_name, revision=revision).to(device).eval()
-    try:
-        processor = MPIQEImageProcessor.from_pretrained(model_name, revision=revision)
-    except OSError:
-        processor = MPIQEImageProcessor(crop_size=model.config.clip_config.vision_config.image_size)
+    processor = MPIQEImageProcessor.from_pretrained_or_default(model_name, model.config, revision=revision)
     return pipeline(PIPELINE_TASK, model=model, image_processor=processor, device=torch.device(device))
 
 

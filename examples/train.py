@@ -33,7 +33,7 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 from transformers import CLIPConfig, HfArgumentParser, get_cosine_schedule_with_warmup
 
-from mpiqe_hf import MPIQEConfig, MPIQEImageProcessor, MPIQEModel
+from mpiqe_hf import MPIQEConfig, MPIQEImageProcessor, MPIQEModel, save_adapter
 from mpiqe_hf.data import dataset_mos_range, iqa_info, skipped_samples
 from mpiqe_hf.metrics import MIN_ITEMS
 from mpiqe_hf.model_sources import (
@@ -331,7 +331,7 @@ def save_model(accelerator, model, image_processor, directory, recorded_args, ad
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
     if adapter_only:
-        unwrapped.save_pretrained(directory, adapter_only=True, is_main_process=accelerator.is_main_process)
+        save_adapter(unwrapped, directory, is_main_process=accelerator.is_main_process)
     else:
         unwrapped.save_pretrained(directory, is_main_process=accelerator.is_main_process,
                                   save_function=accelerator.save, state_dict=accelerator.get_state_dict(model))

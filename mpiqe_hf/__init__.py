@@ -12,6 +12,7 @@ from .pipeline_mpiqe import (
     MPIQEImageClassificationPipeline,
     register_pipeline,
 )
+from .publishing import push_to_hub, save_adapter
 
 __version__ = "0.1.0"
 
@@ -20,6 +21,8 @@ AutoConfig.register(MPIQEConfig.model_type, MPIQEConfig, exist_ok=True)
 AutoModel.register(MPIQEConfig, MPIQEModel, exist_ok=True)
 AutoImageProcessor.register(MPIQEConfig, image_processor_classes={"pil": MPIQEImageProcessor}, exist_ok=True)
 register_pipeline()
+# `model.push_to_hub` uploads the processor, pipeline, card and handler with the checkpoint (`publishing`).
+MPIQEModel.publisher = push_to_hub
 # ... and saved checkpoints carry `auto_map` and the model files, so that they also load where it is not.
 MPIQEConfig.register_for_auto_class()
 MPIQEModel.register_for_auto_class("AutoModel")
@@ -51,6 +54,8 @@ __all__ = [
     "ImageQualityAssessmentPipeline",
     "MPIQEImageClassificationPipeline",
     "PIPELINE_TASK",
+    "save_adapter",
+    "push_to_hub",
     "SCENE_CLASSES",
     "DISTORTION_CLASSES",
     "QUALITY_LEVELS",

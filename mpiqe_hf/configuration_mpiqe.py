@@ -32,6 +32,9 @@ DISTORTION_CLASSES = (
     "other",
 )
 QUALITY_LEVELS = ("bad", "poor", "fair", "good", "excellent")
+#: The weights file of an adapter checkpoint: MP-IQE's own weights, without the frozen CLIP. A name of the project's
+#: own, so that no tool takes the checkpoint for another format (PEFT's `adapter_model.safetensors`).
+ADAPTER_WEIGHTS_NAME = "mpiqe_adapter.safetensors"
 
 
 class MPIQEConfig(PreTrainedConfig):
@@ -98,7 +101,10 @@ class MPIQEConfig(PreTrainedConfig):
             `CLIPTextTransformer` reads it: CLIP's tokenizer keeps its two special tokens at the last two ids of the
             vocabulary. The choice is logged as a warning.
         base_model_name_or_path (`str`, *optional*), base_model_revision (`str`, *optional*):
-            Where the CLIP weights came from; used by the adapter-only checkpoint format.
+            Where the CLIP weights came from; an adapter checkpoint fetches its CLIP from there.
+        adapter_base_weights_sha256 (`str`, *optional*):
+            Set only in the config of an adapter checkpoint, whose weights file (`mpiqe_adapter.safetensors`) holds
+            MP-IQE's own weights without the frozen CLIP: the SHA-256 of the base CLIP's weights it was trained on.
     """
 
     model_type = "mpiqe"
@@ -135,6 +141,7 @@ class MPIQEConfig(PreTrainedConfig):
         prompt_pad_token_id=None,
         base_model_name_or_path=None,
         base_model_revision=None,
+        adapter_base_weights_sha256=None,
         **kwargs,
     ):
         if clip_config is None:
@@ -173,6 +180,7 @@ class MPIQEConfig(PreTrainedConfig):
         self._resolve_prompt_token_ids()
         self.base_model_name_or_path = base_model_name_or_path
         self.base_model_revision = base_model_revision
+        self.adapter_base_weights_sha256 = adapter_base_weights_sha256
         self._validate_mpiqe()
         super().__init__(**kwargs)
 
@@ -273,4 +281,4 @@ class MPIQEConfig(PreTrainedConfig):
         return len(self.distortion_classes)
 
 
-__all__ = ["MPIQEConfig", "SCENE_CLASSES", "DISTORTION_CLASSES", "QUALITY_LEVELS"]
+__all__ = ["MPIQEConfig", "SCENE_CLASSES", "DISTORTION_CLASSES", "QUALITY_LEVELS", "ADAPTER_WEIGHTS_NAME"]

@@ -188,6 +188,22 @@ class MPIQEImageProcessor(PilBackend):
         validate_typed_dict(self.valid_kwargs, settings)
         super().__init__(**kwargs)
 
+    @classmethod
+    def default_for(cls, config) -> "MPIQEImageProcessor":
+        """The processor of a checkpoint saved without one: square crops of its CLIP's input size (`config`, an
+        [`MPIQEConfig`]), every other setting the default."""
+        size = config.clip_config.vision_config.image_size
+        return cls(crop_size={"height": size, "width": size})
+
+    @classmethod
+    def from_pretrained_or_default(cls, pretrained_model_name_or_path, config, **kwargs) -> "MPIQEImageProcessor":
+        """The checkpoint's processor (its `preprocessor_config.json`), or [`default_for`] `config` where it has
+        none. `kwargs` go to `from_pretrained` (`revision`, `token`, ...)."""
+        try:
+            return cls.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except OSError:
+            return cls.default_for(config)
+
     def preprocess(self, images: ImageInput, **kwargs: Unpack[MPIQEImageProcessorKwargs]) -> BatchFeature:
         """
         Cut one image or a batch into crops; any setting may be overridden for the call, `None` keeping the

@@ -5,18 +5,17 @@
 """
 
 import os
-import re
 import string
 import sys
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .model_sources import STANDIN_CLIP_NOTICE, is_standin_clip
 
 __all__ = ["build_model_card", "example_card", "DEFAULT_BASE_MODEL"]
 
 DEFAULT_BASE_MODEL = "openai/clip-vit-base-patch16"
-_REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 #: The model-index metrics of each evaluation result: (key, metric type, display name).
 _METRICS = (("srcc", "spearmanr", "SRCC"), ("plcc", "pearsonr", "PLCC"), ("krcc", "kendalltau", "KRCC"),
             ("rmse", "rmse", "RMSE"))
@@ -128,10 +127,15 @@ for the scene and distortion vocabularies.
 
 
 def _base_model(config) -> str:
-    name = config.base_model_name_or_path
-    if name and _REPO_ID_RE.match(str(name)) and not os.path.exists(str(name)):
-        return str(name)
-    return DEFAULT_BASE_MODEL
+    """The Hub repo the CLIP came from; the paper's CLIP when the model names none or a local folder."""
+    name = str(config.base_model_name_or_path or "")
+    if "/" not in name or os.path.exists(name):
+        return DEFAULT_BASE_MODEL
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return DEFAULT_BASE_MODEL
+    return name
 
 
 def _eval_results(evaluation_results) -> list[EvalResult]:
@@ -250,9 +254,9 @@ def build_model_card(
         summary = f"**Its frozen backbone is {STANDIN_CLIP_NOTICE}.** " + summary
     if adapter_only:
         summary += (
-            " The repository holds only the trained weights (`adapter_model.safetensors`, described by "
-            f"`adapter_config.json`); loading it fetches {config.base_model_name_or_path} at revision "
-            f"{config.base_model_revision or 'main'}."
+            " The repository holds only the trained weights (`mpiqe_adapter.safetensors`); loading it fetches "
+            f"{config.base_model_name_or_path} at revision {config.base_model_revision or 'main'}, the CLIP its "
+            "`config.json` names."
         )
     processor = image_processor
     crop_size = getattr(processor, "crop_size", None) or {"height": config.clip_config.vision_config.image_size}

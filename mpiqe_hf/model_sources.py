@@ -48,18 +48,20 @@ def check_model_source(name_or_path: str, what: str, alternatives: Sequence[str]
     download. `what` names the model ("the CLIP model"); `alternatives` are extra suggestions.
     """
     from huggingface_hub import HfApi, constants, try_to_load_from_cache
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+    from huggingface_hub.utils import validate_repo_id
 
     path = Path(name_or_path)
     if path.is_dir():
-        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+        if not (path / "config.json").is_file():
             raise ModelSourceUnavailable(f"{what} folder {path} holds no config.json.")
         return
-    if path.suffix or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
-        raise ModelSourceUnavailable(f"{what} {name_or_path!r}: no such folder.")
-    for filename in ("config.json", "adapter_config.json"):
-        if isinstance(try_to_load_from_cache(name_or_path, filename, revision=revision), str):
-            return
+    try:
+        validate_repo_id(name_or_path)
+    except HFValidationError:
+        raise ModelSourceUnavailable(f"{what} {name_or_path!r}: no such folder.") from None
+    if isinstance(try_to_load_from_cache(name_or_path, "config.json", revision=revision), str):
+        return
     if constants.HF_HUB_OFFLINE:
         reason = "it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
     else:

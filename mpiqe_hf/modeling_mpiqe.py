@@ -1,17 +1,18 @@
 """PyTorch MP-IQE: multi-modal prompt learning on a frozen CLIP for blind image quality assessment."""
 
+import hashlib
 import zlib
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import CLIPModel, PreTrainedModel
+from transformers import CLIPConfig, CLIPModel, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput, logging
+from transformers.modeling_utils import load_state_dict
+from transformers.utils import ModelOutput, cached_file, logging
 
-from .configuration_mpiqe import DISTORTION_CLASSES, SCENE_CLASSES, MPIQEConfig
-from .hub_mpiqe import MPIQECheckpointMixin
+from .configuration_mpiqe import ADAPTER_WEIGHTS_NAME, DISTORTION_CLASSES, SCENE_CLASSES, MPIQEConfig
 from .quality_map_mpiqe import MPIQEQualityMapOutput, as_crop_batch, compute_quality_maps, distortion_window_weights
 
 logger = logging.get_logger(__name__)
@@ -422,18 +423,114 @@ class MPIQEPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
 
 
+#: Keyword arguments of `from_pretrained` that say where and how to fetch files.
+_FETCH_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+#: CLIP settings that must agree between an adapter and the base CLIP it is put on.
+_CLIP_FIT_FIELDS = {
+    "vision_config": (
+        "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size",
+        "num_channels", "hidden_act", "layer_norm_eps",
+    ),
+    "text_config": (
+        "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
+        "max_position_embeddings", "hidden_act", "layer_norm_eps",
+    ),
+    None: ("projection_dim",),
+}
+#: Which config fields decide the shape of each group of weights, to say what to fix when a checkpoint does not fit.
+_CONFIG_FIELDS_OF_WEIGHTS = (
+    ("visual_prompts", "visual_prompt_depth / visual_prompt_length"),
+    ("scene_prompt_learner", "text_prompt_length / use_scene_prompts"),
+    ("distortion_prompt_learner", "text_prompt_length / use_distortion_prompts"),
+    ("multimodal_encoder", "decoder_layers / decoder_intermediate_size"),
+    ("clip.", "clip_config"),
+)
 
 
-class MPIQEModel(MPIQECheckpointMixin, MPIQEPreTrainedModel):
+def _refuse_other_model_types(source, model_type) -> None:
+    if model_type != MPIQEConfig.model_type:
+        raise ValueError(
+            f"{source} holds a {model_type or 'model without a model_type'!s} model (model_type={model_type!r}), not "
+            f"an MP-IQE model (model_type='{MPIQEConfig.model_type}')."
+        )
+
+
+def _raise_for_weight_problems(source, loading_info: dict) -> None:
+    """Missing or unused weights (transformers' loading info) are an error naming them and the config fields."""
+    problems = [f"{name}: missing from the checkpoint" for name in sorted(loading_info["missing_keys"])]
+    problems += [f"{name}: not used by this config" for name in sorted(loading_info["unexpected_keys"])]
+    if not problems:
+        return
+    names = " ".join(problem.split(":")[0] for problem in problems)
+    fields = sorted({field for prefix, field in _CONFIG_FIELDS_OF_WEIGHTS if prefix in names})
+    raise ValueError(
+        f"The weights in {source or 'the state dict'} do not fit the config (check {', '.join(fields)}): "
+        + "; ".join(problems[:10])
+        + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+    )
+
+
+def _clip_config_mismatches(adapter_config: CLIPConfig, base_config: CLIPConfig) -> list[str]:
+    problems = []
+    for sub, fields in _CLIP_FIT_FIELDS.items():
+        want = getattr(adapter_config, sub) if sub else adapter_config
+        have = getattr(base_config, sub) if sub else base_config
+        for field in fields:
+            if getattr(want, field, None) != getattr(have, field, None):
+                problems.append(
+                    f"{sub + '.' if sub else ''}{field}: adapter {getattr(want, field, None)!r} vs base "
+                    f"{getattr(have, field, None)!r}"
+                )
+    return problems
+
+
+def clip_weights_digest(clip: nn.Module) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of a CLIP's weights, in name order: what an adapter
+    checkpoint records of the base CLIP it was trained on."""
+    digest = hashlib.sha256()
+    state = clip.state_dict()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def adapter_state_dict(source, config_dict: dict, **fetch_kwargs) -> dict[str, torch.Tensor]:
+    """
+    The full state dict of an adapter checkpoint: the base CLIP its config names (`base_model_name_or_path` at
+    `base_model_revision`, safetensors only), checked against the adapter's `clip_config` and the SHA-256 it recorded
+    (`adapter_base_weights_sha256`), under `clip.`, and the adapter's own weights from `ADAPTER_WEIGHTS_NAME`.
+    """
+    base_name = config_dict.get("base_model_name_or_path")
+    if not base_name:
+        raise ValueError(f"{source} is an MP-IQE adapter but names no base CLIP (`base_model_name_or_path`).")
+    base_revision = config_dict.get("base_model_revision")
+    base_fetch = {key: value for key, value in fetch_kwargs.items() if key not in ("revision", "subfolder")}
+    base = CLIPModel.from_pretrained(base_name, revision=base_revision, use_safetensors=True, **base_fetch)
+    mismatches = _clip_config_mismatches(CLIPConfig.from_dict(config_dict["clip_config"]), base.config)
+    if mismatches:
+        raise ValueError(f"The base CLIP {base_name} does not fit the adapter {source}: " + "; ".join(mismatches))
+    if clip_weights_digest(base) != config_dict["adapter_base_weights_sha256"]:
+        raise ValueError(
+            f"The base CLIP {base_name!r} (revision {base_revision or 'main'}) has other weights than the CLIP the "
+            f"adapter {source} was trained on (SHA-256 {config_dict['adapter_base_weights_sha256'][:12]}...): pin "
+            "`base_model_revision` in its config.json to the revision it was trained on."
+        )
+    weights = load_state_dict(cached_file(source, ADAPTER_WEIGHTS_NAME, **fetch_kwargs))
+    return {**{f"clip.{name}": tensor for name, tensor in base.state_dict().items()}, **weights}
+
+
+class MPIQEModel(MPIQEPreTrainedModel):
     r"""
     MP-IQE: a frozen CLIP whose text branch carries learned scene and distortion prompts and whose vision branch
     carries learned prompt tokens in every layer up to `visual_prompt_depth`; scene prompts are aligned with the CLS
     token, distortion prompts with windows of patch tokens, and a multimodal encoder with the text features as
     queries and the image tokens as keys/values regresses the quality score.
 
-    Only the prompts, the image-token projection, the multimodal encoder and the score head are trainable. Loading
-    and saving (full checkpoints and PEFT-layout adapters) and `push_to_hub` come from
-    [`~hub_mpiqe.MPIQECheckpointMixin`].
+    Only the prompts, the image-token projection, the multimodal encoder and the score head are trainable.
+    `from_pretrained` loads full checkpoints and adapter checkpoints (MP-IQE's own weights in
+    `mpiqe_adapter.safetensors`, the frozen CLIP fetched from the base its config names).
     """
 
     def __init__(self, config: MPIQEConfig):
@@ -444,7 +541,7 @@ class MPIQEModel(MPIQECheckpointMixin, MPIQEPreTrainedModel):
         self.post_init()
 
     def _build_trainable_parts(self, config: MPIQEConfig):
-        """Creates every module MP-IQE adds to CLIP, sized by `config` (also used when loading an adapter)."""
+        """Creates every module MP-IQE adds to CLIP, sized by `config`."""
         vision_config = config.clip_config.vision_config
         vocab_size = config.clip_config.text_config.vocab_size
         self.scene_prompt_learner = None
@@ -464,7 +561,71 @@ class MPIQEModel(MPIQECheckpointMixin, MPIQEPreTrainedModel):
             )
         self.image_token_projection = nn.Linear(vision_config.hidden_size, config.clip_config.projection_dim)
         self.multimodal_encoder = MPIQEMultimodalEncoder(config)
-        self.score_head = MPIQEScoreHead(config)
+        # float32 whatever dtype the model is built in (`from_config(config, dtype=torch.bfloat16)`), as
+        # `_keep_in_fp32_modules_strict` keeps it when loading
+        self.score_head = MPIQEScoreHead(config).to(torch.float32)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """
+        [`PreTrainedModel.from_pretrained`], strict and safetensors-first, for full and adapter checkpoints:
+
+        - a checkpoint whose `model_type` is not `mpiqe` is refused before any weight is read;
+        - only safetensors are read unless you pass `use_safetensors=False` or `None` (`allow_pickle=True` is short
+          for `use_safetensors=None`: pickled `pytorch_model.bin` weights, which can run code when loaded, are read
+          where no safetensors exist);
+        - weights missing from the checkpoint or not used by the config (e.g. after overriding `decoder_layers`)
+          raise a `ValueError` naming them and the config fields that decide them; differently shaped ones raise
+          transformers' own error;
+        - an adapter checkpoint (its config has `adapter_base_weights_sha256`; its weights are in
+          `mpiqe_adapter.safetensors`) is loaded in the same call: the base CLIP its config names is fetched at the
+          recorded revision and checked against it (see [`adapter_state_dict`]), and the model is built from the
+          two through transformers' `state_dict` loading. The loaded model holds every weight, so it saves in full.
+
+        Args:
+            pretrained_model_name_or_path (`str` or `os.PathLike`, *optional*): Hub repo id or local folder;
+                `None` with `state_dict=` and `config=`.
+            kwargs: as for [`PreTrainedModel.from_pretrained`] (`revision`, `token`, `cache_dir`, `config`, `dtype`,
+                `output_loading_info`, config overrides, ...).
+        """
+        if kwargs.pop("allow_pickle", False):
+            kwargs.setdefault("use_safetensors", None)
+        wants_loading_info = kwargs.pop("output_loading_info", False)
+        source = pretrained_model_name_or_path
+        if source is not None:
+            fetch_kwargs = {key: kwargs[key] for key in _FETCH_KWARGS if kwargs.get(key) is not None}
+            config = kwargs.get("config")
+            if isinstance(config, PreTrainedConfig):
+                config_dict = config.to_dict()
+            else:
+                config_dict, _ = PreTrainedConfig.get_config_dict(config or source, **fetch_kwargs)
+            _refuse_other_model_types(source, config_dict.get("model_type"))
+            if config_dict.get("adapter_base_weights_sha256"):
+                kwargs["state_dict"] = adapter_state_dict(source, config_dict, **fetch_kwargs)
+                kwargs["config"] = config if config is not None else source
+                source = None
+            else:
+                kwargs.setdefault("use_safetensors", True)
+        model, loading_info = super().from_pretrained(source, *model_args, output_loading_info=True, **kwargs)
+        _raise_for_weight_problems(pretrained_model_name_or_path, loading_info)
+        model.config.adapter_base_weights_sha256 = None
+        # Loading swaps in new parameter objects, which would be trainable again.
+        model.clip.requires_grad_(False)
+        return (model, loading_info) if wants_loading_info else model
+
+    #: What `push_to_hub` does: `None` is transformers' own `push_to_hub`; importing `mpiqe_hf` sets
+    #: `mpiqe_hf.publishing.push_to_hub`, called as `publisher(model, repo_id, **kwargs)`.
+    publisher = None
+
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """
+        [`MPIQEModel.publisher`] where one is set (`mpiqe_hf.publishing.push_to_hub` once `mpiqe_hf` is imported: one
+        commit with the checkpoint, its image processor, the pipeline, a model card with the evaluation results and
+        the Inference Endpoints handler), else transformers' own.
+        """
+        if self.publisher is None:
+            return super().push_to_hub(repo_id, **kwargs)
+        return self.publisher(repo_id, **kwargs)
 
     @classmethod
     def from_clip(cls, clip_name_or_path, revision=None, tokenizer=None, **config_kwargs):
@@ -504,8 +665,13 @@ class MPIQEModel(MPIQECheckpointMixin, MPIQEPreTrainedModel):
             prompt_eos_token_id=tokenizer.eos_token_id,
             prompt_pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         )
+        # CLIP's architecture, not the dtype it was stored in: a `dtype` in the CLIP configs would keep the towers in
+        # float32 when the model is loaded with `dtype=torch.bfloat16`, beside bfloat16 projections
+        clip_config = CLIPConfig.from_dict(clip.config.to_dict())
+        for sub_config in (clip_config, clip_config.text_config, clip_config.vision_config):
+            sub_config.dtype = None
         config = MPIQEConfig(
-            clip_config=clip.config,
+            clip_config=clip_config,
             scene_class_token_ids=tokenize(scene_classes),
             distortion_class_token_ids=tokenize(distortion_classes),
             **{**special_ids, **config_kwargs},
@@ -680,4 +846,11 @@ class MPIQEModel(MPIQECheckpointMixin, MPIQEPreTrainedModel):
         )
 
 
-__all__ = ["MPIQEModel", "MPIQEPreTrainedModel", "MPIQEOutput", "MPIQETextFeatures"]
+__all__ = [
+    "MPIQEModel",
+    "MPIQEPreTrainedModel",
+    "MPIQEOutput",
+    "MPIQETextFeatures",
+    "adapter_state_dict",
+    "clip_weights_digest",
+]

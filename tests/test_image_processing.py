@@ -608,3 +608,17 @@ def test_max_image_size_downscales_large_images_before_cropping(tmp_path):
     assert MPIQEImageProcessor.from_pretrained(tmp_path).max_image_size == 512
     with pytest.raises(Exception, match="max_image_size"):
         MPIQEImageProcessor(max_image_size=0)
+
+
+def test_the_checkpoints_processor_or_the_default_for_its_clip(tmp_path):
+    from conftest import MPIQEModelTester
+
+    from mpiqe_hf import MPIQEImageProcessor
+
+    config = MPIQEModelTester().config()  # a 30-px CLIP
+    default = MPIQEImageProcessor.default_for(config)
+    assert (default.crop_size.height, default.crop_size.width, default.num_crops) == (30, 30, 8)
+    assert MPIQEImageProcessor.from_pretrained_or_default(tmp_path, config).to_dict() == default.to_dict()
+    MPIQEImageProcessor(crop_size=30, num_crops=3, max_image_size=64).save_pretrained(tmp_path)
+    saved = MPIQEImageProcessor.from_pretrained_or_default(tmp_path, config)
+    assert (saved.num_crops, saved.max_image_size) == (3, 64)

@@ -14,15 +14,16 @@ from PIL import Image
 
 from conftest import HIDE_PACKAGE, MPIQEModelTester, clip_tokenizer
 from mpiqe_hf import MPIQEImageProcessor, MPIQEModel
-from mpiqe_hf.pipeline_mpiqe import MPIQEImageClassificationPipeline
+from mpiqe_hf.publishing import write_repository
 
 if shutil.which("olah-cli", path=os.path.dirname(sys.executable)) is None:
     pytest.skip("olah is not installed (pip install olah)", allow_module_level=True)
 
 from olah_server import OlahMirror  # noqa: E402
 
-# Downloads through the package: full and adapter-only checkpoints, and the registered pipeline.
-WITH_PACKAGE = textwrap.dedent(
+# Downloads through the package of this checkout: full and adapter-only checkpoints, and the registered pipeline.
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WITH_PACKAGE = f"import sys; sys.path.insert(0, {CHECKOUT!r})" + textwrap.dedent(
     """
     import json, sys
     import numpy as np, torch
@@ -35,6 +36,8 @@ WITH_PACKAGE = textwrap.dedent(
         scores["adapter"] = MPIQEModel.from_pretrained("test/mpiqe-adapter")(crops).score.tolist()
     scorer = pipeline(PIPELINE_TASK, model="test/mpiqe-full")
     scores["pipeline"] = scorer(sys.argv[2], return_normalized_score=True)["normalized_score"]
+    scorer = pipeline(PIPELINE_TASK, model="test/mpiqe-adapter")
+    scores["adapter pipeline"] = scorer(sys.argv[2], return_normalized_score=True)["normalized_score"]
     print("SCORES" + json.dumps(scores))
     """
 )
@@ -56,6 +59,9 @@ WITHOUT_PACKAGE = HIDE_PACKAGE + textwrap.dedent(
     scorer = pipeline(model="test/mpiqe-full", trust_remote_code=True)
     scores["pipeline"] = scorer(sys.argv[2], output_format="quality", return_normalized_score=True)["normalized_score"]
     scores["widget"] = scorer(sys.argv[2])
+    scorer = pipeline(model="test/mpiqe-adapter", trust_remote_code=True)
+    scores["adapter pipeline"] = scorer(sys.argv[2], output_format="quality", return_normalized_score=True)[
+        "normalized_score"]
     print("SCORES" + json.dumps(scores))
     """
 )
@@ -76,8 +82,8 @@ def mirror(tmp_path_factory):
 
         processor = MPIQEImageProcessor(crop_size=30, num_crops=3)
         full = tester.model(seed=3)
-        # the files `push_to_hub` uploads: the widget pipeline's saving writes model, processor and pipeline code
-        MPIQEImageClassificationPipeline(model=full, image_processor=processor).save_pretrained(root / "full")
+        # the files `push_to_hub` uploads: model, processor, pipeline code, card and handler
+        write_repository(full, root / "full", image_processor=processor)
         server.add_repo("test/mpiqe-full", root / "full")
 
         adapter = MPIQEModel.from_clip(str(clip_dir), visual_prompt_depth=2, window_size=3, decoder_heads=4,
@@ -87,9 +93,7 @@ def mirror(tmp_path_factory):
                 if param.requires_grad and not name.endswith("norm.weight"):
                     param.normal_(std=0.3)
         adapter.config.base_model_name_or_path = "test/clip-tiny"
-        MPIQEImageClassificationPipeline(model=adapter, image_processor=processor).save_pretrained(
-            root / "adapter", adapter_only=True
-        )
+        write_repository(adapter, root / "adapter", adapter_only=True, image_processor=processor)
         server.add_repo("test/mpiqe-adapter", root / "adapter")
         yield server, full, adapter, processor
 
@@ -118,6 +122,9 @@ def test_models_and_pipeline_download_from_olah(mirror, tmp_path, script):
         np.testing.assert_allclose(scores["adapter"], adapter(crops).score.numpy(), atol=1e-6)
         expected = full(processor(str(image_path), return_tensors="pt")["pixel_values"]).score.item()
     assert scores["pipeline"] == pytest.approx(expected, abs=1e-6)
+    with torch.no_grad():
+        expected = adapter(processor(str(image_path), return_tensors="pt")["pixel_values"]).score.item()
+    assert scores["adapter pipeline"] == pytest.approx(expected, abs=1e-6)
     if script == "without_package":
         assert scores["module"].startswith("transformers_modules.")
         assert {item["label"] for item in scores["widget"]} == set(full.config.quality_levels)

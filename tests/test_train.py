@@ -194,7 +194,7 @@ def test_adapter_only_checkpoints_resume_exactly_and_the_limit_keeps_the_newest(
     # the final model and best/ are adapters of the base CLIP
     for folder in (straight, straight / "best"):
         names = {p.name for p in folder.iterdir()}
-        assert {"adapter_config.json", "adapter_model.safetensors"} <= names and "model.safetensors" not in names
+        assert {"config.json", "mpiqe_adapter.safetensors"} <= names and "model.safetensors" not in names
     a = trainable_state(straight)
     assert all(torch.allclose(a[name], value, atol=1e-6, rtol=0) for name, value in trainable_state(full).items())
     # resuming from the adapter-only checkpoint after step 3 gives the uninterrupted run's weights
@@ -618,14 +618,15 @@ def test_two_cpu_processes_with_torchrun(tiny_clip, synthetic_cache, tmp_path):
         assert torch.allclose(a[name], b[name], atol=1e-6, rtol=0), name
 
 
-def test_push_to_hub_uploads_the_adapter_with_its_results(hub_endpoint, tiny_clip, synthetic_cache, tmp_path):
+def test_push_to_hub_uploads_the_model_with_its_results(hub_endpoint, tiny_clip, synthetic_cache, tmp_path):
     out = tmp_path / "run"
     results = train_script.main(tiny_args(tiny_clip, out, "--cache_dir", synthetic_cache, "--max_train_samples", "8",
                                           "--max_eval_samples", "6", "--push_to_hub", "--hub_model_id",
                                           "user/mp-iqe-trained", steps=1))
     files = hub_endpoint.files("user/mp-iqe-trained")
-    assert {"adapter_config.json", "adapter_model.safetensors", "preprocessor_config.json", "README.md"} <= set(files)
-    assert "model.safetensors" not in files and not any(name.startswith(("step_", "best/")) for name in files)
+    # the full checkpoint, as save_pretrained writes it (push_to_hub's default)
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "handler.py"} <= set(files)
+    assert not any(name.startswith(("step_", "best/", "adapter")) for name in files)
     import yaml
 
     card = yaml.safe_load(files["README.md"].decode().split("---\n")[1])

@@ -315,8 +315,8 @@ class _Run:
             if bars_were_on:
                 transformers_logging.enable_progress_bar()
         if processor is None:
-            size = scorer.config.clip_config.vision_config.image_size
-            processor = MPIQEImageProcessor(crop_size={"height": size, "width": size})
+            processor = MPIQEImageProcessor.default_for(scorer.config)
+            size = processor.crop_size["height"]
             _say(f"{args.model} has no preprocessor_config.json; using the default image processor ({size} x {size} "
                  "crops)")
 

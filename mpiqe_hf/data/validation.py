@@ -117,7 +117,7 @@ def _check_rows(
     batch, *, root, mos_range, check_files, verify_images, image_is_path, scene_names, distortion_names, path_field
 ):
     """Batched `map` function: parsed columns plus each row's `problems` (an empty list for a good row)."""
-    from .. import load_image  # the shared decoder; its ValueError names the file
+    from ..image_utils_mpiqe import load_image  # the shared decoder; its ValueError names the file
 
     size = len(batch["mos"])
     scenes_in = batch.get("scene", [None] * size)
