@@ -98,7 +98,7 @@ def _natural_key(path: Path):
 
 
 def _is_model_dir(path: Path) -> bool:
-    return (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
+    return (path / "config.json").is_file()
 
 
 def resolve_models(paths):
@@ -244,11 +244,7 @@ def main(argv=None):
         accelerator.print(f"{model_path}: scoring {part}: {len(indices)} images")
 
         model = MPIQEModel.from_pretrained(model_path)
-        try:
-            processor = MPIQEImageProcessor.from_pretrained(model_path)
-        except OSError:
-            size = model.config.clip_config.vision_config.image_size
-            processor = MPIQEImageProcessor(crop_size={"height": size, "width": size})
+        processor = MPIQEImageProcessor.from_pretrained_or_default(model_path, model.config)
         if eval_args.num_crops is not None:
             processor.num_crops = eval_args.num_crops
         if data_args.max_image_size is not None:  # else the scale the model was trained at, saved in its processor

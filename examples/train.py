@@ -307,7 +307,8 @@ def _is_clip_weight(key: str) -> bool:
 
 def keep_adapter_weights_only(models, weights, output_dir):
     """`save_state` pre-hook: the checkpoint's model file holds MP-IQE's trained weights, not the frozen CLIP, which
-    the resumed run rebuilds from its source as the first run did (the adapter format's split, see hub_mpiqe)."""
+    the resumed run rebuilds from its source as the first run did (the adapter format's split, see
+    `mpiqe_hf.publishing.save_adapter`)."""
     for state in weights:
         for key in [key for key in state if _is_clip_weight(key)]:
             del state[key]
@@ -736,7 +737,7 @@ def main(argv=None):
                           **{key: results[prefix + key] for key in ("srcc", "plcc", "krcc", "rmse")}}
             accelerator.unwrap_model(model).push_to_hub(
                 args.hub_model_id, evaluation_results=[evaluation], image_processor=image_processor,
-                commit_message="Training finished", private=args.hub_private_repo, token=args.hub_token,
+                adapter_only=args.save_adapter_only, commit_message="Training finished", private=args.hub_private_repo, token=args.hub_token,
                 training_recipe=dict(learning_rate=args.learning_rate, num_train_epochs=num_epochs,
                                      max_train_steps=max_train_steps, total_train_batch_size=total_batch_size,
                                      crop_sampling=model_args.crop_sampling),
