@@ -163,7 +163,7 @@ class OnnxQualityScorer:
 
     def __call__(self, images, num_crops: int | None = None, batch_size: int | None = None, **ignored) -> list[dict]:
         """Scores a list of images (anything the image processor reads); `batch_size` images per run."""
-        from .pipeline_mpiqe import quality_level_index
+        from .pipeline_mpiqe import quality_result
 
         single = not isinstance(images, (list, tuple))
         images = [images] if single else list(images)
@@ -173,19 +173,15 @@ class OnnxQualityScorer:
             pixel_values = self.image_processor(images[start : start + batch_size], num_crops=num_crops)["pixel_values"]
             outputs = self.run(pixel_values)
             for index in range(len(pixel_values)):
-                normalized = float(outputs["score"][index])
-                result = {
-                    "score": float(outputs["native_score"][index]),
-                    "quality": self.config.quality_levels[quality_level_index(normalized, len(self.config.quality_levels))],
-                    "scene": None,
-                    "distortion": None,
-                    "normalized_score": normalized,
-                }
-                for key, names in (("scene", self.config.scene_classes), ("distortion", self.config.distortion_classes)):
-                    logits = outputs.get(f"{key}_logits")
-                    if logits is not None:
-                        result[key] = names[int(np.argmax(logits[index]))]
-                results.append(result)
+                logits = [outputs.get(f"{key}_logits") for key in ("scene", "distortion")]
+                results.append(
+                    quality_result(
+                        self.config,
+                        outputs["score"][index],
+                        outputs["native_score"][index],
+                        *(None if values is None else values[index] for values in logits),
+                    )
+                )
         return results[0] if single else results
 
 

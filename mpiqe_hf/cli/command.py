@@ -438,8 +438,6 @@ class _Run:
         import torch
         from tqdm.auto import tqdm
 
-        from ..pipeline_mpiqe import quality_level_index
-
         args = self.args
         config = scorer.config
         key_column = self._key_column()
@@ -456,25 +454,8 @@ class _Run:
             batch, rest = pixel_values[:count], pixel_values[count:]
             del pending_keys[:count]
             pending_pixels[:] = [rest] if len(rest) else []
-            result = scorer(batch)
-            rows = []
-            for index, key in enumerate(keys):
-                normalized = float(result.normalized_score[index])
-                row = {
-                    key_column: key,
-                    "score": float(result.score[index]),
-                    "quality": config.quality_levels[quality_level_index(normalized, len(config.quality_levels))],
-                    "scene": None,
-                    "distortion": None,
-                    "normalized_score": normalized,
-                    "status": "ok",
-                    "error": None,
-                }
-                if result.scene_logits is not None:
-                    row["scene"] = config.scene_classes[int(result.scene_logits[index].argmax())]
-                if result.distortion_logits is not None:
-                    row["distortion"] = config.distortion_classes[int(result.distortion_logits[index].argmax())]
-                rows.append(row)
+            results = scorer(batch).results(config)
+            rows = [{key_column: key, **result, "status": "ok", "error": None} for key, result in zip(keys, results)]
             if map_writer is not None:
                 map_writer(keys, batch, rows)
             return rows
