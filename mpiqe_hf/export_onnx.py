@@ -132,7 +132,8 @@ def quantize_onnx(model_path, output_path) -> str:
 class OnnxQualityScorer:
     """
     Scores images with an exported graph through onnxruntime, answering like the `image-quality-assessment`
-    pipeline (`{"score", "quality", "scene", "distortion", "normalized_score"}` per image).
+    pipeline (`{"score", "quality", "scene", "distortion", "normalized_score"}` per image); it is also the `onnx`
+    scoring backend of `mpiqe-score` ([`score_batch`]).
 
     Args:
         export_dir (`str` or `os.PathLike`): a folder written by [`export_onnx`].
@@ -161,27 +162,27 @@ class OnnxQualityScorer:
         values = self.session.run(None, {_INPUT_NAME: np.ascontiguousarray(pixel_values, dtype=np.float32)})
         return dict(zip(self.output_names, values))
 
+    def score_batch(self, pixel_values):
+        """The [`ScoreBatch`] of crops `(batch_size, num_crops, 3, crop_size, crop_size)` (numpy or a CPU tensor)."""
+        from .cli.scoring import ScoreBatch
+
+        outputs = self.run(pixel_values)
+        return ScoreBatch(
+            score=outputs["native_score"],
+            normalized_score=outputs["score"],
+            scene_logits=outputs.get("scene_logits"),
+            distortion_logits=outputs.get("distortion_logits"),
+        )
+
     def __call__(self, images, num_crops: int | None = None, batch_size: int | None = None, **ignored) -> list[dict]:
         """Scores a list of images (anything the image processor reads); `batch_size` images per run."""
-        from .pipeline_mpiqe import quality_result
-
         single = not isinstance(images, (list, tuple))
         images = [images] if single else list(images)
         batch_size = batch_size or len(images) or 1
         results = []
         for start in range(0, len(images), batch_size):
             pixel_values = self.image_processor(images[start : start + batch_size], num_crops=num_crops)["pixel_values"]
-            outputs = self.run(pixel_values)
-            for index in range(len(pixel_values)):
-                logits = [outputs.get(f"{key}_logits") for key in ("scene", "distortion")]
-                results.append(
-                    quality_result(
-                        self.config,
-                        outputs["score"][index],
-                        outputs["native_score"][index],
-                        *(None if values is None else values[index] for values in logits),
-                    )
-                )
+            results += self.score_batch(pixel_values).results(self.config)
         return results[0] if single else results
 
 

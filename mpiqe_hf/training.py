@@ -429,6 +429,31 @@ class ShuffledCropBatches:
             pass
 
 
+def predict_per_image(dataloader, device, accelerator, score_of) -> dict:
+    """
+    `score_of(pixel_values (batch, crops, 3, S, S)) -> (batch, ...)` over the batches of `dataloader` (of
+    [`collate_iqa_batch`]), in the dict of [`predict`]: the loop that MP-IQE and the baselines share.
+    """
+    indices, scores, targets, skipped = [], [], [], []
+    for batch in dataloader:
+        skipped.extend(batch["skipped"])
+        score = score_of(batch["pixel_values"].to(device))
+        mos, index = batch["mos"].to(device), batch["index"].to(device)
+        if accelerator is not None:
+            score, mos, index = accelerator.gather_for_metrics((score, mos, index))
+        indices.append(index.cpu())
+        scores.append(score.cpu())
+        targets.append(mos.cpu())
+    if not indices:
+        raise ValueError("The evaluation dataloader is empty.")
+    return {
+        "index": torch.cat(indices).numpy(),
+        "score": torch.cat(scores).numpy().astype(np.float64),
+        "mos": torch.cat(targets).numpy().astype(np.float64),
+        "skipped": skipped,
+    }
+
+
 @torch.no_grad()
 def predict(model, dataloader, accelerator=None) -> dict:
     """
@@ -442,27 +467,17 @@ def predict(model, dataloader, accelerator=None) -> dict:
     was_training = model.training
     model.eval()
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
-    indices, scores, targets, skipped = [], [], [], []
     # The text side does not depend on the image: computed once for the whole evaluation.
     text_features = (accelerator.unwrap_model(model) if accelerator is not None else model).get_text_features()
-    for batch in dataloader:
-        skipped.extend(batch["skipped"])
-        outputs = model(pixel_values=batch["pixel_values"].to(device), text_features=text_features)
-        score, mos, index = outputs.score.float(), batch["mos"].to(device), batch["index"].to(device)
-        if accelerator is not None:
-            score, mos, index = accelerator.gather_for_metrics((score, mos, index))
-        indices.append(index.cpu())
-        scores.append(score.cpu())
-        targets.append(mos.cpu())
-    model.train(was_training)
-    if not indices:
-        raise ValueError("The evaluation dataloader is empty.")
-    return {
-        "index": torch.cat(indices).numpy(),
-        "score": torch.cat(scores).numpy().astype(np.float64),
-        "mos": torch.cat(targets).numpy().astype(np.float64),
-        "skipped": skipped,
-    }
+    try:
+        return predict_per_image(
+            dataloader,
+            device,
+            accelerator,
+            lambda pixel_values: model(pixel_values=pixel_values, text_features=text_features).score.float(),
+        )
+    finally:
+        model.train(was_training)
 
 
 def evaluate_model(model, dataloader, accelerator=None) -> dict:
@@ -683,6 +698,7 @@ __all__ = [
     "keep_samples",
     "EpochShuffleSampler",
     "ShuffledCropBatches",
+    "predict_per_image",
     "predict",
     "evaluate_model",
 ]

@@ -454,7 +454,7 @@ class _Run:
             batch, rest = pixel_values[:count], pixel_values[count:]
             del pending_keys[:count]
             pending_pixels[:] = [rest] if len(rest) else []
-            results = scorer(batch).results(config)
+            results = scorer.score_batch(batch).results(config)
             rows = [{key_column: key, **result, "status": "ok", "error": None} for key, result in zip(keys, results)]
             if map_writer is not None:
                 map_writer(keys, batch, rows)
