@@ -143,7 +143,7 @@ def main():
                  for name in images]
         start = time.perf_counter()
         for first in range(0, len(crops), args.batch_size):
-            scorer(torch.stack(crops[first : first + args.batch_size]))
+            scorer.score_batch(torch.stack(crops[first : first + args.batch_size]))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         results["model"] = args.num_images / (time.perf_counter() - start)
@@ -194,8 +194,8 @@ def main():
         left16, right16 = left.bfloat16(), right.bfloat16()
         timings = time_side_by_side(
             {
-                "fp32": lambda: fp32(batch),
-                "bf16": lambda: bf16(batch),
+                "fp32": lambda: fp32.score_batch(batch),
+                "bf16": lambda: bf16.score_batch(batch),
                 "matmul fp32": lambda: [left @ right for _ in range(20)],
                 "matmul bf16": lambda: [left16 @ right16 for _ in range(20)],
             },

@@ -197,6 +197,153 @@ BASELINE_LABELS = {
 }
 
 
+def scored_part(eval_args, data_args, trained, lone_folder, sources):
+    """`(dataset, indices, description, split_index, plan)` of what a model is scored on: all of the data
+    (cross-dataset, --whole_dataset, a lone folder) or the held-out part of its split (`plan`, else None)."""
+    if lone_folder or eval_args.protocol == "cross" or eval_args.whole_dataset:
+        ds = sources(data_args)[0]
+        part = f"all of {data_args.dataset_name or data_args.train_dir or 'synthetic'}"
+        if not lone_folder and eval_args.protocol == "single":
+            part += " (training images included)"
+        return ds, list(range(len(ds))), part, None, None
+    plan = plan_split(data_args, seed=trained.get("seed", 0), loaded=sources(data_args))
+    ds, indices, part_name = plan.held_out
+    return ds, indices, f"the {part_name} part of {plan.description}", data_args.split_index, plan
+
+
+def scoring_processor(model, model_path, eval_args, data_args):
+    """The model's image processor, with this command's --num_crops and --max_image_size."""
+    processor = MPIQEImageProcessor.from_pretrained_or_default(model_path, model.config)
+    if eval_args.num_crops is not None:
+        processor.num_crops = eval_args.num_crops
+    if data_args.max_image_size is not None:  # else the scale the model was trained at, saved in its processor
+        processor.max_image_size = data_args.max_image_size or None
+    return processor
+
+
+def probe_training_part(plan, trained, cli_data, data_args, processor, model, sources):
+    """`(transform, indices, groups)` of the part the linear probe is fitted on (the model's own training part,
+    also when it is scored on other data), or None where no training part is known."""
+    split_args = data_args
+    if plan is None and trained:  # scored on other data: the probe learns from the model's own training part
+        split_args = data_arguments_for(trained, cli_data, cli_names_data=False)
+        plan = plan_split(split_args, seed=trained.get("seed", 0), loaded=sources(split_args))
+    if plan is None:
+        return None
+    train_ds = plan.train_ds
+    # Cross-validation folds keep a reference content together where the split does.
+    by_content = (not split_args.split_by_image and "content_id" in train_ds.column_names
+                  and splits_by_content(train_ds))
+    return (IQATransform(train_ds, processor, model.config.scene_classes, model.config.distortion_classes,
+                         random_crops=False, skip_bad_samples=data_args.skip_bad_samples),
+            plan.train_idx, train_ds["content_id"] if by_content else None)
+
+
+def print_baselines(accelerator, metrics):
+    for name, label in BASELINE_LABELS.items():
+        base = metrics[name]
+        accelerator.print(f"    {label} on the same images: " + (
+            "— (no training part known: the model has no training_args.json)" if base is None else
+            f"SRCC {base['srcc']:.4f}  PLCC {base['plcc']:.4f}"
+            + (f"  (ridge strength {base['alpha']:g}, fitted on {base['num_train_images']} images)"
+               if "alpha" in base else "")))
+
+
+def prediction_rows(model_path, split_index, ds, predictions, native, mos_native):
+    """The rows of predictions.csv for one model's scores."""
+    paths = [(image or {}).get("path") for image in
+             ds.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))[
+                 predictions["index"].tolist()]["image"]]
+    return [[model_path, split_index if split_index is not None else "", paths[row], f"{mos_native[row]:.6g}",
+             f"{predictions['mos'][row]:.6g}", f"{native[row]:.6g}", f"{predictions['score'][row]:.6g}"]
+            for row in range(len(paths))]
+
+
+def evaluate_one(model_path, eval_args, cli_data, cli_names_data, lone_folder, accelerator, sources):
+    """Scores one model (and, with --baselines, the baselines on the same images): `(metrics, scatter group,
+    prediction rows)`."""
+    trained = training_args_of(model_path)
+    data_args = data_arguments_for(trained, cli_data, cli_names_data)
+    if eval_args.protocol == "paper_splits" and cli_names_data and trained.get("split_index"):
+        data_args = DataArguments(**{**vars(data_args), "split_index": trained["split_index"]})
+    ds, indices, part, split_index, plan = scored_part(eval_args, data_args, trained, lone_folder, sources)
+    if data_args.max_eval_samples is not None:
+        indices = indices[: data_args.max_eval_samples]
+    accelerator.print(f"{model_path}: scoring {part}: {len(indices)} images")
+
+    model = MPIQEModel.from_pretrained(model_path)
+    processor = scoring_processor(model, model_path, eval_args, data_args)
+    transform = IQATransform(ds, processor, model.config.scene_classes, model.config.distortion_classes,
+                             random_crops=False, skip_bad_samples=data_args.skip_bad_samples)
+    loader = torch.utils.data.DataLoader(iqa_split(ds, indices, transform),
+                                         batch_size=eval_args.per_device_eval_batch_size,
+                                         collate_fn=collate_iqa_batch,
+                                         num_workers=data_args.dataloader_num_workers)
+    train_part = None
+    if eval_args.baselines:
+        tokenizer = clip_iqa_tokenizer(eval_args, trained, model)
+        train_part = probe_training_part(plan, trained, cli_data, data_args, processor, model, sources)
+    model, loader = accelerator.prepare(model, loader)
+    predictions = predict(model, loader, accelerator)
+    model = accelerator.unwrap_model(model)
+    for error in predictions["skipped"]:
+        logger.warning(f"skipped an undecodable image: {error}")
+    metrics = compute_metrics(predictions["score"], predictions["mos"])
+    metrics.update(model=model_path, split_index=split_index, part=part,
+                   num_samples=int(len(predictions["score"])), skipped=predictions["skipped"])
+    line = f"{model_path}: SRCC {metrics['srcc']:.4f}  PLCC {metrics['plcc']:.4f}  ({metrics['num_samples']} images)"
+    accelerator.print(line)
+    if eval_args.baselines:
+        metrics.update(score_baselines(model.clip, tokenizer, loader, train_part, accelerator,
+                                       eval_args.per_device_eval_batch_size, data_args.dataloader_num_workers))
+        print_baselines(accelerator, metrics)
+    native = model.to_native_scale(torch.as_tensor(predictions["score"])).numpy()
+    mos_native = np.asarray(ds.select_columns(["mos"])[predictions["index"].tolist()]["mos"], dtype=np.float64)
+    group = (Path(model_path).name or model_path, mos_native, native)
+    rows = prediction_rows(model_path, split_index, ds, predictions, native, mos_native)
+    accelerator.free_memory()
+    return metrics, group, rows
+
+
+def summarize(eval_args, per_model) -> dict:
+    """The medians over the models (and over the baselines' scores, with --baselines)."""
+    summary = {
+        "protocol": eval_args.protocol,
+        "num_models": len(per_model),
+        "median_srcc": statistics.median(m["srcc"] for m in per_model),
+        "median_plcc": statistics.median(m["plcc"] for m in per_model),
+        "median_plcc_logistic": statistics.median(m["plcc_logistic"] for m in per_model),
+        "per_model": per_model,
+    }
+    for name in BASELINE_LABELS if eval_args.baselines else ():
+        scored = [m[name] for m in per_model if m[name] is not None]
+        for metric in ("srcc", "plcc"):
+            summary[f"{name}_median_{metric}"] = statistics.median(b[metric] for b in scored) if scored else None
+    return summary
+
+
+def write_outputs(eval_args, summary, rows, groups):
+    """predictions.csv, scatter.png and results.json in --output_dir; the table of medians on stdout."""
+    per_model = summary["per_model"]
+    out = Path(eval_args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "predictions.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["model", "split_index", "path", "mos", "mos_normalized", "predicted_mos", "predicted_score"])
+        writer.writerows(rows)
+    what = {"paper_splits": f"median of {len(per_model)} splits", "cross": f"cross-dataset, median of "
+            f"{len(per_model)} model(s)", "single": f"{len(per_model)} model(s), median"}[eval_args.protocol]
+    title = (f"median SRCC {summary['median_srcc']:.3f}, PLCC {summary['median_plcc']:.3f} ({what})")
+    write_scatter(out / "scatter.png", groups, title)
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    table = f"\n| method | PLCC | SRCC |  ({what}; {per_model[0]['part']})\n|---|---|---|\n"
+    for name, label in BASELINE_LABELS.items() if eval_args.baselines else ():
+        cells = [summary[f"{name}_median_{m}"] for m in ("plcc", "srcc")]
+        table += f"| {label} | " + " | ".join("—" if c is None else f"{c:.3f}" for c in cells) + " |\n"
+    table += f"| MP-IQE | {summary['median_plcc']:.3f} | {summary['median_srcc']:.3f} |"
+    print(table)
+
+
 def main(argv=None):
     eval_args, cli_data = parse_args(argv)
     cli_names_data = any(getattr(cli_data, name) is not None for name in SOURCE_FIELDS)
@@ -223,118 +370,15 @@ def main(argv=None):
 
     per_model, rows, groups = [], [], []
     for model_path in models:
-        trained = training_args_of(model_path)
-        data_args = data_arguments_for(trained, cli_data, cli_names_data)
-        if eval_args.protocol == "paper_splits" and cli_names_data and trained.get("split_index"):
-            data_args = DataArguments(**{**vars(data_args), "split_index": trained["split_index"]})
-        plan = None
-        if lone_folder or eval_args.protocol == "cross" or eval_args.whole_dataset:
-            ds, split_index = sources(data_args)[0], None
-            indices = list(range(len(ds)))
-            part = f"all of {data_args.dataset_name or data_args.train_dir or 'synthetic'}"
-            if not lone_folder and eval_args.protocol == "single":
-                part += " (training images included)"
-        else:
-            plan = plan_split(data_args, seed=trained.get("seed", 0), loaded=sources(data_args))
-            ds, indices, part_name = plan.held_out
-            part = f"the {part_name} part of {plan.description}"
-            split_index = data_args.split_index
-        if data_args.max_eval_samples is not None:
-            indices = indices[: data_args.max_eval_samples]
-        accelerator.print(f"{model_path}: scoring {part}: {len(indices)} images")
-
-        model = MPIQEModel.from_pretrained(model_path)
-        processor = MPIQEImageProcessor.from_pretrained_or_default(model_path, model.config)
-        if eval_args.num_crops is not None:
-            processor.num_crops = eval_args.num_crops
-        if data_args.max_image_size is not None:  # else the scale the model was trained at, saved in its processor
-            processor.max_image_size = data_args.max_image_size or None
-        transform = IQATransform(ds, processor, model.config.scene_classes, model.config.distortion_classes,
-                                 random_crops=False, skip_bad_samples=data_args.skip_bad_samples)
-        loader = torch.utils.data.DataLoader(iqa_split(ds, indices, transform),
-                                             batch_size=eval_args.per_device_eval_batch_size,
-                                             collate_fn=collate_iqa_batch,
-                                             num_workers=data_args.dataloader_num_workers)
-        train_part = None
-        if eval_args.baselines:
-            tokenizer = clip_iqa_tokenizer(eval_args, trained, model)
-            split_args = data_args
-            if plan is None and trained:  # scored on other data: the probe learns from the model's own training part
-                split_args = data_arguments_for(trained, cli_data, cli_names_data=False)
-                plan = plan_split(split_args, seed=trained.get("seed", 0), loaded=sources(split_args))
-            if plan is not None:
-                train_ds = plan.train_ds
-                # Cross-validation folds keep a reference content together where the split does.
-                by_content = (not split_args.split_by_image and "content_id" in train_ds.column_names
-                              and splits_by_content(train_ds))
-                train_part = (IQATransform(train_ds, processor, model.config.scene_classes,
-                                           model.config.distortion_classes, random_crops=False,
-                                           skip_bad_samples=data_args.skip_bad_samples),
-                              plan.train_idx, train_ds["content_id"] if by_content else None)
-        model, loader = accelerator.prepare(model, loader)
-        predictions = predict(model, loader, accelerator)
-        model = accelerator.unwrap_model(model)
-        for error in predictions["skipped"]:
-            logger.warning(f"skipped an undecodable image: {error}")
-        metrics = compute_metrics(predictions["score"], predictions["mos"])
-        metrics.update(model=model_path, split_index=split_index, part=part,
-                       num_samples=int(len(predictions["score"])), skipped=predictions["skipped"])
-        line = f"{model_path}: SRCC {metrics['srcc']:.4f}  PLCC {metrics['plcc']:.4f}  ({metrics['num_samples']} images)"
-        accelerator.print(line)
-        if eval_args.baselines:
-            metrics.update(score_baselines(model.clip, tokenizer, loader, train_part, accelerator,
-                                           eval_args.per_device_eval_batch_size, data_args.dataloader_num_workers))
-            for name, label in BASELINE_LABELS.items():
-                base = metrics[name]
-                accelerator.print(f"    {label} on the same images: " + (
-                    "— (no training part known: the model has no training_args.json)" if base is None else
-                    f"SRCC {base['srcc']:.4f}  PLCC {base['plcc']:.4f}"
-                    + (f"  (ridge strength {base['alpha']:g}, fitted on {base['num_train_images']} images)"
-                       if "alpha" in base else "")))
+        metrics, group, model_rows = evaluate_one(model_path, eval_args, cli_data, cli_names_data, lone_folder,
+                                                  accelerator, sources)
         per_model.append(metrics)
-        native = model.to_native_scale(torch.as_tensor(predictions["score"])).numpy()
-        mos_native = np.asarray(ds.select_columns(["mos"])[predictions["index"].tolist()]["mos"], dtype=np.float64)
-        groups.append((Path(model_path).name or model_path, mos_native, native))
-        paths = [(image or {}).get("path") for image in
-                 ds.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))[
-                     predictions["index"].tolist()]["image"]]
-        for row in range(len(paths)):
-            rows.append([model_path, split_index if split_index is not None else "", paths[row],
-                         f"{mos_native[row]:.6g}", f"{predictions['mos'][row]:.6g}", f"{native[row]:.6g}",
-                         f"{predictions['score'][row]:.6g}"])
-        accelerator.free_memory()
+        groups.append(group)
+        rows.extend(model_rows)
 
-    summary = {
-        "protocol": eval_args.protocol,
-        "num_models": len(per_model),
-        "median_srcc": statistics.median(m["srcc"] for m in per_model),
-        "median_plcc": statistics.median(m["plcc"] for m in per_model),
-        "median_plcc_logistic": statistics.median(m["plcc_logistic"] for m in per_model),
-        "per_model": per_model,
-    }
-    for name in BASELINE_LABELS if eval_args.baselines else ():
-        scored = [m[name] for m in per_model if m[name] is not None]
-        for metric in ("srcc", "plcc"):
-            summary[f"{name}_median_{metric}"] = statistics.median(b[metric] for b in scored) if scored else None
+    summary = summarize(eval_args, per_model)
     if accelerator.is_main_process:
-        out = Path(eval_args.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "predictions.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["model", "split_index", "path", "mos", "mos_normalized", "predicted_mos",
-                             "predicted_score"])
-            writer.writerows(rows)
-        what = {"paper_splits": f"median of {len(per_model)} splits", "cross": f"cross-dataset, median of "
-                f"{len(per_model)} model(s)", "single": f"{len(per_model)} model(s), median"}[eval_args.protocol]
-        title = (f"median SRCC {summary['median_srcc']:.3f}, PLCC {summary['median_plcc']:.3f} ({what})")
-        write_scatter(out / "scatter.png", groups, title)
-        (out / "results.json").write_text(json.dumps(summary, indent=2))
-        table = f"\n| method | PLCC | SRCC |  ({what}; {per_model[0]['part']})\n|---|---|---|\n"
-        for name, label in BASELINE_LABELS.items() if eval_args.baselines else ():
-            cells = [summary[f"{name}_median_{m}"] for m in ("plcc", "srcc")]
-            table += f"| {label} | " + " | ".join("—" if c is None else f"{c:.3f}" for c in cells) + " |\n"
-        table += f"| MP-IQE | {summary['median_plcc']:.3f} | {summary['median_srcc']:.3f} |"
-        print(table)
+        write_outputs(eval_args, summary, rows, groups)
     accelerator.wait_for_everyone()
     return summary
 

@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
@@ -50,6 +50,7 @@ from mpiqe_hf.training import (
     EpochShuffleSampler,
     IQATransform,
     ShuffledCropBatches,
+    SplitPlan,
     collate_iqa_batch,
     evaluate_model,
     iqa_split,
@@ -133,7 +134,8 @@ class TrainArguments:
         "Overrides the `accelerate launch` setting; bf16 is measured in benchmarks/RESULTS.md.")})
     tf32: bool = field(default=True, metadata={"help": "TF32 matrix products on GPUs that have them (Ampere+)."})
     cpu: bool = field(default=False, metadata={"help": (
-        "Run on CPU. Implied under torchrun on a machine without CUDA, so that its processes form one MULTI_CPU run.")})
+        "Run on CPU. Implied under torchrun on a machine without CUDA, so that its processes form one MULTI_CPU "
+        "run.")})
     horizontal_flip: bool = field(default=True, metadata={"help": (
         "Flip each training crop left-right with probability 1/2, as DEIQT's and LIQE's training code do (the paper "
         "does not say; docs/decisions.md). --no_horizontal_flip turns it off.")})
@@ -242,11 +244,12 @@ def check_sources(model_args: ModelArguments):
     if model_args.model_name_or_path is not None:
         check_model_source(model_args.model_name_or_path, "the MP-IQE model to fine-tune")
     elif model_args.clip_config_name is None:
+        alternatives = [f"for a run offline in minutes, --clip_model_name_or_path {STANDIN_CLIP_NAME} (a small "
+                        "stand-in shipped with mpiqe_hf, not CLIP)",
+                        "for a look at the training loop without pretrained weights, --clip_config_name tiny (a "
+                        "random CLIP)"]
         check_model_source(model_args.clip_model_name_or_path, "the CLIP model (with its tokenizer)",
-                           alternatives=[f"for a run offline in minutes, --clip_model_name_or_path {STANDIN_CLIP_NAME} "
-                                         "(a small stand-in shipped with mpiqe_hf, not CLIP)",
-                                         "for a look at the training loop without pretrained weights, "
-                                         "--clip_config_name tiny (a random CLIP)"])
+                           alternatives=alternatives)
 
 
 def recipe_defaults(ds):
@@ -382,20 +385,73 @@ def _duration(seconds: float) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Main
+# The run's parts
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def main(argv=None):
-    data_args, model_args, args = parse_args(argv)
-    check_sources(model_args)
+@dataclass
+class TrainingData:
+    """The split and what the paper's recipe sets from the dataset: MOS range, batch sizes, lambda_2."""
 
+    plan: SplitPlan
+    skipped: list  # the bad rows the loaders left out, described
+    mos_range: Any
+    dataset_name: str
+    score_loss_weight: float
+    batch_size: int  # samples per process and step
+    eval_batch_size: int
+    samples_per_image: int  # an epoch's samples of each training image (its visits, per-crop)
+
+    @property
+    def num_train_samples(self) -> int:
+        return len(self.plan.train_idx) * self.samples_per_image
+
+
+@dataclass
+class DataLoaders:
+    train_transform: IQATransform
+    train: Any  # ShuffledCropBatches (per-crop) or a DataLoader (per-image)
+    eval: torch.utils.data.DataLoader
+    test: Optional[torch.utils.data.DataLoader]
+
+
+@dataclass
+class Schedule:
+    """Steps after sharding: the global batch is batch_size x processes x accumulation samples."""
+
+    total_batch_size: int
+    steps_per_epoch: int
+    max_train_steps: int
+    num_epochs: int
+    num_warmup_steps: int
+
+
+@dataclass
+class LoopState:
+    """The loop's progress; `checkpoint_state` is what a checkpoint's training_state.json holds for a resume."""
+
+    completed_steps: int = 0
+    epoch: int = 0  # where the loop starts: 0, or the resumed checkpoint's epoch
+    batches_in_epoch: int = 0  # batches of `epoch` already done
+    best: dict = field(default_factory=lambda: {"srcc": -math.inf, "epoch": None, "step": None})
+    history: list = field(default_factory=list)
+    # This process's run only (not resumed):
+    eval_metrics: dict = field(default_factory=dict)
+    train_losses: dict = field(default_factory=lambda: {term: None for term in LOSS_TERMS})
+    dropped: list = field(default_factory=list)
+    batches_done: int = 0
+
+    def checkpoint_state(self, epoch, batches_in_epoch) -> dict:
+        return {"completed_steps": self.completed_steps, "epoch": epoch, "batches_in_epoch": batches_in_epoch,
+                "best": self.best, "history": self.history}
+
+
+def make_accelerator(args: TrainArguments, per_crop: bool) -> Accelerator:
     # The seedable sampler shuffles with a generator seeded with `seed + epoch`: the same order on every process and
     # after a resume. Without CUDA, processes started by torchrun would each run alone unless forced onto the CPU.
     use_cpu = args.cpu or (int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
     # Per-crop batches come from a shuffle buffer, not straight from a DataLoader, so Accelerate cannot see where an
     # epoch ends; their count is a multiple of the accumulation steps instead, so that each epoch ends on a step.
-    per_crop = model_args.crop_sampling == "per_crop"
     accelerator_kwargs = dict(
         cpu=use_cpu,
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=args.gradient_accumulation_steps,
@@ -410,23 +466,17 @@ def main(argv=None):
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S",
                         level=logging.INFO)
     logger.info(accelerator.state, main_process_only=False)
-    if model_args.model_name_or_path is None and is_standin_clip(model_args.clip_model_name_or_path):
-        logger.warning(f"The CLIP of this run is {STANDIN_CLIP_NOTICE}.")
-    if accelerator.device.type == "cuda" and args.tf32 and torch.cuda.get_device_capability(accelerator.device)[0] >= 8:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        logger.info("TF32 matrix products on (--no_tf32 to turn them off).")
-    set_seed(args.seed)
+    return accelerator
 
-    # Data (the main process builds caches first).
+
+def load_training_data(data_args, model_args, args, accelerator, per_crop) -> TrainingData:
+    """The split (the main process builds caches first) and the recipe's values for its dataset."""
     with accelerator.main_process_first():
         plan = plan_split(data_args, seed=args.seed)
-    protocol = plan.protocol
     skipped = [str(bad) for ds in {id(plan.train_ds): plan.train_ds, id(plan.eval_ds): plan.eval_ds}.values()
                for bad in skipped_samples(ds)]
     if skipped:
         logger.warning(f"Skipped {len(skipped)} bad sample(s):\n  " + "\n  ".join(skipped))
-    mos_range = dataset_mos_range(plan.train_ds)
     name, paper_batch, score_loss_weight = recipe_defaults(plan.train_ds)
     if model_args.score_loss_weight is not None:
         score_loss_weight = model_args.score_loss_weight
@@ -442,9 +492,13 @@ def main(argv=None):
             f"The validation split has {len(plan.eval_idx)} image(s); SRCC and PLCC need at least {MIN_ITEMS}. Give "
             "it more images (a larger --max_eval_samples, a larger dataset or --validation_dir)."
         )
+    return TrainingData(plan, skipped, dataset_mos_range(plan.train_ds), name, score_loss_weight, batch_size,
+                        eval_batch_size, samples_per_image)
 
-    # Model and image processing; crops have the CLIP input size.
-    model = build_model(model_args, mos_range, score_loss_weight)
+
+def build_training_model(model_args, args, data: TrainingData):
+    """`(model, loss_terms)`: the model to train, and which loss terms the training labels turn on."""
+    model = build_model(model_args, data.mos_range, data.score_loss_weight)
     config = model.config
     if args.save_adapter_only and not config.base_model_name_or_path:
         raise ValueError("--save_adapter_only saves the model as an adapter of a pretrained base CLIP, which this "
@@ -452,25 +506,27 @@ def main(argv=None):
                          "--clip_model_name_or_path.")
     loss_terms = {"scene": bool(config.use_scene_prompts), "distortion": bool(config.use_distortion_prompts),
                   "score": True}
-    coverage = label_coverage(plan.train_ds, plan.train_idx)
+    coverage = label_coverage(data.plan.train_ds, data.plan.train_idx)
     for term, column in (("scene", "scene"), ("distortion", "distortion")):
         if loss_terms[term] and coverage[column] == 0:
             loss_terms[term] = False
             logger.warning(
-                f"\n{'!' * 100}\n!! The training data carry no {column} labels: the {term} loss is OFF in this run, so "
-                f"it is an ablation, not the paper's recipe.\n!! LIQE's label files carry scene and distortion "
+                f"\n{'!' * 100}\n!! The training data carry no {column} labels: the {term} loss is OFF in this run, "
+                f"so it is an ablation, not the paper's recipe.\n!! LIQE's label files carry scene and distortion "
                 f"labels for the paper's six datasets: --label_file <LIQE IQA_Database folder>.\n{'!' * 100}")
     logger.info("Loss terms: " + ", ".join(f"{t} {'on' if on else 'OFF'}" for t, on in loss_terms.items())
                 + f" ({coverage['scene']} images with scene labels, {coverage['distortion']} with distortion labels, "
-                  f"of {len(plan.train_idx)}); lambda_1 {config.distortion_loss_weight}, lambda_2 "
-                  f"{config.score_loss_weight}; native MOS range {tuple(mos_range)}.")
+                  f"of {len(data.plan.train_idx)}); lambda_1 {config.distortion_loss_weight}, lambda_2 "
+                  f"{config.score_loss_weight}; native MOS range {tuple(data.mos_range)}.")
     if model_args.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    crop_size = config.clip_config.vision_config.image_size
-    # Saved with the model: the pipeline and mpiqe-score then see images at the scale training saw them.
-    image_processor = MPIQEImageProcessor(crop_size={"height": crop_size, "width": crop_size},
-                                          num_crops=model_args.eval_num_crops or model_args.num_crops,
-                                          max_image_size=data_args.resolved_max_image_size)
+    return model, loss_terms
+
+
+def build_dataloaders(data_args, model_args, args, accelerator, data, image_processor, config, per_crop):
+    """The training batches (per-crop: through a shuffle buffer, its image loader prepared here) and the evaluation
+    loaders (grid crops)."""
+    plan = data.plan
     classes = dict(scene_classes=config.scene_classes, distortion_classes=config.distortion_classes)
     # Per-crop: an image is decoded once an epoch and yields the crops of all its visits, which a shuffle buffer
     # deals into batches of crops of many images (ShuffledCropBatches). Per-image: a sample is already an image.
@@ -479,41 +535,40 @@ def main(argv=None):
                                    visits=model_args.num_crops if per_crop else None,
                                    horizontal_flip=args.horizontal_flip,
                                    skip_bad_samples=True, **classes)
-    num_train_samples = len(plan.train_idx) * samples_per_image
     loader_kwargs = dict(collate_fn=collate_iqa_batch, num_workers=data_args.dataloader_num_workers)
     if per_crop:
         images = make_samples(plan.train_idx).with_transform(train_transform)
         image_sampler = EpochShuffleSampler(len(images), seed=args.seed)
         image_loader = accelerator.prepare(torch.utils.data.DataLoader(
-            images, sampler=image_sampler, batch_size=max(1, batch_size // model_args.num_crops),
+            images, sampler=image_sampler, batch_size=max(1, data.batch_size // model_args.num_crops),
             collate_fn=keep_samples, num_workers=data_args.dataloader_num_workers))
         train_dataloader = ShuffledCropBatches(
-            image_loader, image_sampler, visits=model_args.num_crops, batch_size=batch_size,
+            image_loader, image_sampler, visits=model_args.num_crops, batch_size=data.batch_size,
             buffer_size=args.shuffle_buffer_size, seed=args.seed, process_index=accelerator.process_index,
             batches_multiple_of=args.gradient_accumulation_steps)
     else:
         train_dataloader = torch.utils.data.DataLoader(
-            iqa_split(plan.train_ds, plan.train_idx, train_transform), shuffle=True, batch_size=batch_size,
+            iqa_split(plan.train_ds, plan.train_idx, train_transform), shuffle=True, batch_size=data.batch_size,
             **loader_kwargs)
 
     def evaluation_loader(ds, indices):
         transform = IQATransform(ds, image_processor, random_crops=False, skip_bad_samples=data_args.skip_bad_samples,
                                  **classes)
-        return torch.utils.data.DataLoader(iqa_split(ds, indices, transform), batch_size=eval_batch_size,
+        return torch.utils.data.DataLoader(iqa_split(ds, indices, transform), batch_size=data.eval_batch_size,
                                            **loader_kwargs)
 
     eval_dataloader = evaluation_loader(plan.eval_ds, plan.eval_idx)
     test_dataloader = evaluation_loader(plan.test_ds, plan.test_idx) if plan.test_idx is not None else None
+    return DataLoaders(train_transform, train_dataloader, eval_dataloader, test_dataloader)
 
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=args.learning_rate, weight_decay=args.weight_decay)
 
-    # Steps per epoch after sharding: the global batch is batch_size x processes x accumulation samples.
-    total_batch_size = batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+def plan_schedule(args, accelerator, data: TrainingData, loaders: DataLoaders, per_crop) -> Schedule:
+    """Optimizer steps per epoch and in all, epochs, warm-up steps (clamped into the run)."""
+    total_batch_size = data.batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     if per_crop:  # this process's share of the images, in batches of crops (a multiple of the accumulation steps)
-        steps_per_epoch = len(train_dataloader) // args.gradient_accumulation_steps
+        steps_per_epoch = len(loaders.train) // args.gradient_accumulation_steps
     else:
-        steps_per_epoch = math.ceil(num_train_samples / total_batch_size)
+        steps_per_epoch = math.ceil(data.num_train_samples / total_batch_size)
     max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
     num_epochs = math.ceil(max_train_steps / steps_per_epoch)
     num_warmup_steps = args.num_warmup_steps
@@ -525,51 +580,51 @@ def main(argv=None):
                        f"steps): the learning rate would never reach {args.learning_rate:g}. Warm-up clamped to "
                        f"{clamped} steps (the paper's 5/30 of the run).")
         num_warmup_steps = clamped
-    advice = narrow_text_space_advice(args.learning_rate, model.config.clip_config.projection_dim)
-    if advice is not None:
-        logger.warning(advice)
-    lr_scheduler = get_cosine_schedule_with_warmup(
-        optimizer,
-        num_warmup_steps=num_warmup_steps * accelerator.num_processes,
-        num_training_steps=max_train_steps * accelerator.num_processes,
-    )
-    model.to(accelerator.device)
-    crops_per_sample = 1 if per_crop else model_args.num_crops
-    pass_seconds, crop_seconds = step_cost(model, accelerator, crops_per_sample, crop_size, batch_size)
-    if per_crop:  # its image loader is prepared already
-        model, optimizer, eval_dataloader, lr_scheduler = accelerator.prepare(
-            model, optimizer, eval_dataloader, lr_scheduler
+    return Schedule(total_batch_size, steps_per_epoch, max_train_steps, num_epochs, num_warmup_steps)
+
+
+def prepare_for_training(accelerator, model, optimizer, loaders: DataLoaders, lr_scheduler, per_crop):
+    """`accelerator.prepare` of the model, optimizer, loaders and scheduler (per-crop: the image loader is prepared
+    already); returns the prepared model, optimizer and scheduler and updates `loaders`."""
+    if per_crop:
+        model, optimizer, loaders.eval, lr_scheduler = accelerator.prepare(
+            model, optimizer, loaders.eval, lr_scheduler
         )
     else:
-        model, optimizer, train_dataloader, eval_dataloader, lr_scheduler = accelerator.prepare(
-            model, optimizer, train_dataloader, eval_dataloader, lr_scheduler
+        model, optimizer, loaders.train, loaders.eval, lr_scheduler = accelerator.prepare(
+            model, optimizer, loaders.train, loaders.eval, lr_scheduler
         )
-    if test_dataloader is not None:
-        test_dataloader = accelerator.prepare(test_dataloader)
-    batches_per_epoch = len(train_dataloader)
-    if batches_per_epoch != steps_per_epoch * args.gradient_accumulation_steps:
-        logger.warning(f"{batches_per_epoch} batches per process and epoch, {steps_per_epoch} steps expected.")
-    if args.save_adapter_only:
-        accelerator.register_save_state_pre_hook(keep_adapter_weights_only)
+    if loaders.test is not None:
+        loaders.test = accelerator.prepare(loaders.test)
+    return model, optimizer, lr_scheduler
 
-    crops_per_step = total_batch_size * (1 if per_crop else model_args.num_crops)
-    passes = max_train_steps * args.gradient_accumulation_steps
-    estimate = passes * (pass_seconds + crop_seconds * batch_size * crops_per_sample)
+
+def log_training_plan(accelerator, model_args, data: TrainingData, schedule: Schedule, cost, per_crop):
+    """What the run will do and cost, from `cost` = [`step_cost`]'s `(seconds per pass, seconds per crop)`, before
+    it starts."""
+    crops_per_sample = 1 if per_crop else model_args.num_crops
+    crops_per_step = schedule.total_batch_size * crops_per_sample
+    pass_seconds, crop_seconds = cost
+    passes = schedule.max_train_steps * accelerator.gradient_accumulation_steps
+    estimate = passes * (pass_seconds + crop_seconds * data.batch_size * crops_per_sample)
     logger.info(
         f"***** Running training *****\n"
-        f"  {len(plan.train_idx)} images x {samples_per_image} sample(s) = {num_train_samples} samples an epoch "
-        f"({model_args.crop_sampling}); {num_epochs} epoch(s) of {steps_per_epoch} optimizer steps = "
-        f"{max_train_steps} steps, warm-up {num_warmup_steps}\n"
-        f"  batch: {batch_size} per process x {accelerator.num_processes} process(es) x "
-        f"{args.gradient_accumulation_steps} accumulation = {total_batch_size} samples ({crops_per_step} crops) a "
-        f"step\n"
+        f"  {len(data.plan.train_idx)} images x {data.samples_per_image} sample(s) = {data.num_train_samples} samples "
+        f"an epoch ({model_args.crop_sampling}); {schedule.num_epochs} epoch(s) of {schedule.steps_per_epoch} "
+        f"optimizer steps = {schedule.max_train_steps} steps, warm-up {schedule.num_warmup_steps}\n"
+        f"  batch: {data.batch_size} per process x {accelerator.num_processes} process(es) x "
+        f"{accelerator.gradient_accumulation_steps} accumulation = {schedule.total_batch_size} samples "
+        f"({crops_per_step} crops) a step\n"
         f"  cost: about {_duration(estimate)} of training on {accelerator.device} (measured forward+backward: "
         f"{pass_seconds:.3g} s a pass + {crop_seconds:.3g} s a crop), plus evaluation")
 
-    recorded_args = {**asdict(data_args), **asdict(model_args), **asdict(args), "split_protocol": protocol,
-                     "split_description": plan.description, "loss_terms": loss_terms,
-                     "num_processes": accelerator.num_processes, "total_train_batch_size": total_batch_size,
-                     "max_train_steps": max_train_steps, "num_warmup_steps": num_warmup_steps}
+
+def start_outputs(data_args, model_args, args, accelerator, data, loss_terms, schedule: Schedule) -> dict:
+    """The output folder and the trackers; returns the arguments recorded with every saved model."""
+    recorded_args = {**asdict(data_args), **asdict(model_args), **asdict(args), "split_protocol": data.plan.protocol,
+                     "split_description": data.plan.description, "loss_terms": loss_terms,
+                     "num_processes": accelerator.num_processes, "total_train_batch_size": schedule.total_batch_size,
+                     "max_train_steps": schedule.max_train_steps, "num_warmup_steps": schedule.num_warmup_steps}
     recorded_args.pop("hub_token")
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
@@ -577,172 +632,260 @@ def main(argv=None):
     if args.with_tracking:
         tracked = {k: v for k, v in recorded_args.items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers("mpiqe", tracked)
+    return recorded_args
 
-    completed_steps, starting_epoch, resume_batches = 0, 0, 0
-    best = {"srcc": -math.inf, "epoch": None, "step": None}
-    history = []
-    if args.resume_from_checkpoint:
-        checkpoint = args.resume_from_checkpoint
-        if checkpoint == "latest":
-            found = _checkpoint_dirs(args.output_dir)
-            if not found:
-                raise ValueError(f"--resume_from_checkpoint latest: no checkpoint in {args.output_dir}.")
-            checkpoint = str(found[-1])
-        state_file = Path(checkpoint) / TRAINING_STATE_FILE
-        if not state_file.is_file():
-            raise ValueError(f"{checkpoint} is not a checkpoint of this script (no {TRAINING_STATE_FILE}).")
-        accelerator.print(f"Resumed from checkpoint: {checkpoint}")
-        # An adapter-only checkpoint (--save_adapter_only) lacks the frozen CLIP; this run built it as the first did.
-        adapter_only = check_checkpoint_weights(checkpoint, accelerator.unwrap_model(model))
-        accelerator.load_state(checkpoint, strict=not adapter_only)
-        state = json.loads(state_file.read_text())
-        completed_steps = state["completed_steps"]
-        starting_epoch = state["epoch"]
-        resume_batches = state["batches_in_epoch"]
-        best = state.get("best", best)
-        history = state.get("history", [])
-        if completed_steps >= max_train_steps:
-            logger.info(f"The checkpoint has {completed_steps} of {max_train_steps} steps: nothing left to train.")
 
-    progress_bar = tqdm(range(max_train_steps), disable=not accelerator.is_local_main_process)
-    progress_bar.update(completed_steps)
+def resume(args, accelerator, model, max_train_steps) -> LoopState:
+    """The loop's state: fresh, or loaded with `load_state` from --resume_from_checkpoint."""
+    if not args.resume_from_checkpoint:
+        return LoopState()
+    checkpoint = args.resume_from_checkpoint
+    if checkpoint == "latest":
+        found = _checkpoint_dirs(args.output_dir)
+        if not found:
+            raise ValueError(f"--resume_from_checkpoint latest: no checkpoint in {args.output_dir}.")
+        checkpoint = str(found[-1])
+    state_file = Path(checkpoint) / TRAINING_STATE_FILE
+    if not state_file.is_file():
+        raise ValueError(f"{checkpoint} is not a checkpoint of this script (no {TRAINING_STATE_FILE}).")
+    accelerator.print(f"Resumed from checkpoint: {checkpoint}")
+    # An adapter-only checkpoint (--save_adapter_only) lacks the frozen CLIP; this run built it as the first did.
+    adapter_only = check_checkpoint_weights(checkpoint, accelerator.unwrap_model(model))
+    accelerator.load_state(checkpoint, strict=not adapter_only)
+    saved = json.loads(state_file.read_text())
+    state = LoopState(completed_steps=saved["completed_steps"], epoch=saved["epoch"],
+                      batches_in_epoch=saved["batches_in_epoch"])
+    state.best = saved.get("best", state.best)
+    state.history = saved.get("history", [])
+    if state.completed_steps >= max_train_steps:
+        logger.info(f"The checkpoint has {state.completed_steps} of {max_train_steps} steps: nothing left to train.")
+    return state
+
+
+def train_one_epoch(epoch, state: LoopState, args, accelerator, model, optimizer, lr_scheduler, loaders: DataLoaders,
+                    schedule: Schedule, progress_bar, per_crop) -> int:
+    """Trains `epoch` (from where a resume left it) until it ends or the run's last step; returns the batches of the
+    epoch done. Sets `state.train_losses` to the epoch's mean of each loss term."""
+    model.train()
+    # Sums and counts of each loss term over this epoch's batches (a term is absent when no sample has its label).
+    term_sums = torch.zeros(len(LOSS_TERMS), device=accelerator.device)
+    term_counts = torch.zeros(len(LOSS_TERMS), device=accelerator.device)
+    batches_in_epoch = state.batches_in_epoch if epoch == state.epoch else 0
+    # The shuffling order and the random crops depend on (seed, epoch) only; the dataloader passes the epoch to
+    # its sampler (Accelerate's seedable sampler, or the image sampler and the shuffle buffer of per-crop batches).
+    loaders.train_transform.set_epoch(epoch)
+    if per_crop:
+        loaders.train.set_epoch(epoch)
+        dataloader = loaders.train.iterate(batches_in_epoch)
+    else:
+        dataloader = loaders.train
+        if batches_in_epoch:
+            dataloader = accelerator.skip_first_batches(loaders.train, batches_in_epoch)
+        dataloader.set_epoch(epoch)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     checkpoint_every = int(args.checkpointing_steps) if (args.checkpointing_steps or "").isdigit() else None
-    eval_metrics, train_losses = {}, {term: None for term in LOSS_TERMS}
-    dropped, batches_done = [], 0
-
-    def training_state(epoch, batches_in_epoch):
-        return {"completed_steps": completed_steps, "epoch": epoch, "batches_in_epoch": batches_in_epoch,
-                "best": best, "history": history}
-
-    for epoch in range(starting_epoch, num_epochs):
-        if completed_steps >= max_train_steps:
+    for batch in dataloader:
+        batch.pop("index")
+        state.dropped.extend(batch.pop("skipped"))
+        with accelerator.accumulate(model):
+            outputs = model(**batch)
+            loss = outputs.loss
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and args.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad()
+        terms = {term: getattr(outputs, term).detach().float().item() for term in LOSS_TERMS
+                 if getattr(outputs, term, None) is not None}
+        for position, term in enumerate(LOSS_TERMS):
+            if term in terms:
+                term_sums[position] += terms[term]
+                term_counts[position] += 1
+        batches_in_epoch += 1
+        state.batches_done += 1
+        if accelerator.sync_gradients:
+            state.completed_steps += 1
+            log_step(state, args, accelerator, lr_scheduler, progress_bar, terms)
+            if checkpoint_every and state.completed_steps % checkpoint_every == 0:
+                save_checkpoint(accelerator, args.output_dir, f"step_{state.completed_steps}",
+                                state.checkpoint_state(epoch, batches_in_epoch), args.checkpoints_total_limit)
+        if state.completed_steps >= schedule.max_train_steps:
             break
-        model.train()
-        # Sums and counts of each loss term over this epoch's batches (a term is absent when no sample has its label).
-        term_sums = torch.zeros(len(LOSS_TERMS), device=accelerator.device)
-        term_counts = torch.zeros(len(LOSS_TERMS), device=accelerator.device)
-        batches_in_epoch = resume_batches if epoch == starting_epoch else 0
-        # The shuffling order and the random crops depend on (seed, epoch) only; the dataloader passes the epoch to
-        # its sampler (Accelerate's seedable sampler, or the image sampler and the shuffle buffer of per-crop batches).
-        train_transform.set_epoch(epoch)
-        if per_crop:
-            train_dataloader.set_epoch(epoch)
-            dataloader = train_dataloader.iterate(batches_in_epoch)
-        else:
-            dataloader = train_dataloader
-            if batches_in_epoch:
-                dataloader = accelerator.skip_first_batches(train_dataloader, batches_in_epoch)
-            dataloader.set_epoch(epoch)
-        for batch in dataloader:
-            batch.pop("index")
-            dropped.extend(batch.pop("skipped"))
-            with accelerator.accumulate(model):
-                outputs = model(**batch)
-                loss = outputs.loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad()
-            terms = {term: getattr(outputs, term).detach().float().item() for term in LOSS_TERMS
-                     if getattr(outputs, term, None) is not None}
-            for position, term in enumerate(LOSS_TERMS):
-                if term in terms:
-                    term_sums[position] += terms[term]
-                    term_counts[position] += 1
-            batches_in_epoch += 1
-            batches_done += 1
-            if accelerator.sync_gradients:
-                progress_bar.update(1)
-                completed_steps += 1
-                progress_bar.set_postfix({**{SHORT_NAMES[t]: f"{v:.4f}" for t, v in terms.items()},
-                                          "lr": f"{lr_scheduler.get_last_lr()[0]:.2e}"})
-                if args.with_tracking:
-                    logs = {f"train/{term}": value for term, value in terms.items()}
-                    logs["train/lr"] = lr_scheduler.get_last_lr()[0]
-                    accelerator.log(logs, step=completed_steps)
-                if checkpoint_every and completed_steps % checkpoint_every == 0:
-                    save_checkpoint(accelerator, args.output_dir, f"step_{completed_steps}",
-                                    training_state(epoch, batches_in_epoch), args.checkpoints_total_limit)
-            if completed_steps >= max_train_steps:
-                break
-        if batches_in_epoch >= batches_per_epoch:
-            next_epoch, next_batches = epoch + 1, 0
-        else:
-            next_epoch, next_batches = epoch, batches_in_epoch
-        sums, counts = (accelerator.reduce(t, reduction="sum").tolist() for t in (term_sums, term_counts))
-        if any(counts):
-            train_losses = {term: total / count if count else None
-                            for term, total, count in zip(LOSS_TERMS, sums, counts)}
-        finished = completed_steps >= max_train_steps or epoch + 1 == num_epochs
-        if (epoch + 1) % args.eval_every_epoch == 0 or finished:
-            eval_metrics = evaluate_model(model, eval_dataloader, accelerator)
-            described = ", ".join(f"{SHORT_NAMES[t]} {v:.4f}" for t, v in train_losses.items() if v is not None)
-            logger.info(f"epoch {epoch}: train {described}; validation SRCC {eval_metrics['srcc']:.4f}, "
-                        f"PLCC {eval_metrics['plcc']:.4f}")
-            history.append({"epoch": epoch, "step": completed_steps,
-                            **{f"train_{t}": v for t, v in train_losses.items()},
-                            "srcc": eval_metrics["srcc"], "plcc": eval_metrics["plcc"]})
-            if args.with_tracking:
-                epoch_logs = {f"train/epoch_{t}": v for t, v in train_losses.items() if v is not None}
-                accelerator.log({"eval/srcc": eval_metrics["srcc"], "eval/plcc": eval_metrics["plcc"],
-                                 "epoch": epoch, **epoch_logs}, step=completed_steps)
-            if eval_metrics["srcc"] > best["srcc"]:
-                best = {"srcc": eval_metrics["srcc"], "plcc": eval_metrics["plcc"], "epoch": epoch,
-                        "step": completed_steps}
-                save_model(accelerator, model, image_processor, os.path.join(args.output_dir, "best"), recorded_args,
-                           args.save_adapter_only)
-        if args.checkpointing_steps == "epoch":
-            save_checkpoint(accelerator, args.output_dir, f"epoch_{epoch}", training_state(next_epoch, next_batches),
-                            args.checkpoints_total_limit)
-    progress_bar.close()
+    sums, counts = (accelerator.reduce(t, reduction="sum").tolist() for t in (term_sums, term_counts))
+    if any(counts):
+        state.train_losses = {term: total / count if count else None
+                              for term, total, count in zip(LOSS_TERMS, sums, counts)}
+    return batches_in_epoch
 
-    if args.load_best_model_at_end and best["epoch"] is not None and best["step"] != completed_steps:
+
+def log_step(state: LoopState, args, accelerator, lr_scheduler, progress_bar, terms):
+    """An optimizer step's loss terms and learning rate: on the progress bar and, with --with_tracking, logged."""
+    progress_bar.update(1)
+    progress_bar.set_postfix({**{SHORT_NAMES[t]: f"{v:.4f}" for t, v in terms.items()},
+                              "lr": f"{lr_scheduler.get_last_lr()[0]:.2e}"})
+    if args.with_tracking:
+        logs = {f"train/{term}": value for term, value in terms.items()}
+        logs["train/lr"] = lr_scheduler.get_last_lr()[0]
+        accelerator.log(logs, step=state.completed_steps)
+
+
+def evaluate_epoch(epoch, state: LoopState, args, accelerator, model, loaders, image_processor, recorded_args):
+    """Validation after `epoch`: logged, added to the history, and saved into output_dir/best when it is the best."""
+    state.eval_metrics = evaluate_model(model, loaders.eval, accelerator)
+    metrics, losses = state.eval_metrics, state.train_losses
+    described = ", ".join(f"{SHORT_NAMES[t]} {v:.4f}" for t, v in losses.items() if v is not None)
+    logger.info(f"epoch {epoch}: train {described}; validation SRCC {metrics['srcc']:.4f}, "
+                f"PLCC {metrics['plcc']:.4f}")
+    state.history.append({"epoch": epoch, "step": state.completed_steps,
+                          **{f"train_{t}": v for t, v in losses.items()},
+                          "srcc": metrics["srcc"], "plcc": metrics["plcc"]})
+    if args.with_tracking:
+        epoch_logs = {f"train/epoch_{t}": v for t, v in losses.items() if v is not None}
+        accelerator.log({"eval/srcc": metrics["srcc"], "eval/plcc": metrics["plcc"], "epoch": epoch, **epoch_logs},
+                        step=state.completed_steps)
+    if metrics["srcc"] > state.best["srcc"]:
+        state.best = {"srcc": metrics["srcc"], "plcc": metrics["plcc"], "epoch": epoch, "step": state.completed_steps}
+        save_model(accelerator, model, image_processor, os.path.join(args.output_dir, "best"), recorded_args,
+                   args.save_adapter_only)
+
+
+def finish(state: LoopState, data_args, model_args, args, accelerator, model, loaders, image_processor, data,
+           schedule: Schedule, loss_terms, recorded_args) -> dict:
+    """The final model (the best one with --load_best_model_at_end), its results (+ the test part's), the result
+    files and the push to the Hub."""
+    if args.load_best_model_at_end and state.best["epoch"] is not None and state.best["step"] != state.completed_steps:
         accelerator.wait_for_everyone()
         best_model = MPIQEModel.from_pretrained(os.path.join(args.output_dir, "best"))
         accelerator.unwrap_model(model).load_state_dict(best_model.state_dict())
-        eval_metrics = evaluate_model(model, eval_dataloader, accelerator)
-    elif not eval_metrics:  # a finished run resumed from its last checkpoint: nothing trained, nothing evaluated yet
-        eval_metrics = evaluate_model(model, eval_dataloader, accelerator)
+        state.eval_metrics = evaluate_model(model, loaders.eval, accelerator)
+    elif not state.eval_metrics:  # a finished run resumed from its last checkpoint: nothing trained or evaluated yet
+        state.eval_metrics = evaluate_model(model, loaders.eval, accelerator)
     save_model(accelerator, model, image_processor, args.output_dir, recorded_args, args.save_adapter_only)
 
-    dropped = [error for errors in gather_object([dropped]) for error in errors]
-    batches_per_process = accelerator.gather(torch.tensor([batches_done], device=accelerator.device)).tolist()
-    results = dict(eval_metrics)
-    results.update({f"train_{term}": value for term, value in train_losses.items()})
+    dropped = [error for errors in gather_object([state.dropped]) for error in errors]
+    batches_per_process = accelerator.gather(torch.tensor([state.batches_done], device=accelerator.device)).tolist()
+    plan = data.plan
+    results = dict(state.eval_metrics)
+    results.update({f"train_{term}": value for term, value in state.train_losses.items()})
     results.update(
-        epoch=history[-1]["epoch"] if history else None, step=completed_steps, max_train_steps=max_train_steps,
-        steps_per_epoch=steps_per_epoch, total_train_batch_size=total_batch_size,
-        best_srcc=best["srcc"] if best["epoch"] is not None else None, best_epoch=best["epoch"],
+        epoch=state.history[-1]["epoch"] if state.history else None, step=state.completed_steps,
+        max_train_steps=schedule.max_train_steps, steps_per_epoch=schedule.steps_per_epoch,
+        total_train_batch_size=schedule.total_batch_size,
+        best_srcc=state.best["srcc"] if state.best["epoch"] is not None else None, best_epoch=state.best["epoch"],
         num_train_samples=len(plan.train_idx), num_eval_samples=len(plan.eval_idx),
-        crop_sampling=model_args.crop_sampling, num_train_samples_per_epoch=num_train_samples,
-        dataset=name, split_protocol=protocol, split_description=plan.description,
+        crop_sampling=model_args.crop_sampling, num_train_samples_per_epoch=data.num_train_samples,
+        dataset=data.dataset_name, split_protocol=plan.protocol, split_description=plan.description,
         split_index=data_args.split_index, train_fraction=data_args.train_fraction, loss_terms=loss_terms,
         num_processes=accelerator.num_processes, batches_per_process=batches_per_process,
-        skipped_samples=skipped, dropped_samples=len(dropped), dropped_sample_errors=dropped,
+        skipped_samples=data.skipped, dropped_samples=len(dropped), dropped_sample_errors=dropped,
     )
-    if test_dataloader is not None:
-        test_metrics = evaluate_model(model, test_dataloader, accelerator)
+    if loaders.test is not None:
+        test_metrics = evaluate_model(model, loaders.test, accelerator)
         results.update({f"test_{key}": value for key, value in test_metrics.items()})
         logger.info(f"test SRCC {test_metrics['srcc']:.4f}, PLCC {test_metrics['plcc']:.4f}")
     if accelerator.is_main_process:
         Path(args.output_dir, "all_results.json").write_text(json.dumps(results, indent=2))
         # Every evaluation's validation metrics, by epoch: run_protocol.py reports the best epoch from it.
-        Path(args.output_dir, "eval_history.json").write_text(json.dumps(history, indent=2))
+        Path(args.output_dir, "eval_history.json").write_text(json.dumps(state.history, indent=2))
         if args.push_to_hub:
-            # The reported part: LIQE's test part, else the validation (held-out) part.
-            prefix = "test_" if test_dataloader is not None else ""
-            evaluation = {"dataset": name, "split": f"{plan.description}, {plan.held_out[2]} part",
-                          **{key: results[prefix + key] for key in ("srcc", "plcc", "krcc", "rmse")}}
-            accelerator.unwrap_model(model).push_to_hub(
-                args.hub_model_id, evaluation_results=[evaluation], image_processor=image_processor,
-                adapter_only=args.save_adapter_only, commit_message="Training finished", private=args.hub_private_repo, token=args.hub_token,
-                training_recipe=dict(learning_rate=args.learning_rate, num_train_epochs=num_epochs,
-                                     max_train_steps=max_train_steps, total_train_batch_size=total_batch_size,
-                                     crop_sampling=model_args.crop_sampling),
-            )
+            push_results(args, accelerator, model, image_processor, data, schedule, results, model_args.crop_sampling,
+                         tested=loaders.test is not None)
     accelerator.wait_for_everyone()
+    return results
+
+
+def push_results(args, accelerator, model, image_processor, data, schedule, results, crop_sampling, tested):
+    """`push_to_hub` of the final model, its evaluation in the model card."""
+    # The reported part: LIQE's test part, else the validation (held-out) part.
+    prefix = "test_" if tested else ""
+    evaluation = {"dataset": data.dataset_name, "split": f"{data.plan.description}, {data.plan.held_out[2]} part",
+                  **{key: results[prefix + key] for key in ("srcc", "plcc", "krcc", "rmse")}}
+    accelerator.unwrap_model(model).push_to_hub(
+        args.hub_model_id, evaluation_results=[evaluation], image_processor=image_processor,
+        adapter_only=args.save_adapter_only, commit_message="Training finished", private=args.hub_private_repo,
+        token=args.hub_token,
+        training_recipe=dict(learning_rate=args.learning_rate, num_train_epochs=schedule.num_epochs,
+                             max_train_steps=schedule.max_train_steps,
+                             total_train_batch_size=schedule.total_batch_size, crop_sampling=crop_sampling),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def main(argv=None):
+    data_args, model_args, args = parse_args(argv)
+    check_sources(model_args)
+    per_crop = model_args.crop_sampling == "per_crop"
+    accelerator = make_accelerator(args, per_crop)
+    if model_args.model_name_or_path is None and is_standin_clip(model_args.clip_model_name_or_path):
+        logger.warning(f"The CLIP of this run is {STANDIN_CLIP_NOTICE}.")
+    ampere = accelerator.device.type == "cuda" and torch.cuda.get_device_capability(accelerator.device)[0] >= 8
+    if args.tf32 and ampere:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        logger.info("TF32 matrix products on (--no_tf32 to turn them off).")
+    set_seed(args.seed)
+
+    # Data and model; crops have the CLIP input size.
+    data = load_training_data(data_args, model_args, args, accelerator, per_crop)
+    model, loss_terms = build_training_model(model_args, args, data)
+    crop_size = model.config.clip_config.vision_config.image_size
+    # Saved with the model: the pipeline and mpiqe-score then see images at the scale training saw them.
+    image_processor = MPIQEImageProcessor(crop_size={"height": crop_size, "width": crop_size},
+                                          num_crops=model_args.eval_num_crops or model_args.num_crops,
+                                          max_image_size=data_args.resolved_max_image_size)
+    loaders = build_dataloaders(data_args, model_args, args, accelerator, data, image_processor, model.config,
+                                per_crop)
+
+    # Optimizer and schedule.
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=args.learning_rate, weight_decay=args.weight_decay)
+    schedule = plan_schedule(args, accelerator, data, loaders, per_crop)
+    advice = narrow_text_space_advice(args.learning_rate, model.config.clip_config.projection_dim)
+    if advice is not None:
+        logger.warning(advice)
+    lr_scheduler = get_cosine_schedule_with_warmup(
+        optimizer,
+        num_warmup_steps=schedule.num_warmup_steps * accelerator.num_processes,
+        num_training_steps=schedule.max_train_steps * accelerator.num_processes,
+    )
+    model.to(accelerator.device)
+    cost = step_cost(model, accelerator, 1 if per_crop else model_args.num_crops, crop_size, data.batch_size)
+    model, optimizer, lr_scheduler = prepare_for_training(accelerator, model, optimizer, loaders, lr_scheduler,
+                                                          per_crop)
+    batches_per_epoch = len(loaders.train)
+    if batches_per_epoch != schedule.steps_per_epoch * args.gradient_accumulation_steps:
+        logger.warning(f"{batches_per_epoch} batches per process and epoch, {schedule.steps_per_epoch} steps "
+                       "expected.")
+    if args.save_adapter_only:
+        accelerator.register_save_state_pre_hook(keep_adapter_weights_only)
+    log_training_plan(accelerator, model_args, data, schedule, cost, per_crop)
+    recorded_args = start_outputs(data_args, model_args, args, accelerator, data, loss_terms, schedule)
+
+    # Resume, then one epoch after another: train, evaluate, checkpoint.
+    state = resume(args, accelerator, model, schedule.max_train_steps)
+    progress_bar = tqdm(range(schedule.max_train_steps), disable=not accelerator.is_local_main_process)
+    progress_bar.update(state.completed_steps)
+    for epoch in range(state.epoch, schedule.num_epochs):
+        if state.completed_steps >= schedule.max_train_steps:
+            break
+        batches_in_epoch = train_one_epoch(epoch, state, args, accelerator, model, optimizer, lr_scheduler, loaders,
+                                           schedule, progress_bar, per_crop)
+        finished = state.completed_steps >= schedule.max_train_steps or epoch + 1 == schedule.num_epochs
+        if (epoch + 1) % args.eval_every_epoch == 0 or finished:
+            evaluate_epoch(epoch, state, args, accelerator, model, loaders, image_processor, recorded_args)
+        if args.checkpointing_steps == "epoch":
+            ended = batches_in_epoch >= batches_per_epoch
+            saved = state.checkpoint_state(epoch + 1 if ended else epoch, 0 if ended else batches_in_epoch)
+            save_checkpoint(accelerator, args.output_dir, f"epoch_{epoch}", saved, args.checkpoints_total_limit)
+    progress_bar.close()
+
+    results = finish(state, data_args, model_args, args, accelerator, model, loaders, image_processor, data, schedule,
+                     loss_terms, recorded_args)
     accelerator.print(json.dumps({k: results[k] for k in ("srcc", "plcc", "step") if k in results}))
     for tracker in accelerator.trackers:  # not end_training(): it would destroy the process group (see __main__)
         tracker.finish()

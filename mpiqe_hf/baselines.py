@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .training import predict_per_image
+
 CLIP_IQA_PROMPTS = ("Good photo.", "Bad photo.")
 # Ridge strengths tried by cross-validation, on standardised features (0.1 to 10,000).
 PROBE_ALPHAS = tuple(float(a) for a in np.logspace(-1, 4, 11))
@@ -23,28 +25,6 @@ PROBE_ALPHAS = tuple(float(a) for a in np.logspace(-1, 4, 11))
 
 def _device(clip, accelerator):
     return accelerator.device if accelerator is not None else next(clip.parameters()).device
-
-
-def _per_image(batches, device, accelerator, score_of):
-    """`score_of(pixel_values (batch, crops, 3, S, S)) -> (batch, ...)` over `batches`, in the dict of `predict`."""
-    indices, scores, targets, skipped = [], [], [], []
-    for batch in batches:
-        skipped.extend(batch["skipped"])
-        score = score_of(batch["pixel_values"].to(device))
-        mos, index = batch["mos"].to(device), batch["index"].to(device)
-        if accelerator is not None:
-            score, mos, index = accelerator.gather_for_metrics((score, mos, index))
-        indices.append(index.cpu())
-        scores.append(score.cpu())
-        targets.append(mos.cpu())
-    if not indices:
-        raise ValueError("The evaluation dataloader is empty.")
-    return {
-        "index": torch.cat(indices).numpy(),
-        "score": torch.cat(scores).numpy().astype(np.float64),
-        "mos": torch.cat(targets).numpy().astype(np.float64),
-        "skipped": skipped,
-    }
 
 
 @torch.no_grad()
@@ -65,7 +45,7 @@ def predict_clip_iqa(clip, tokenizer, dataloader, accelerator=None) -> dict:
         logits = clip.logit_scale.exp() * F.normalize(image, dim=-1) @ text.T
         return logits.softmax(dim=-1)[:, 0].view(batch_size, num_crops).mean(dim=1)
 
-    return _per_image(dataloader, device, accelerator, p_good)
+    return predict_per_image(dataloader, device, accelerator, p_good)
 
 
 @torch.no_grad()
@@ -81,7 +61,7 @@ def clip_image_embeddings(clip, dataloader, accelerator=None) -> dict:
         image = clip.get_image_features(pixel_values=pixel_values.flatten(0, 1)).pooler_output.float()
         return F.normalize(image, dim=-1).view(batch_size, num_crops, -1).mean(dim=1)
 
-    result = _per_image(dataloader, _device(clip, accelerator), accelerator, embed)
+    result = predict_per_image(dataloader, _device(clip, accelerator), accelerator, embed)
     result["embedding"] = result.pop("score")
     return result
 

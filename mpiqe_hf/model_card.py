@@ -200,6 +200,41 @@ def _run_recipe(training_recipe) -> str:
     return text + "."
 
 
+def _card_data(name, evaluation_results, tags, base_model, license) -> ModelCardData:
+    """The card's metadata: library, task, tags, base model, datasets, metrics and the `model-index`."""
+    all_tags = ["image-quality-assessment", "iqa", "blind-iqa", "clip", "prompt-learning", "mp-iqe"]
+    all_tags += [tag for tag in tags or [] if tag not in all_tags]
+    eval_results = _eval_results(evaluation_results)
+    return ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        license=license,
+        tags=all_tags,
+        base_model=base_model,
+        datasets=sorted({item.get("dataset_id") or item["dataset"] for item in evaluation_results}) or None,
+        metrics=["spearmanr", "pearsonr"],
+        model_name=name,
+        eval_results=eval_results or None,
+        widget=_WIDGET,
+    )
+
+
+def _summary(config, span, standin, adapter_only) -> str:
+    """The card's first words on this checkpoint: its scale (and direction), its backbone, its form."""
+    summary = f"This checkpoint scores on {span}, " + (
+        "higher is better." if config.mos_higher_is_better else "lower is better (a DMOS scale)."
+    )
+    if standin:
+        summary = f"**Its frozen backbone is {STANDIN_CLIP_NOTICE}.** " + summary
+    if adapter_only:
+        summary += (
+            " The repository holds only the trained weights (`mpiqe_adapter.safetensors`); loading it fetches "
+            f"{config.base_model_name_or_path} at revision {config.base_model_revision or 'main'}, the CLIP its "
+            "`config.json` names."
+        )
+    return summary
+
+
 def build_model_card(
     config,
     repo_id: str = "org/mp-iqe",
@@ -228,36 +263,12 @@ def build_model_card(
             stated under the paper's recipe, with where it departs from it.
     """
     evaluation_results = [dict(item) for item in evaluation_results or []]
-    eval_results = _eval_results(evaluation_results)
     standin = is_standin_clip(config.base_model_name_or_path)
     base_model = None if standin else _base_model(config)
     name = repo_id.split("/")[-1]
-    all_tags = ["image-quality-assessment", "iqa", "blind-iqa", "clip", "prompt-learning", "mp-iqe"]
-    all_tags += [tag for tag in tags or [] if tag not in all_tags]
-    card_data = ModelCardData(
-        library_name="transformers",
-        pipeline_tag="image-classification",
-        license=license,
-        tags=all_tags,
-        base_model=base_model,
-        datasets=sorted({item.get("dataset_id") or item["dataset"] for item in evaluation_results}) or None,
-        metrics=["spearmanr", "pearsonr"],
-        model_name=name,
-        eval_results=eval_results or None,
-        widget=_WIDGET,
-    )
+    card_data = _card_data(name, evaluation_results, tags, base_model, license)
     span = f"[{config.mos_min:g}, {config.mos_max:g}]"
-    summary = f"This checkpoint scores on {span}, " + (
-        "higher is better." if config.mos_higher_is_better else "lower is better (a DMOS scale)."
-    )
-    if standin:
-        summary = f"**Its frozen backbone is {STANDIN_CLIP_NOTICE}.** " + summary
-    if adapter_only:
-        summary += (
-            " The repository holds only the trained weights (`mpiqe_adapter.safetensors`); loading it fetches "
-            f"{config.base_model_name_or_path} at revision {config.base_model_revision or 'main'}, the CLIP its "
-            "`config.json` names."
-        )
+    summary = _summary(config, span, standin, adapter_only)
     processor = image_processor
     crop_size = getattr(processor, "crop_size", None) or {"height": config.clip_config.vision_config.image_size}
     crop_side = crop_size if isinstance(crop_size, int) else crop_size["height"]

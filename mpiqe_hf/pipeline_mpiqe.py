@@ -26,6 +26,7 @@ __all__ = [
     "MPIQEImageClassificationPipeline",
     "register_pipeline",
     "quality_level_index",
+    "quality_result",
     "PIPELINE_TASK",
     "OUTPUT_FORMATS",
 ]
@@ -47,6 +48,36 @@ def quality_level_index(normalized_score: float, num_levels: int) -> int:
     """The band of `[0, 1]` split into `num_levels` equal bands that holds the score (clamped into `[0, 1]`)."""
     value = min(max(float(normalized_score), 0.0), 1.0)
     return min(int(math.floor(value * num_levels)), num_levels - 1)
+
+
+def quality_result(config, normalized_score, native_score, scene_logits=None, distortion_logits=None) -> dict:
+    """
+    One image's result, as the pipeline, `mpiqe-score` and the ONNX scorer give it:
+    `{"score", "quality", "scene", "distortion", "normalized_score"}`.
+
+    Args:
+        config ([`MPIQEConfig`]): the model's quality levels and class names.
+        normalized_score, native_score: the image's score on `[0, 1]` and on the model's MOS scale (numbers, or
+            one-element tensors or arrays).
+        scene_logits, distortion_logits: the image's `(num_classes,)` logits (torch or numpy), or `None` for a model
+            without those prompts (the entry is then `None`); the entry is the class of the largest logit.
+    """
+    normalized = float(normalized_score)
+    levels = config.quality_levels
+    result = {
+        "score": float(native_score),
+        "quality": levels[quality_level_index(normalized, len(levels))],
+        "scene": None,
+        "distortion": None,
+        "normalized_score": normalized,
+    }
+    for key, logits, names in (
+        ("scene", scene_logits, config.scene_classes),
+        ("distortion", distortion_logits, config.distortion_classes),
+    ):
+        if logits is not None:
+            result[key] = names[int(logits.argmax())]
+    return result
 
 
 def _normal_cdf(value: float) -> float:
@@ -278,10 +309,21 @@ class ImageQualityAssessmentPipeline(Pipeline):
             if output_format == "classification":
                 return {"error": error}
             return {"score": None, "quality": None, "scene": None, "distortion": None, "error": error}
-        normalized = float(model_outputs["normalized_score"].reshape(-1)[0].float())
+        families = (("scene", config.scene_classes), ("distortion", config.distortion_classes))
+        logits = {}
+        for key, _ in families:
+            value = model_outputs.get(f"{key}_logits")
+            logits[key] = None if value is None else value.reshape(-1).float()
+        result = quality_result(
+            config,
+            model_outputs["normalized_score"].reshape(-1)[0].float(),
+            model_outputs["native_score"].reshape(-1)[0].float(),
+            logits["scene"],
+            logits["distortion"],
+        )
+        normalized, level = result["normalized_score"], result["quality"]
         levels = list(config.quality_levels)
         weights = quality_level_weights(normalized, len(levels))
-        level = levels[quality_level_index(normalized, len(levels))]
         quality_scores = sorted(
             ({"label": name, "score": weight} for name, weight in zip(levels, weights)),
             key=lambda item: (-item["score"], item["label"] != level),
@@ -289,24 +331,13 @@ class ImageQualityAssessmentPipeline(Pipeline):
         if output_format == "classification":
             return quality_scores[: top_k or len(levels)]
 
-        result = {
-            "score": float(model_outputs["native_score"].reshape(-1)[0].float()),
-            "quality": level,
-            "scene": None,
-            "distortion": None,
-        }
-        if return_normalized_score:
-            result["normalized_score"] = normalized
+        if not return_normalized_score:
+            del result["normalized_score"]
         if "error" in model_outputs:
             result["error"] = None
-        families = (("scene", "scene_logits", config.scene_classes), ("distortion", "distortion_logits", config.distortion_classes))
-        for key, logits_key, names in families:
-            logits = model_outputs.get(logits_key)
-            if logits is None:
-                continue
-            probabilities = torch.softmax(logits.reshape(-1).float(), dim=-1)
-            result[key] = names[int(probabilities.argmax())]
-            if top_k:
+        for key, names in families:
+            if top_k and logits[key] is not None:
+                probabilities = torch.softmax(logits[key], dim=-1)
                 values, indices = probabilities.topk(min(top_k, len(names)))
                 result[f"{key}_scores"] = [
                     {"label": names[int(index)], "score": float(value)} for value, index in zip(values, indices)
@@ -320,8 +351,6 @@ class ImageQualityAssessmentPipeline(Pipeline):
                 value = None if maps is None else maps[0] if isinstance(maps, list) else maps
                 result[key] = None if value is None else value.float().reshape(value.shape[-2:]).numpy()
         return result
-
-
 
 
 class MPIQEImageClassificationPipeline(ImageQualityAssessmentPipeline):

@@ -176,6 +176,53 @@ def _merge_crops(
     return merged / peak if peak > 0 else merged
 
 
+def _scores_with_last_layer_gradients(model, pixel_values, text_features):
+    """`(outputs, last layer's tokens, their gradients for a lower score, post-layernorm tokens)` of one forward and
+    backward pass: hooks cut the graph at the last vision layer and keep the tokens the alignments see."""
+    vision_model = model.clip.vision_model
+    captured = {}
+
+    def make_last_layer_a_leaf(module, args, output):
+        # Cut the graph here: Grad-CAM needs gradients down to this layer only, also when no vision weight is trained.
+        hidden_states = output[0] if isinstance(output, tuple) else output
+        leaf = hidden_states.detach().requires_grad_(True)
+        captured["last_layer"] = leaf
+        return (leaf, *output[1:]) if isinstance(output, tuple) else leaf
+
+    def keep_tokens(module, args, output):
+        captured["tokens"] = output
+
+    handles = [
+        vision_model.encoder.layers[-1].register_forward_hook(make_last_layer_a_leaf),
+        vision_model.post_layernorm.register_forward_hook(keep_tokens),
+    ]
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            outputs = model(pixel_values=pixel_values.clone(), text_features=text_features, return_dict=True)
+            last_layer = captured["last_layer"]
+            (gradients,) = torch.autograd.grad(-outputs.crop_scores.sum(), last_layer)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outputs, last_layer, gradients, captured["tokens"].detach()
+
+
+def _distortion_grid(model, tokens, text_features, distortion_logits, num_crops, grid_size):
+    """`(per-crop patch grids of the predicted distortion's eq. 10 window weights, predicted distortion per image)`."""
+    with torch.no_grad():
+        patch_embeds = model.clip.visual_projection(tokens[:, 1:])
+        weights, _ = distortion_window_weights(
+            patch_embeds,
+            text_features.distortion_features.to(patch_embeds.dtype),
+            model.config.window_size,
+            model.config.distortion_window_temperature,
+        )
+    distortion_index = distortion_logits.detach().argmax(dim=-1)
+    crop_classes = distortion_index.repeat_interleave(num_crops)
+    chosen = weights[torch.arange(weights.shape[0], device=weights.device), crop_classes].float()
+    return _windows_to_patch_grid(chosen, model.config.window_size, grid_size), distortion_index
+
+
 def compute_quality_maps(
     model, pixel_values: torch.Tensor, image_sizes, text_features=None, max_image_size: int | None = None
 ) -> MPIQEQualityMapOutput:
@@ -202,33 +249,7 @@ def compute_quality_maps(
     if text_features is None:
         with torch.no_grad():
             text_features = model.get_text_features()
-    vision_model = model.clip.vision_model
-    captured = {}
-
-    def make_last_layer_a_leaf(module, args, output):
-        # Cut the graph here: Grad-CAM needs gradients down to this layer only, also when no vision weight is trained.
-        hidden_states = output[0] if isinstance(output, tuple) else output
-        leaf = hidden_states.detach().requires_grad_(True)
-        captured["last_layer"] = leaf
-        return (leaf, *output[1:]) if isinstance(output, tuple) else leaf
-
-    def keep_tokens(module, args, output):
-        captured["tokens"] = output
-
-    handles = [
-        vision_model.encoder.layers[-1].register_forward_hook(make_last_layer_a_leaf),
-        vision_model.post_layernorm.register_forward_hook(keep_tokens),
-    ]
-    try:
-        with torch.inference_mode(False), torch.enable_grad():
-            outputs = model(pixel_values=pixel_values.clone(), text_features=text_features, return_dict=True)
-            last_layer = captured["last_layer"]
-            (gradients,) = torch.autograd.grad(-outputs.crop_scores.sum(), last_layer)
-    finally:
-        for handle in handles:
-            handle.remove()
-
-    tokens = captured["tokens"].detach()
+    outputs, last_layer, gradients, tokens = _scores_with_last_layer_gradients(model, pixel_values, text_features)
     num_patches = tokens.shape[1] - 1
     patch_size = model.config.clip_config.vision_config.patch_size
     grid_shape = (crop_height // patch_size, crop_width // patch_size)
@@ -240,18 +261,9 @@ def compute_quality_maps(
 
     distortion_grid = distortion_index = None
     if outputs.distortion_logits is not None:
-        with torch.no_grad():
-            patch_embeds = model.clip.visual_projection(tokens[:, 1:])
-            weights, _ = distortion_window_weights(
-                patch_embeds,
-                text_features.distortion_features.to(patch_embeds.dtype),
-                model.config.window_size,
-                model.config.distortion_window_temperature,
-            )
-        distortion_index = outputs.distortion_logits.detach().argmax(dim=-1)
-        crop_classes = distortion_index.repeat_interleave(num_crops)
-        chosen = weights[torch.arange(weights.shape[0], device=weights.device), crop_classes].float()
-        distortion_grid = _windows_to_patch_grid(chosen, model.config.window_size, grid_shape[0])
+        distortion_grid, distortion_index = _distortion_grid(
+            model, tokens, text_features, outputs.distortion_logits, num_crops, grid_shape[0]
+        )
 
     gradcam_maps, distortion_maps = [], [] if distortion_grid is not None else None
     for index, image_size in enumerate(image_sizes):
@@ -260,7 +272,9 @@ def compute_quality_maps(
         crop_size = (crop_height, crop_width)
         gradcam_maps.append(_merge_crops(gradcam[crops], crop_size, positions, resized_size, image_size))
         if distortion_grid is not None:
-            distortion_maps.append(_merge_crops(distortion_grid[crops], crop_size, positions, resized_size, image_size))
+            distortion_maps.append(
+                _merge_crops(distortion_grid[crops], crop_size, positions, resized_size, image_size)
+            )
     detach = lambda tensor: None if tensor is None else tensor.detach()  # noqa: E731
     return MPIQEQualityMapOutput(
         score=outputs.score.detach(),

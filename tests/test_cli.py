@@ -332,7 +332,7 @@ def test_sigterm_keeps_the_rows_in_a_readable_parquet_file(
     argv = [str(many_images), "-m", tiny_checkpoint, "-o", str(target), "--dtype", "float32", "-b", "2",
             "--num-workers", "0"]
     batches = []
-    score = cli_scoring.TorchScorer.__call__
+    score = cli_scoring.TorchScorer.score_batch
 
     def terminated_at_the_third_batch(self, pixel_values):
         batches.append(len(pixel_values))
@@ -340,14 +340,14 @@ def test_sigterm_keeps_the_rows_in_a_readable_parquet_file(
             os.kill(os.getpid(), signal.SIGTERM)
         return score(self, pixel_values)
 
-    monkeypatch.setattr(cli_scoring.TorchScorer, "__call__", terminated_at_the_third_batch)
+    monkeypatch.setattr(cli_scoring.TorchScorer, "score_batch", terminated_at_the_third_batch)
     code, _, err = _run(capsys, argv)
     assert code == 143, err
     kept = _read_rows(target)  # a complete Parquet file, no part file left
     assert len(kept) == 4 and not list(tmp_path.glob("*.part-*"))
     assert [row["path"] for row in kept] == list(reference_rows)[:4]
 
-    monkeypatch.setattr(cli_scoring.TorchScorer, "__call__", score)
+    monkeypatch.setattr(cli_scoring.TorchScorer, "score_batch", score)
     assert _run(capsys, [*argv, "--resume"])[0] == 0
     rows = _read_rows(target)
     assert sorted(row["path"] for row in rows) == sorted(reference_rows)

@@ -11,7 +11,7 @@ pytest.importorskip("onnxruntime")
 
 from mpiqe_hf import MPIQEImageProcessor  # noqa: E402
 from mpiqe_hf.cli import main as score_main  # noqa: E402
-from mpiqe_hf.export_onnx import main as export_main  # noqa: E402
+from mpiqe_hf.cli.export import main as export_main  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 
 from mpiqe_hf import MPIQEImageProcessor  # noqa: E402
-from mpiqe_hf.export_onnx import OnnxQualityScorer, main  # noqa: E402
+from mpiqe_hf.cli.export import main  # noqa: E402
+from mpiqe_hf.export_onnx import OnnxQualityScorer  # noqa: E402
 from mpiqe_hf.pipeline_mpiqe import ImageQualityAssessmentPipeline  # noqa: E402
 
 

@@ -17,7 +17,7 @@ import torch
 from PIL import Image, ImageFilter
 from safetensors.torch import load_file
 
-from mpiqe_hf import MPIQEImageProcessor, MPIQEModel, training
+from mpiqe_hf import MPIQEImageProcessor, MPIQEModel
 from mpiqe_hf.data import load_iqa_dataset
 from mpiqe_hf.image_utils_mpiqe import load_image
 from mpiqe_hf.training import (
@@ -29,6 +29,7 @@ from mpiqe_hf.training import (
     iqa_split,
     keep_samples,
     make_samples,
+    transforms,
 )
 
 from conftest import MPIQEModelTester, save_tiny_clip
@@ -365,8 +366,8 @@ def test_shuffled_crop_batches_decode_each_image_once_and_hold_every_visit_once(
     ds = load_iqa_dataset(str(folder))
     indices = list(range(12))
     decoded = []
-    original = training.load_image
-    monkeypatch.setattr(training, "load_image", lambda image: decoded.append(image["path"]) or original(image))
+    original = transforms.load_image
+    monkeypatch.setattr(transforms, "load_image", lambda image: decoded.append(image["path"]) or original(image))
     stream = crop_stream(ds, indices, horizontal_flip=True)
     batches = list(stream)
     # 12 images x 3 visits = 36 crops in 9 batches of 4; each image decoded once (per-visit samples: 36 decodes)

@@ -31,13 +31,22 @@ def build_parser() -> argparse.ArgumentParser:
         "mpiqe_hf.cli` or `accelerate launch -m mpiqe_hf.cli` to share the images between processes.",
         epilog=EXIT_STATUS_HELP,
     )
-    inputs = parser.add_argument_group("inputs")
+    _add_input_arguments(parser.add_argument_group("inputs"))
+    _add_model_arguments(parser.add_argument_group("model"))
+    _add_output_arguments(parser.add_argument_group("output"))
+    return parser
+
+
+def _add_input_arguments(inputs) -> None:
     inputs.add_argument("paths", nargs="*", metavar="PATH", help="image files, folders, or glob patterns")
-    inputs.add_argument("--paths-from", metavar="FILE", help="a text file listing image paths, one per line (- = stdin)")
+    inputs.add_argument(
+        "--paths-from", metavar="FILE", help="a text file listing image paths, one per line (- = stdin)"
+    )
     inputs.add_argument(
         "--dataset",
         metavar="NAME",
-        help="a `datasets` dataset: Hub id, save_to_disk folder, or Parquet file(s) (a path or glob ending in .parquet)",
+        help="a `datasets` dataset: Hub id, save_to_disk folder, or Parquet file(s) (a path or glob ending in "
+        ".parquet)",
     )
     inputs.add_argument("--dataset-config", default=None, help="configuration name of a Hub dataset")
     inputs.add_argument("--split", default=None, help="dataset split (default: the only one)")
@@ -53,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="look into sub-folders of folder arguments, and let ** in globs match folders (default: on)",
     )
 
-    model = parser.add_argument_group("model")
+
+def _add_model_arguments(model) -> None:
     model.add_argument("--model", "-m", required=True, help="Hub repo id or local folder of an MP-IQE checkpoint")
     model.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of the model")
     model.add_argument("--backend", choices=BACKENDS, default="torch", help="runtime that scores (default torch)")
@@ -77,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-pickle", action="store_true", help="also load models whose weights are pickles (trusted sources only)"
     )
 
-    output = parser.add_argument_group("output")
+
+def _add_output_arguments(output) -> None:
     output.add_argument(
         "--output", "-o", default=None, help="write the rows to this file (CSV, JSONL or Parquet) instead of stdout"
     )
@@ -105,7 +116,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="show a progress bar on stderr (default: when stderr is a terminal)",
     )
-    return parser
 
 
 def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -276,14 +286,11 @@ class _Run:
 
     # -- the run ---------------------------------------------------------------------------------------------------
 
-    def execute(self) -> int:
+    def _runtime(self):
+        """`(device, dtype, why that dtype, PartialState)` of this process."""
         from accelerate import PartialState
-        from accelerate.utils import gather_object
 
-        from .. import MPIQEImageProcessor
-        from ..model_sources import ModelSourceUnavailable, check_model_source
-        from .scoring import build_scorer, load_processor, resolve_device, resolve_dtype
-        from .writers import ScoredSoFar
+        from .scoring import resolve_device, resolve_dtype
 
         args = self.args
         # onnxruntime runs on the CPU here: `auto` means the CPU for it
@@ -295,6 +302,28 @@ class _Run:
                 raise UsageError(f"--device {args.device}: with several processes each one takes its own GPU; "
                                  "pass --device cuda")
             device = state.device
+        return device, dtype, dtype_reason, state
+
+    def _scored_before(self, output, state):
+        """What an earlier run left in the output (nothing with --overwrite, which removes it), read once its parts
+        are folded in."""
+        from .writers import ScoredSoFar
+
+        if output is not None and state.is_main_process:
+            if self.args.overwrite:
+                output.remove()
+            else:
+                output.recover()
+        state.wait_for_everyone()
+        return output.scored_so_far() if output is not None else ScoredSoFar(set(), 0)
+
+    def execute(self) -> int:
+        from .. import MPIQEImageProcessor
+        from ..model_sources import ModelSourceUnavailable, check_model_source
+        from .scoring import build_scorer, load_processor
+
+        args = self.args
+        device, dtype, dtype_reason, state = self._runtime()
         try:  # in seconds, not after a download's retries
             check_model_source(args.model, "the model", revision=args.revision)
         except ModelSourceUnavailable as err:
@@ -320,14 +349,7 @@ class _Run:
             _say(f"{args.model} has no preprocessor_config.json; using the default image processor ({size} x {size} "
                  "crops)")
 
-        if output is not None and state.is_main_process:
-            if args.overwrite:
-                output.remove()
-            else:
-                output.recover()
-        state.wait_for_everyone()
-        before = output.scored_so_far() if output is not None else ScoredSoFar(set(), 0)
-
+        before = self._scored_before(output, state)
         num_workers = self._default_workers(state) if args.num_workers is None else args.num_workers
         loader, total = self._loader(inputs, before.keys, processor, state, num_workers, device)
         runtime = f"{device} in {str(dtype).replace('torch.', '')} ({dtype_reason})"
@@ -340,7 +362,9 @@ class _Run:
         )
 
         writer = self._writer(output, state, scorer.config)
-        map_writer = _MapWriter(args.save_maps, scorer, inputs, processor.max_image_size) if args.save_maps is not None else None
+        map_writer = None
+        if args.save_maps is not None:
+            map_writer = _MapWriter(args.save_maps, scorer, inputs, processor.max_image_size)
         counts = {"scored": 0, "failed": 0}
         status = EXIT_OK
         try:
@@ -357,7 +381,13 @@ class _Run:
             writer.close()
             if output is not None and state.num_processes == 1:
                 output.fold_parts()
+        return self._finish(status, output, state, counts, before, inputs)
 
+    def _finish(self, status, output, state, counts, before, inputs) -> int:
+        """Folds the part files, says what was scored (or where an interrupted run left its rows); the exit status."""
+        from accelerate.utils import gather_object
+
+        args = self.args
         if status != EXIT_OK:
             message = f"interrupted after {counts['scored'] + counts['failed']} new row(s)"
             if output is not None:
@@ -438,8 +468,6 @@ class _Run:
         import torch
         from tqdm.auto import tqdm
 
-        from ..pipeline_mpiqe import quality_level_index
-
         args = self.args
         config = scorer.config
         key_column = self._key_column()
@@ -456,25 +484,8 @@ class _Run:
             batch, rest = pixel_values[:count], pixel_values[count:]
             del pending_keys[:count]
             pending_pixels[:] = [rest] if len(rest) else []
-            result = scorer(batch)
-            rows = []
-            for index, key in enumerate(keys):
-                normalized = float(result.normalized_score[index])
-                row = {
-                    key_column: key,
-                    "score": float(result.score[index]),
-                    "quality": config.quality_levels[quality_level_index(normalized, len(config.quality_levels))],
-                    "scene": None,
-                    "distortion": None,
-                    "normalized_score": normalized,
-                    "status": "ok",
-                    "error": None,
-                }
-                if result.scene_logits is not None:
-                    row["scene"] = config.scene_classes[int(result.scene_logits[index].argmax())]
-                if result.distortion_logits is not None:
-                    row["distortion"] = config.distortion_classes[int(result.distortion_logits[index].argmax())]
-                rows.append(row)
+            results = scorer.score_batch(batch).results(config)
+            rows = [{key_column: key, **result, "status": "ok", "error": None} for key, result in zip(keys, results)]
             if map_writer is not None:
                 map_writer(keys, batch, rows)
             return rows

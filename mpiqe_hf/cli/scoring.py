@@ -4,11 +4,11 @@ The scoring backend of `mpiqe-score`, and the choice of device and dtype.
 A backend is any object with
 
 - `config`: the model's [`MPIQEConfig`] (MOS range, quality levels, scene and distortion names), and
-- `__call__(pixel_values) -> ScoreBatch`, `pixel_values` a float32 CPU tensor
+- `score_batch(pixel_values) -> ScoreBatch`, `pixel_values` a float32 CPU tensor
   `(batch_size, num_crops, 3, height, width)` from [`MPIQEImageProcessor`] (pinned when the device is CUDA).
 
-[`TorchScorer`] runs an [`MPIQEModel`]; another runtime plugs in by implementing the same two members and being
-returned by [`build_scorer`].
+[`TorchScorer`] runs an [`MPIQEModel`], `mpiqe_hf.export_onnx.OnnxQualityScorer` an exported graph; another runtime
+plugs in by implementing the same two members and being returned by [`build_scorer`].
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..pipeline_mpiqe import quality_result
 from .errors import UsageError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -32,6 +33,19 @@ class ScoreBatch:
     normalized_score: np.ndarray  # (batch_size,): the model's [0, 1] score
     scene_logits: np.ndarray | None  # (batch_size, num_scene_classes), None without scene prompts
     distortion_logits: np.ndarray | None  # (batch_size, num_distortion_classes), None without distortion prompts
+
+    def results(self, config) -> list[dict]:
+        """Each image's `{"score", "quality", "scene", "distortion", "normalized_score"}` (see `quality_result`)."""
+        return [
+            quality_result(
+                config,
+                self.normalized_score[index],
+                self.score[index],
+                None if self.scene_logits is None else self.scene_logits[index],
+                None if self.distortion_logits is None else self.distortion_logits[index],
+            )
+            for index in range(len(self.score))
+        ]
 
 
 def _to_numpy(tensor: torch.Tensor | None) -> np.ndarray | None:
@@ -51,7 +65,7 @@ class TorchScorer:
         with torch.inference_mode():
             self.text_features = self.model.get_text_features()
 
-    def __call__(self, pixel_values: torch.Tensor) -> ScoreBatch:
+    def score_batch(self, pixel_values: torch.Tensor) -> ScoreBatch:
         with torch.inference_mode():
             pixel_values = pixel_values.to(self.device, self.dtype, non_blocking=True)
             output = self.model(pixel_values, text_features=self.text_features)
@@ -64,25 +78,6 @@ class TorchScorer:
             )
 
 
-class OnnxScorer:
-    """A graph written by `mpiqe-export onnx`, run by onnxruntime on the CPU (float32, or int8 if quantised)."""
-
-    def __init__(self, export_dir: str, quantized: bool = False):
-        from ..export_onnx import OnnxQualityScorer
-
-        self.session = OnnxQualityScorer(export_dir, quantized=quantized)
-        self.config = self.session.config
-
-    def __call__(self, pixel_values: torch.Tensor) -> ScoreBatch:
-        outputs = self.session.run(pixel_values.numpy())
-        return ScoreBatch(
-            score=outputs["native_score"],
-            normalized_score=outputs["score"],
-            scene_logits=outputs.get("scene_logits"),
-            distortion_logits=outputs.get("distortion_logits"),
-        )
-
-
 def build_scorer(backend: str, model_name: str, revision: str | None, allow_pickle: bool, device, dtype):
     """The scorer `--backend` names, loaded from `model_name` (for `onnx`, a folder of `mpiqe-export onnx`)."""
     if backend == "torch":
@@ -91,7 +86,9 @@ def build_scorer(backend: str, model_name: str, revision: str | None, allow_pick
         if device.type != "cpu":
             raise UsageError(f"--backend onnx runs on the CPU; drop --device {device}")
         try:
-            return OnnxScorer(model_name)
+            from ..export_onnx import OnnxQualityScorer
+
+            return OnnxQualityScorer(model_name)
         except (ImportError, OSError, ValueError) as err:
             raise UsageError(f"--backend onnx: {_first_line(err)}") from err
     raise UsageError(f"--backend {backend}: unknown backend; choose from {', '.join(BACKENDS)}")

@@ -218,29 +218,8 @@ def format_problems(bad: Sequence[BadSample]) -> str:
     return "\n".join(f"  {b}" for b in bad)
 
 
-def finalize_dataset(
-    raw: datasets.Dataset,
-    info: IQADatasetInfo,
-    *,
-    source: str,
-    root: Optional[Path] = None,
-    mos_range: Optional[tuple] = None,
-    check_files: bool = True,
-    verify_images: bool = False,
-    skip_bad_samples: bool = False,
-    num_proc: Optional[int] = None,
-    earlier_problems: Sequence[BadSample] = (),
-    description: str = "",
-    path_field: str = "file_name",
-) -> datasets.Dataset:
-    """
-    Check the raw rows of a loader (see the module docstring) and return the dataset in the library's layout.
-
-    `info` gives the facts; its `mos_min`/`mos_max` are replaced by the range inferred from the good rows when
-    `mos_range` is None and `info.mos_range_from_data` is True. `earlier_problems` are rows the loader could not
-    even read into the raw table (wrong column count, ...); they are reported with the others. `path_field` names
-    the image-path column of the source in messages.
-    """
+def _parse_rows(raw, *, root, mos_range, check_files, verify_images, num_proc, path_field):
+    """`(parsed, image_is_path)`: each raw row checked by `_check_rows`, its problems in a `problems` column."""
     image_is_path = not isinstance(raw.features["image"], datasets.Image)
     if not image_is_path and raw.features["image"].decode:
         raw = raw.cast_column("image", datasets.Image(decode=False))
@@ -273,12 +252,13 @@ def finalize_dataset(
         load_from_cache_file=False,  # the files may have changed since a cached check: look again
         desc="Checking images" if verify_images else "Checking rows",
     )
+    return parsed, image_is_path
 
-    files = parsed.data.column("source_file").to_pylist()
-    lines = parsed.data.column("source_line").to_numpy()
-    bad_rows = pc.list_value_length(parsed.data.column("problems")).to_numpy(zero_copy_only=False) > 0
+
+def _cross_row_problems(parsed, image_is_path, bad_rows, lines, check_mos, path_field) -> dict:
+    """`{row: [(field, reason), ...]}` of the problems seen only across rows: an image listed twice and, with
+    `check_mos` (a range inferred from the data), implausible MOS values among the rows that are otherwise good."""
     extra: dict[int, list[tuple[str, str]]] = {}
-
     # Duplicated images: the later rows are refused, naming the line of the first one.
     image_column = parsed.data.column("image")
     paths = pd.Series((image_column if image_is_path else pc.struct_field(image_column, "path")).to_pylist())
@@ -289,12 +269,56 @@ def finalize_dataset(
             (path_field, f"image {paths[i]!r} is listed twice (first on line {first_line[i]})")
         )
 
-    if mos_range is None and info.mos_range_from_data:
+    if check_mos:
         mos = parsed.with_format("numpy")["mos"]
         usable = np.flatnonzero(~bad_rows & ~np.isin(np.arange(len(parsed)), list(extra)))
         mask, reasons = implausible_mos(mos[usable])
         for position in np.flatnonzero(mask):
             extra.setdefault(int(usable[position]), []).append(("mos", reasons[position]))
+    return extra
+
+
+def _range_from_data(parsed, info: IQADatasetInfo, source: str) -> IQADatasetInfo:
+    """`info` with the MOS range of the kept rows."""
+    values = parsed.with_format("numpy")["mos"]
+    if len(values) == 0:
+        raise ValueError(f"{source}: no valid rows, cannot infer the MOS range.")
+    lo, hi = float(np.min(values)), float(np.max(values))
+    if hi <= lo:
+        raise ValueError(f"{source}: every MOS equals {lo}; pass mos_range=(low, high) to set the native range.")
+    return replace(info, mos_min=lo, mos_max=hi)
+
+
+def finalize_dataset(
+    raw: datasets.Dataset,
+    info: IQADatasetInfo,
+    *,
+    source: str,
+    root: Optional[Path] = None,
+    mos_range: Optional[tuple] = None,
+    check_files: bool = True,
+    verify_images: bool = False,
+    skip_bad_samples: bool = False,
+    num_proc: Optional[int] = None,
+    earlier_problems: Sequence[BadSample] = (),
+    description: str = "",
+    path_field: str = "file_name",
+) -> datasets.Dataset:
+    """
+    Check the raw rows of a loader (see the module docstring) and return the dataset in the library's layout.
+
+    `info` gives the facts; its `mos_min`/`mos_max` are replaced by the range inferred from the good rows when
+    `mos_range` is None and `info.mos_range_from_data` is True. `earlier_problems` are rows the loader could not
+    even read into the raw table (wrong column count, ...); they are reported with the others. `path_field` names
+    the image-path column of the source in messages.
+    """
+    parsed, image_is_path = _parse_rows(raw, root=root, mos_range=mos_range, check_files=check_files,
+                                        verify_images=verify_images, num_proc=num_proc, path_field=path_field)
+    files = parsed.data.column("source_file").to_pylist()
+    lines = parsed.data.column("source_line").to_numpy()
+    bad_rows = pc.list_value_length(parsed.data.column("problems")).to_numpy(zero_copy_only=False) > 0
+    range_from_data = mos_range is None and info.mos_range_from_data
+    extra = _cross_row_problems(parsed, image_is_path, bad_rows, lines, range_from_data, path_field)
 
     bad: list[BadSample] = list(earlier_problems)
     for i in np.flatnonzero(bad_rows):
@@ -316,14 +340,8 @@ def finalize_dataset(
         keep = np.flatnonzero(~bad_rows & ~np.isin(np.arange(len(parsed)), list(extra)))
         parsed = parsed.select(keep)
 
-    if mos_range is None and info.mos_range_from_data:
-        values = parsed.with_format("numpy")["mos"]
-        if len(values) == 0:
-            raise ValueError(f"{source}: no valid rows, cannot infer the MOS range.")
-        lo, hi = float(np.min(values)), float(np.max(values))
-        if hi <= lo:
-            raise ValueError(f"{source}: every MOS equals {lo}; pass mos_range=(low, high) to set the native range.")
-        info = replace(info, mos_min=lo, mos_max=hi)
+    if range_from_data:
+        info = _range_from_data(parsed, info, source)
     if len(parsed) == 0:
         raise ValueError(f"{source}: no valid rows.")
     features = iqa_features()
