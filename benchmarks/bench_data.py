@@ -23,10 +23,10 @@ import tempfile
 
 import numpy as np
 import torch
-from PIL import Image
-
 from _common import describe_machine, print_table, time_side_by_side
 from bench_training import training_step
+from PIL import Image
+
 from mpiqe_hf import MPIQEConfig, MPIQEImageProcessor, MPIQEModel
 from mpiqe_hf.data import load_iqa_dataset
 from mpiqe_hf.training import (
@@ -50,9 +50,15 @@ def parse_args():
     parser.add_argument("--train_batch_size", type=int, default=8, help="Crops per timed training step.")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--gpu_crops_per_second", type=float, default=2500.0, help=(
-        "Assumed crops per second a GPU training step consumes, for the cores estimate (default: an H100, ViT-B/16, "
-        "bf16; see RESULTS.md)."))
+    parser.add_argument(
+        "--gpu_crops_per_second",
+        type=float,
+        default=2500.0,
+        help=(
+            "Assumed crops per second a GPU training step consumes, for the cores estimate (default: an H100, ViT-B/16, "
+            "bf16; see RESULTS.md)."
+        ),
+    )
     return parser.parse_args()
 
 
@@ -76,16 +82,22 @@ def write_dataset(folder, count):
 
 def per_visit_loader(ds, transform, args, workers):
     samples = iqa_split(ds, range(len(ds)), transform, visits=args.num_crops)
-    loader = torch.utils.data.DataLoader(samples, batch_size=args.batch_size, shuffle=True, num_workers=workers,
-                                         collate_fn=collate_iqa_batch)
+    loader = torch.utils.data.DataLoader(
+        samples, batch_size=args.batch_size, shuffle=True, num_workers=workers, collate_fn=collate_iqa_batch
+    )
     return lambda: sum(len(batch["index"]) for batch in loader)
 
 
 def once_per_epoch_loader(ds, transform, args, workers):
     images = make_samples(range(len(ds))).with_transform(transform)
     sampler = EpochShuffleSampler(len(images), seed=0)
-    loader = torch.utils.data.DataLoader(images, sampler=sampler, batch_size=args.batch_size // args.num_crops,
-                                         collate_fn=keep_samples, num_workers=workers)
+    loader = torch.utils.data.DataLoader(
+        images,
+        sampler=sampler,
+        batch_size=args.batch_size // args.num_crops,
+        collate_fn=keep_samples,
+        num_workers=workers,
+    )
     stream = ShuffledCropBatches(loader, sampler, visits=args.num_crops, batch_size=args.batch_size)
     return lambda: sum(len(batch["index"]) for batch in stream)
 
@@ -119,13 +131,16 @@ def main():
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-5)
     pixel_values = torch.randn(args.train_batch_size, 1, 3, 224, 224, device=device, dtype=model.dtype)
     labels = {"mos": torch.rand(args.train_batch_size, device=device)}
-    step = time_side_by_side({"train": lambda: training_step(model, optimizer, pixel_values, labels)},
-                             repeats=2, device=device)["train"]
+    step = time_side_by_side(
+        {"train": lambda: training_step(model, optimizer, pixel_values, labels)}, repeats=2, device=device
+    )["train"]
     step_rate = args.train_batch_size / step
 
-    print(f"\nInput: {args.num_images} JPEGs 1024x768 ({1024 * megabytes / args.num_images:.0f} KB each) x "
-          f"{args.num_crops} random 224 crops = {crops_per_pass} crops, batches of {args.batch_size}, median of "
-          f"{args.repeats} passes")
+    print(
+        f"\nInput: {args.num_images} JPEGs 1024x768 ({1024 * megabytes / args.num_images:.0f} KB each) x "
+        f"{args.num_crops} random 224 crops = {crops_per_pass} crops, batches of {args.batch_size}, median of "
+        f"{args.repeats} passes"
+    )
     rows, rates = [], {}
     for workers in args.workers:
         old = crops_per_pass / timings[("per-visit", workers)]
@@ -133,17 +148,23 @@ def main():
         rates[workers] = (old, new)
         rows.append([workers, f"{old:.0f}", f"{new:.0f}", f"{new / old:.2f}x"])
     print_table(["workers", "per-visit crops/s", "once per epoch crops/s", "new / old"], rows)
-    print(f"\nTraining step, ViT-B/16 sizes, {args.dtype}, {args.train_batch_size} per-crop samples, median of 2: "
-          f"{step:.2f} s = {step_rate:.2f} crops/s")
+    print(
+        f"\nTraining step, ViT-B/16 sizes, {args.dtype}, {args.train_batch_size} per-crop samples, median of 2: "
+        f"{step:.2f} s = {step_rate:.2f} crops/s"
+    )
     old_one, new_one = rates[min(args.workers)]
-    print(f"input / training step, crops/s: per-visit {old_one / step_rate:.0f}x, once per epoch "
-          f"{new_one / step_rate:.0f}x ({min(args.workers)} workers)")
+    print(
+        f"input / training step, crops/s: per-visit {old_one / step_rate:.0f}x, once per epoch "
+        f"{new_one / step_rate:.0f}x ({min(args.workers)} workers)"
+    )
     if min(args.workers) == 0:
         # With no workers the main process decodes alone: crops per second of one core.
         need = args.gpu_crops_per_second
-        print(f"\nA GPU step consuming {need:.0f} crops/s (assumed) needs about {math.ceil(need / old_one)} decoding "
-              f"cores per-visit and {math.ceil(need / new_one)} once per epoch, at this CPU's {old_one:.0f} and "
-              f"{new_one:.0f} crops/s per core.")
+        print(
+            f"\nA GPU step consuming {need:.0f} crops/s (assumed) needs about {math.ceil(need / old_one)} decoding "
+            f"cores per-visit and {math.ceil(need / new_one)} once per epoch, at this CPU's {old_one:.0f} and "
+            f"{new_one:.0f} crops/s per core."
+        )
 
 
 if __name__ == "__main__":

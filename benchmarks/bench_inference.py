@@ -13,11 +13,12 @@ import argparse
 import copy
 
 import torch
+from _common import describe_machine, print_table, time_side_by_side
 from scipy.stats import spearmanr
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from _common import describe_machine, print_table, time_side_by_side
 from mpiqe_hf import MPIQEConfig, MPIQEModel
+
 
 TARGETS = {1: 1.15, 16: 1.10}
 
@@ -46,7 +47,9 @@ def build_models(device, dtype):
 def varied_images(count, size=224, seed=0):
     """Crops of smooth random scenes at increasing blur and noise levels, so scores spread out."""
     generator = torch.Generator().manual_seed(seed)
-    base = torch.nn.functional.interpolate(torch.rand(count, 3, 14, 14, generator=generator), size=size, mode="bicubic")
+    base = torch.nn.functional.interpolate(
+        torch.rand(count, 3, 14, 14, generator=generator), size=size, mode="bicubic"
+    )
     levels = torch.linspace(0, 1, count).view(count, 1, 1, 1)
     noise = torch.randn(count, 3, size, size, generator=generator) * levels
     return ((base - 0.45) / 0.27 + noise).unsqueeze(1)
@@ -68,8 +71,8 @@ def main():
             flat = crops.flatten(0, 1)
             timings = time_side_by_side(
                 {
-                    "mpiqe": lambda: mpiqe(crops, text_features=text_features),
-                    "clip": lambda: clip_vision(pixel_values=flat),
+                    "mpiqe": lambda model=mpiqe, crops=crops: model(crops, text_features=text_features),
+                    "clip": lambda model=clip_vision, flat=flat: model(pixel_values=flat),
                 },
                 repeats=args.repeats,
                 device=device,

@@ -97,10 +97,14 @@ def main():
     untrained = MPIQEModel(trained.config).eval()
     height, width = samples[0][0].shape[:2]
     crop = (processor.crop_size["height"], processor.crop_size["width"])
-    print(f"{len(samples)} half-distorted images ({height}x{width} and alike), {crop[0]}x{crop[1]} crops "
-          f"covering each image ({covering_num_crops(height, width, *crop)} for the first)")
+    print(
+        f"{len(samples)} half-distorted images ({height}x{width} and alike), {crop[0]}x{crop[1]} crops "
+        f"covering each image ({covering_num_crops(height, width, *crop)} for the first)"
+    )
 
-    results = {name: measure(model, processor, samples) for name, model in (("trained", trained), ("untrained", untrained))}
+    results = {
+        name: measure(model, processor, samples) for name, model in (("trained", trained), ("untrained", untrained))
+    }
     print("\n| model | map | mean share on the distorted half | share > 0.5 |")
     print("|---|---|---|---|")
     for name, (shares, _) in results.items():
@@ -109,7 +113,9 @@ def main():
             print(f"| {name} | {kind} | {mean} | {rate} |")
 
     shares, families = results["trained"]
-    print("\nTrained model, by distortion family:\n\n| family | Grad-CAM share | Grad-CAM > 0.5 | windows share | windows > 0.5 |")
+    print(
+        "\nTrained model, by distortion family:\n\n| family | Grad-CAM share | Grad-CAM > 0.5 | windows share | windows > 0.5 |"
+    )
     print("|---|---|---|---|---|")
     for family in sorted(set(families)):
         picked = [index for index, name in enumerate(families) if name == family]

@@ -14,10 +14,10 @@ import time
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
-
 from _common import describe_machine, print_table, time_side_by_side
 from bench_inference import varied_images
+from scipy.stats import spearmanr
+
 from mpiqe_hf import MPIQEConfig, MPIQEModel
 from mpiqe_hf.export_onnx import OnnxQualityScorer, export_onnx
 
@@ -50,9 +50,11 @@ def main():
     model = build_model()
     start = time.perf_counter()
     export = export_onnx(model, args.work_dir, quantize=True)
-    print(f"export + int8 quantisation: {time.perf_counter() - start:.1f} s; "
-          f"model.onnx {os.path.getsize(export['onnx']) / 2**20:.0f} MiB, "
-          f"model_int8.onnx {os.path.getsize(export['onnx_int8']) / 2**20:.0f} MiB")
+    print(
+        f"export + int8 quantisation: {time.perf_counter() - start:.1f} s; "
+        f"model.onnx {os.path.getsize(export['onnx']) / 2**20:.0f} MiB, "
+        f"model_int8.onnx {os.path.getsize(export['onnx_int8']) / 2**20:.0f} MiB"
+    )
     threads = torch.get_num_threads()
     fp32 = OnnxQualityScorer(args.work_dir, num_threads=threads)
     int8 = OnnxQualityScorer(args.work_dir, quantized=True, num_threads=threads)
@@ -77,21 +79,32 @@ def main():
         [[name, f"{value:.3f}", f"{value / base:.2f}"] for name, value in seconds.items()],
     )
 
-    images = varied_images(args.agreement_images * args.num_crops).view(args.agreement_images, args.num_crops, 3, 224, 224)
+    images = varied_images(args.agreement_images * args.num_crops).view(
+        args.agreement_images, args.num_crops, 3, 224, 224
+    )
     reference = torch.cat([model(images[index : index + 1]).score for index in range(len(images))]).numpy()
     candidates = {
         "torch bf16": torch.cat(
             [bf16_model(images[index : index + 1].to(torch.bfloat16)).score.float() for index in range(len(images))]
         ).numpy(),
-        "onnxruntime fp32": np.concatenate([fp32.run(images[index : index + 1].numpy())["score"] for index in range(len(images))]),
-        "onnxruntime int8": np.concatenate([int8.run(images[index : index + 1].numpy())["score"] for index in range(len(images))]),
+        "onnxruntime fp32": np.concatenate(
+            [fp32.run(images[index : index + 1].numpy())["score"] for index in range(len(images))]
+        ),
+        "onnxruntime int8": np.concatenate(
+            [int8.run(images[index : index + 1].numpy())["score"] for index in range(len(images))]
+        ),
     }
     print(f"\nscore agreement with torch fp32 over {len(images)} varied images (score std {reference.std():.3f}):")
     rows = []
     for name, scores in candidates.items():
         rows.append([name, f"{np.abs(scores - reference).max():.2e}", f"{spearmanr(scores, reference)[0]:.4f}"])
-    rows.append(["int8 vs onnxruntime fp32", f"{np.abs(candidates['onnxruntime int8'] - candidates['onnxruntime fp32']).max():.2e}",
-                 f"{spearmanr(candidates['onnxruntime int8'], candidates['onnxruntime fp32'])[0]:.4f}"])
+    rows.append(
+        [
+            "int8 vs onnxruntime fp32",
+            f"{np.abs(candidates['onnxruntime int8'] - candidates['onnxruntime fp32']).max():.2e}",
+            f"{spearmanr(candidates['onnxruntime int8'], candidates['onnxruntime fp32'])[0]:.4f}",
+        ]
+    )
     print_table(["scores", "max abs diff (normalised)", "SRCC"], rows)
 
 

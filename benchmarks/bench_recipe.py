@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, get_cosine_schedule_with_warmup
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import describe_machine, print_table  # noqa: E402
 from make_standin_clip import build_tokenizer, standin_clip_config, zero_shot_scores  # noqa: E402
@@ -47,6 +48,7 @@ from mpiqe_hf.baselines import PROBE_ALPHAS, RidgeProbe, clip_image_embeddings  
 from mpiqe_hf.configuration_mpiqe import DISTORTION_CLASSES, SCENE_CLASSES  # noqa: E402
 from mpiqe_hf.data import load_iqa_dataset, paper_splits  # noqa: E402
 from mpiqe_hf.metrics import srcc  # noqa: E402
+
 
 TERMS = ("scene", "distortion", "score")
 
@@ -74,10 +76,12 @@ class CropBatches:
         return math.ceil(len(self.rows) * self.num_crops / self.batch_size)
 
     def batch(self, visits, crop_seed):
-        pixel_values = torch.cat([
-            self.processor(self.images[i], seed=crop_seed * 1_000_003 + n, return_tensors="pt")["pixel_values"]
-            for n, i in enumerate(visits)
-        ])
+        pixel_values = torch.cat(
+            [
+                self.processor(self.images[i], seed=crop_seed * 1_000_003 + n, return_tensors="pt")["pixel_values"]
+                for n, i in enumerate(visits)
+            ]
+        )
         return dict(
             pixel_values=pixel_values,
             mos=torch.tensor([self.rows[i]["mos_normalized"] for i in visits], dtype=torch.float32),
@@ -87,8 +91,9 @@ class CropBatches:
 
     def epoch(self, epoch):
         generator = torch.Generator().manual_seed(self.seed * 1000 + epoch)
-        visits = torch.arange(len(self.rows)).repeat(self.num_crops)[torch.randperm(len(self.rows) * self.num_crops,
-                                                                                      generator=generator)]
+        visits = torch.arange(len(self.rows)).repeat(self.num_crops)[
+            torch.randperm(len(self.rows) * self.num_crops, generator=generator)
+        ]
         for step, start in enumerate(range(0, len(visits), self.batch_size)):
             yield self.batch(visits[start : start + self.batch_size].tolist(), crop_seed=epoch * 10_000 + step)
 
@@ -122,12 +127,14 @@ def run_gradients(args):
     rows = []
     for scale in args.scales:
         torch.manual_seed(args.seed)
-        model = MPIQEModel.from_clip(args.clip, visual_prompt_depth=4, window_size=4, score_loss_scale=scale,
-                                     score_loss_weight=0.5)
+        model = MPIQEModel.from_clip(
+            args.clip, visual_prompt_depth=4, window_size=4, score_loss_scale=scale, score_loss_weight=0.5
+        )
         crop_size = model.config.clip_config.vision_config.image_size
         data = CropBatches(dataset, train_idx, crop_size, batch_size=args.batch_size, seed=args.seed)
-        probe = data.batch(list(range(0, len(data.rows), max(1, len(data.rows) // args.batch_size)))[: args.batch_size],
-                           crop_seed=999)
+        probe = data.batch(
+            list(range(0, len(data.rows), max(1, len(data.rows) // args.batch_size)))[: args.batch_size], crop_seed=999
+        )
         total_steps = args.epochs * data.steps_per_epoch()
         optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate)
         scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, round(total_steps * 5 / 30)), total_steps)
@@ -137,11 +144,18 @@ def run_gradients(args):
         def record():
             norms, losses = term_gradient_norms(model, probe)
             for target in ("visual prompts", "scene context", "distortion context"):
-                rows.append([f"{scale:g}", f"{checkpoints[step]} ({step})", target]
-                            + [f"{norms[(term, target)]:.4f}" for term in TERMS]
-                            + [f"{norms[('score', target)] / max(norms[('scene', target)], norms[('distortion', target)]):.2f}"])
-            rows.append([f"{scale:g}", f"{checkpoints[step]} ({step})", "loss value"]
-                        + [f"{losses[term]:.4f}" for term in TERMS] + [""])
+                rows.append(
+                    [f"{scale:g}", f"{checkpoints[step]} ({step})", target]
+                    + [f"{norms[(term, target)]:.4f}" for term in TERMS]
+                    + [
+                        f"{norms[('score', target)] / max(norms[('scene', target)], norms[('distortion', target)]):.2f}"
+                    ]
+                )
+            rows.append(
+                [f"{scale:g}", f"{checkpoints[step]} ({step})", "loss value"]
+                + [f"{losses[term]:.4f}" for term in TERMS]
+                + [""]
+            )
 
         record()
         for epoch in range(args.epochs):
@@ -155,9 +169,11 @@ def run_gradients(args):
                 if step in checkpoints:
                     record()
         print(f"scale {scale:g}: {total_steps} steps in {time.perf_counter() - start:.0f} s", flush=True)
-    print(f"\nGradient norm of each weighted term (scene, lambda_1 * distortion, lambda_2 * score with lambda_2 0.5) on "
-          f"a fixed probe batch of {args.batch_size} crops; embedded set, {args.epochs} epochs, per-crop batches of "
-          f"{args.batch_size}, Adam lr {args.learning_rate}; stand-in CLIP {args.clip}; {describe_machine(torch.device('cpu'))}")
+    print(
+        f"\nGradient norm of each weighted term (scene, lambda_1 * distortion, lambda_2 * score with lambda_2 0.5) on "
+        f"a fixed probe batch of {args.batch_size} crops; embedded set, {args.epochs} epochs, per-crop batches of "
+        f"{args.batch_size}, Adam lr {args.learning_rate}; stand-in CLIP {args.clip}; {describe_machine(torch.device('cpu'))}"
+    )
     print_table(["scale", "point (step)", "on", *TERMS, "score / max(other)"], rows)
 
 
@@ -176,11 +192,15 @@ def model_scores(model_dir, images, batch_size=32) -> np.ndarray:
     processor = MPIQEImageProcessor.from_pretrained(model_dir)
     with torch.no_grad():
         text_features = model.get_text_features()
-        scores = torch.cat([
-            model(processor(images[start : start + batch_size], return_tensors="pt")["pixel_values"],
-                  text_features=text_features).score
-            for start in range(0, len(images), batch_size)
-        ])
+        scores = torch.cat(
+            [
+                model(
+                    processor(images[start : start + batch_size], return_tensors="pt")["pixel_values"],
+                    text_features=text_features,
+                ).score
+                for start in range(0, len(images), batch_size)
+            ]
+        )
     return scores.numpy().astype(np.float64)
 
 
@@ -194,37 +214,65 @@ def run_srcc(args):
     held_out, training = images_and_mos(dataset, test_idx), images_and_mos(dataset, train_idx)
     zero_shot = srcc(zero_shot_scores(clip, tokenizer, held_out[0]), held_out[1])
     zero_shot_train = srcc(zero_shot_scores(clip, tokenizer, training[0]), training[1])
-    print(f"held-out: {len(test_idx)} images of {args.dataset}; stand-in zero-shot SRCC {zero_shot:.4f} "
-          f"(training images: {zero_shot_train:.4f})", flush=True)
+    print(
+        f"held-out: {len(test_idx)} images of {args.dataset}; stand-in zero-shot SRCC {zero_shot:.4f} "
+        f"(training images: {zero_shot_train:.4f})",
+        flush=True,
+    )
     results = {}
     for variant in args.variant:
         name, _, extra = variant.partition("=")
         for seed in args.seeds:
             output_dir = Path(args.work_dir) / f"{name.replace(' ', '_')}-seed{seed}"
-            argv = ["--dataset_name", args.dataset, "--clip_model_name_or_path", args.clip, "--output_dir",
-                    str(output_dir), "--num_train_epochs", str(args.epochs), "--seed", str(seed),
-                    "--dataloader_num_workers", "0", *shlex.split(extra)]
+            argv = [
+                "--dataset_name",
+                args.dataset,
+                "--clip_model_name_or_path",
+                args.clip,
+                "--output_dir",
+                str(output_dir),
+                "--num_train_epochs",
+                str(args.epochs),
+                "--seed",
+                str(seed),
+                "--dataloader_num_workers",
+                "0",
+                *shlex.split(extra),
+            ]
             start = time.perf_counter()
             metrics = train_script.main(argv)
             seconds = time.perf_counter() - start
             # The same model on its own training images: under-fitted (both low) or over-fitted (train high).
             fitted = srcc(model_scores(output_dir, training[0]), training[1])
             results.setdefault(name, []).append((seed, metrics["srcc"], metrics["step"], seconds, fitted))
-            print(f"RESULT {name} seed {seed}: held-out SRCC {metrics['srcc']:.4f} (training images {fitted:.4f}) "
-                  f"after {metrics['step']} steps ({seconds:.0f} s)", flush=True)
+            print(
+                f"RESULT {name} seed {seed}: held-out SRCC {metrics['srcc']:.4f} (training images {fitted:.4f}) "
+                f"after {metrics['step']} steps ({seconds:.0f} s)",
+                flush=True,
+            )
             Path(args.work_dir, "results.json").write_text(json.dumps({"zero_shot": zero_shot, "runs": results}))
     rows = []
     for name, runs in results.items():
         values = [run[1] for run in runs]
-        rows.append([name, *(f"{value:.3f}" for value in values), f"{np.mean(values):.3f}",
-                     f"{np.mean(values) - zero_shot:+.3f}", f"{np.mean([run[4] for run in runs]):.3f}",
-                     str(runs[0][2])])
-    print(f"\nHeld-out SRCC after {args.epochs} epochs of examples/train.py (seeds {args.seeds}); stand-in zero-shot "
-          f"{zero_shot:.3f} on the same {len(test_idx)} images ({zero_shot_train:.3f} on the training images); "
-          f"{describe_machine(torch.device('cpu'))}")
-    print_table(["variant", *(f"seed {s}" for s in args.seeds), "mean", "vs zero-shot", "mean on training images",
-                 "steps"], rows)
-
+        rows.append(
+            [
+                name,
+                *(f"{value:.3f}" for value in values),
+                f"{np.mean(values):.3f}",
+                f"{np.mean(values) - zero_shot:+.3f}",
+                f"{np.mean([run[4] for run in runs]):.3f}",
+                str(runs[0][2]),
+            ]
+        )
+    print(
+        f"\nHeld-out SRCC after {args.epochs} epochs of examples/train.py (seeds {args.seeds}); stand-in zero-shot "
+        f"{zero_shot:.3f} on the same {len(test_idx)} images ({zero_shot_train:.3f} on the training images); "
+        f"{describe_machine(torch.device('cpu'))}"
+    )
+    print_table(
+        ["variant", *(f"seed {s}" for s in args.seeds), "mean", "vs zero-shot", "mean on training images", "steps"],
+        rows,
+    )
 
 
 def frozen_features(clip, images, mos, crop_size, batch_size=32):
@@ -232,10 +280,15 @@ def frozen_features(clip, images, mos, crop_size, batch_size=32):
     CLIP image embedding), and token statistics (post-LN CLS, mean and spread of the post-LN patch tokens, spread of
     the patch tokens after each inner layer)."""
     processor = MPIQEImageProcessor(crop_size=crop_size, num_crops=8)
-    batches = [{"pixel_values": processor(images[start : start + batch_size], return_tensors="pt")["pixel_values"],
-                "mos": torch.as_tensor(mos[start : start + batch_size], dtype=torch.float32),
-                "index": torch.arange(start, min(start + batch_size, len(images))), "skipped": []}
-               for start in range(0, len(images), batch_size)]
+    batches = [
+        {
+            "pixel_values": processor(images[start : start + batch_size], return_tensors="pt")["pixel_values"],
+            "mos": torch.as_tensor(mos[start : start + batch_size], dtype=torch.float32),
+            "index": torch.arange(start, min(start + batch_size, len(images))),
+            "skipped": [],
+        }
+        for start in range(0, len(images), batch_size)
+    ]
     statistics = []
     with torch.no_grad():
         for crops in (batch["pixel_values"][i] for batch in batches for i in range(len(batch["pixel_values"]))):
@@ -271,12 +324,20 @@ def run_probe(args):
     rows = [["zero-shot (Good photo. / Bad photo.)", "", f"{parts['train'][3]:.3f}", f"{parts['held-out'][3]:.3f}"]]
     for column, name in ((0, "image embedding"), (1, "token statistics")):
         for alphas in [[strength] for strength in args.strengths] + [list(PROBE_ALPHAS)]:
-            alpha, fitted, held_out = ridge_srcc(parts["train"][column], parts["train"][2],
-                                                 parts["held-out"][column], parts["held-out"][2], alphas, groups)
+            alpha, fitted, held_out = ridge_srcc(
+                parts["train"][column],
+                parts["train"][2],
+                parts["held-out"][column],
+                parts["held-out"][2],
+                alphas,
+                groups,
+            )
             chosen = f"{alpha:g}" if len(alphas) == 1 else f"{alpha:g} (5-fold CV)"
             rows.append([f"ridge on the {name}", chosen, f"{fitted:.3f}", f"{held_out:.3f}"])
-    print(f"\nStand-in {args.clip} on {args.dataset}: {len(train_idx)} training and {len(test_idx)} held-out images "
-          f"(paper split, content-disjoint); {describe_machine(torch.device('cpu'))}")
+    print(
+        f"\nStand-in {args.clip} on {args.dataset}: {len(train_idx)} training and {len(test_idx)} held-out images "
+        f"(paper split, content-disjoint); {describe_machine(torch.device('cpu'))}"
+    )
     print_table(["scorer", "ridge strength", "SRCC train", "SRCC held-out"], rows)
 
 
@@ -308,9 +369,11 @@ def run_movement(args):
     _, test_idx = paper_splits(dataset, seed=0)[0]
     images, _ = images_and_mos(dataset, test_idx)
     rows = []
-    for name, widths in (("all 64 wide (64 / 64 / 64)", (64, 64, 64)),
-                         ("the stand-in's: ViT-B/16's image-text space (64 / 64 / 512)", (64, 64, 512)),
-                         ("ViT-B/16's widths (768 / 512 / 512)", (768, 512, 512))):
+    for name, widths in (
+        ("all 64 wide (64 / 64 / 64)", (64, 64, 64)),
+        ("the stand-in's: ViT-B/16's image-text space (64 / 64 / 512)", (64, 64, 512)),
+        ("ViT-B/16's widths (768 / 512 / 512)", (768, 512, 512)),
+    ):
         clip_dir = Path(args.work_dir) / f"random-clip-{'-'.join(map(str, widths))}"
         config, tokenizer = widened_standin_config(*widths)
         torch.manual_seed(args.seed)
@@ -318,18 +381,40 @@ def run_movement(args):
         tokenizer.save_pretrained(clip_dir)
         output_dir = Path(args.work_dir) / f"run-{'-'.join(map(str, widths))}"
         start = time.perf_counter()
-        metrics = train_script.main([
-            "--dataset_name", args.dataset, "--clip_model_name_or_path", str(clip_dir), "--output_dir",
-            str(output_dir), "--max_train_steps", str(args.steps), "--learning_rate", str(args.learning_rate),
-            "--seed", str(args.seed), "--dataloader_num_workers", "0",
-        ])
+        metrics = train_script.main(
+            [
+                "--dataset_name",
+                args.dataset,
+                "--clip_model_name_or_path",
+                str(clip_dir),
+                "--output_dir",
+                str(output_dir),
+                "--max_train_steps",
+                str(args.steps),
+                "--learning_rate",
+                str(args.learning_rate),
+                "--seed",
+                str(args.seed),
+                "--dataloader_num_workers",
+                "0",
+            ]
+        )
         seconds = time.perf_counter() - start
         scores = model_scores(output_dir, images)
-        rows.append([name, f"{scores.std():.4f}", f"{np.abs(scores - 0.5).mean():.4f}",
-                     f"{metrics['train_score_loss']:.3f}", f"{seconds:.0f}"])
+        rows.append(
+            [
+                name,
+                f"{scores.std():.4f}",
+                f"{np.abs(scores - 0.5).mean():.4f}",
+                f"{metrics['train_score_loss']:.3f}",
+                f"{seconds:.0f}",
+            ]
+        )
         print(f"RESULT {name}: score spread {scores.std():.4f}", flush=True)
-    print(f"\n{args.steps} Adam steps at lr {args.learning_rate:g} (paper preset otherwise) on {args.dataset}, random "
-          f"CLIPs; scores of the {len(images)} held-out images; {describe_machine(torch.device('cpu'))}")
+    print(
+        f"\n{args.steps} Adam steps at lr {args.learning_rate:g} (paper preset otherwise) on {args.dataset}, random "
+        f"CLIPs; scores of the {len(images)} held-out images; {describe_machine(torch.device('cpu'))}"
+    )
     print_table(["trainable parts at", "score spread (sd)", "mean |score - 0.5|", "train score loss", "s"], rows)
     for row in rows[1:]:
         print(f"{row[0]} ÷ {rows[0][0]}, score spread: {float(row[1]) / max(float(rows[0][1]), 1e-12):.1f}x")
@@ -337,8 +422,9 @@ def run_movement(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num_threads", type=int, default=1,
-                        help="torch threads; 1 is fastest for the tiny stand-in on a shared CPU.")
+    parser.add_argument(
+        "--num_threads", type=int, default=1, help="torch threads; 1 is fastest for the tiny stand-in on a shared CPU."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     grads = sub.add_parser("gradients")
     grads.add_argument("--clip", required=True, help="Folder of the stand-in CLIP.")
@@ -353,8 +439,9 @@ def main():
     scores.add_argument("--dataset", required=True, help="A procedural metadata.csv folder.")
     scores.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     scores.add_argument("--epochs", type=int, default=5)
-    scores.add_argument("--variant", action="append", required=True,
-                        help="'name=extra train.py arguments'; repeat for each variant.")
+    scores.add_argument(
+        "--variant", action="append", required=True, help="'name=extra train.py arguments'; repeat for each variant."
+    )
     scores.add_argument("--work_dir", default="recipe-runs")
     probe = sub.add_parser("probe")
     probe.add_argument("--clip", required=True)

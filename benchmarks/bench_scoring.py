@@ -34,13 +34,13 @@ import time
 
 import numpy as np
 import torch
-from PIL import Image
-
 from _common import describe_machine, print_table, time_side_by_side
+from PIL import Image
 from transformers import CLIPConfig
 
 from mpiqe_hf import MPIQEConfig, MPIQEImageProcessor, MPIQEModel, load_image
 from mpiqe_hf.cli.scoring import TorchScorer, resolve_dtype
+
 
 STEPS = ("end_to_end", "processes", "memory", "dtypes")
 PEAK_RSS = (
@@ -88,13 +88,19 @@ def small_config():
     """A narrow, shallow MP-IQE on 224 x 224 crops: its memory is small next to what holding images would cost."""
     side = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
     clip = CLIPConfig(
-        text_config=dict(side, vocab_size=1000, max_position_embeddings=77, bos_token_id=998, eos_token_id=999,
-                         pad_token_id=999),
+        text_config=dict(
+            side, vocab_size=1000, max_position_embeddings=77, bos_token_id=998, eos_token_id=999, pad_token_id=999
+        ),
         vision_config=dict(side, image_size=224, patch_size=32),
         projection_dim=64,
     )
-    return MPIQEConfig(clip_config=clip.to_dict(), visual_prompt_depth=2, window_size=3, decoder_heads=4,
-                       decoder_intermediate_size=128)
+    return MPIQEConfig(
+        clip_config=clip.to_dict(),
+        visual_prompt_depth=2,
+        window_size=3,
+        decoder_heads=4,
+        decoder_intermediate_size=128,
+    )
 
 
 def run_timed(command, env=None):
@@ -128,8 +134,10 @@ def main():
         raise SystemExit(f"{image_dir} must hold exactly {args.num_images} images; use a fresh --workdir")
     dtype, reason = resolve_dtype("auto", device)
     print(f"machine: {describe_machine(device)}")
-    print(f"{args.num_images} JPEGs of 1024 x 768; ViT-B/16-sized random MP-IQE, 8 crops of 224; default dtype "
-          f"{str(dtype).replace('torch.', '')} ({reason}); batch {args.batch_size}")
+    print(
+        f"{args.num_images} JPEGs of 1024 x 768; ViT-B/16-sized random MP-IQE, 8 crops of 224; default dtype "
+        f"{str(dtype).replace('torch.', '')} ({reason}); batch {args.batch_size}"
+    )
 
     results = {}
     if "end_to_end" not in args.skip:
@@ -139,8 +147,10 @@ def main():
 
         scorer = TorchScorer(MPIQEModel.from_pretrained(model_dir), device, dtype)
         processor = MPIQEImageProcessor.from_pretrained(model_dir)
-        crops = [processor(load_image(os.path.join(image_dir, name)), return_tensors="pt")["pixel_values"][0]
-                 for name in images]
+        crops = [
+            processor(load_image(os.path.join(image_dir, name)), return_tensors="pt")["pixel_values"][0]
+            for name in images
+        ]
         start = time.perf_counter()
         for first in range(0, len(crops), args.batch_size):
             scorer.score_batch(torch.stack(crops[first : first + args.batch_size]))
@@ -153,20 +163,35 @@ def main():
         print("\nEnd to end vs model only")
         print_table(
             ["mpiqe-score img/s", "model-only img/s", "ratio", "target", "met"],
-            [[f"{results['cli']:.3f}", f"{results['model']:.3f}", f"{ratio:.3f}", f">= {target}",
-              "yes" if ratio >= target else "no"]],
+            [
+                [
+                    f"{results['cli']:.3f}",
+                    f"{results['model']:.3f}",
+                    f"{ratio:.3f}",
+                    f">= {target}",
+                    "yes" if ratio >= target else "no",
+                ]
+            ],
         )
 
     if "processes" not in args.skip and "cli" in results:
         output = os.path.join(workdir, "scores-torchrun.csv")
-        command = [shutil.which("torchrun"), "--standalone", "--nproc_per_node", str(args.processes), "-m",
-                   "mpiqe_hf.cli", *cli_command([image_dir], model_dir, output, args, "--overwrite")[1:]]
+        command = [
+            shutil.which("torchrun"),
+            "--standalone",
+            "--nproc_per_node",
+            str(args.processes),
+            "-m",
+            "mpiqe_hf.cli",
+            *cli_command([image_dir], model_dir, output, args, "--overwrite")[1:],
+        ]
         seconds, _ = run_timed(command)
         multi = args.num_images / seconds
         print(f"\n{args.processes} processes vs 1 (torchrun; each process gets the CPUs / processes as threads)")
-        print_table(["processes", "img/s", "vs 1 process"],
-                    [[1, f"{results['cli']:.3f}", "1.000"], [args.processes, f"{multi:.3f}",
-                                                              f"{multi / results['cli']:.3f}"]])
+        print_table(
+            ["processes", "img/s", "vs 1 process"],
+            [[1, f"{results['cli']:.3f}", "1.000"], [args.processes, f"{multi:.3f}", f"{multi / results['cli']:.3f}"]],
+        )
 
     if "memory" not in args.skip:
         small_dir = os.path.join(workdir, "small-model")
@@ -182,7 +207,9 @@ def main():
             seconds, peak = run_timed(command)
             peaks.append(peak)
             rows.append([count, f"{peak:.0f}", f"{peak / peaks[0]:.3f}"])
-        print("\nPeak resident memory (the command or one of its workers, whichever is larger); a small MP-IQE, 8 crops")
+        print(
+            "\nPeak resident memory (the command or one of its workers, whichever is larger); a small MP-IQE, 8 crops"
+        )
         print_table(["images", "peak MiB", "vs fewest"], rows)
 
     if "dtypes" not in args.skip:
@@ -207,8 +234,17 @@ def main():
         print("\nbf16 / fp32 (2 images x 8 crops; 20 matmuls 1608x768 @ 768x3072), side by side")
         print_table(
             ["fp32 s", "bf16 s", "scoring bf16/fp32", "matmul bf16/fp32", "scoring / matmul", "target", "met"],
-            [[f"{timings['fp32']:.3f}", f"{timings['bf16']:.3f}", f"{scoring:.3f}", f"{matmul:.3f}",
-              f"{scoring / matmul:.3f}", "<= 1.10", "yes" if scoring / matmul <= 1.10 else "no"]],
+            [
+                [
+                    f"{timings['fp32']:.3f}",
+                    f"{timings['bf16']:.3f}",
+                    f"{scoring:.3f}",
+                    f"{matmul:.3f}",
+                    f"{scoring / matmul:.3f}",
+                    "<= 1.10",
+                    "yes" if scoring / matmul <= 1.10 else "no",
+                ]
+            ],
         )
     if args.workdir is None:
         shutil.rmtree(workdir)

@@ -12,8 +12,8 @@ token, a little shorter than CLIP's BPE (which splits "jpeg2000" into five token
 import argparse
 
 import torch
-
 from _common import describe_machine, print_table, time_side_by_side
+
 from mpiqe_hf import MPIQEConfig, MPIQEModel
 
 
@@ -64,7 +64,11 @@ def main():
         ["work", "seconds", "ratio"],
         [
             [f"encode 20 prompts, {length} positions", f"{timings['truncated']:.3f}", ""],
-            ["encode 20 prompts, 77 positions", f"{timings['77']:.3f}", f"{timings['77'] / timings['truncated']:.2f}x"],
+            [
+                "encode 20 prompts, 77 positions",
+                f"{timings['77']:.3f}",
+                f"{timings['77'] / timings['truncated']:.2f}x",
+            ],
             ["score 1 image x 8 crops, text features given", f"{timings['reused']:.3f}", ""],
             [
                 "score 1 image x 8 crops, text features computed in the call",

@@ -15,8 +15,8 @@ import subprocess
 import sys
 
 import torch
-
 from _common import describe_machine, print_table, time_side_by_side
+
 from mpiqe_hf import MPIQEConfig, MPIQEModel
 
 
@@ -104,7 +104,15 @@ def main():
     print(f"\n{args.batch_size} images x {args.num_crops} crops, {args.dtype}, median of {args.repeats} rounds")
     print_table(
         ["training step s", "scoring forward s", "ratio", "target", "met"],
-        [[f"{timings['train']:.3f}", f"{timings['score']:.3f}", f"{ratio:.3f}", "<= 2.5", "yes" if ratio <= 2.5 else "NO"]],
+        [
+            [
+                f"{timings['train']:.3f}",
+                f"{timings['score']:.3f}",
+                f"{ratio:.3f}",
+                "<= 2.5",
+                "yes" if ratio <= 2.5 else "NO",
+            ]
+        ],
     )
 
     peaks = {}

@@ -42,6 +42,7 @@ from mpiqe_hf.configuration_mpiqe import DISTORTION_CLASSES, QUALITY_LEVELS, SCE
 from mpiqe_hf.data.synthetic import NUM_LEVELS, REFERENCES, distort, load_reference, pseudo_mos
 from mpiqe_hf.metrics import srcc
 
+
 IMAGE_SIZE = 64
 PATCH_SIZE = 16
 ANTONYM_PROMPTS = ("Good photo.", "Bad photo.")
@@ -168,10 +169,23 @@ def standin_clip_config(tokenizer: CLIPTokenizer, projection_dim: int = 512) -> 
         pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
     )
     return CLIPConfig(
-        text_config=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                         vocab_size=len(tokenizer), max_position_embeddings=77, **special),
-        vision_config=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
-                           image_size=IMAGE_SIZE, patch_size=PATCH_SIZE),
+        text_config=dict(
+            hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=77,
+            **special,
+        ),
+        vision_config=dict(
+            hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            image_size=IMAGE_SIZE,
+            patch_size=PATCH_SIZE,
+        ),
         projection_dim=projection_dim,
     )
 
@@ -260,8 +274,14 @@ def distorted_versions(picture: Image.Image, seed: int, content: str):
             yield family, level, distort(picture, family, level, rng)
 
 
-def write_procedural_dataset(folder, num_contents: int = 12, seed: int = 0, stream: int = UNSEEN_STREAM,
-                             min_side: int = 128, max_side: int = 224) -> Path:
+def write_procedural_dataset(
+    folder,
+    num_contents: int = 12,
+    seed: int = 0,
+    stream: int = UNSEEN_STREAM,
+    min_side: int = 128,
+    max_side: int = 224,
+) -> Path:
     """
     Writes `num_contents` procedural pictures x 56 versions (pristine + 11 families x 5 levels) as PNG files with a
     `metadata.csv` (`file_name`, `mos` = the synthetic set's pseudo-MOS on 1..5, `distortion`, `content_id`) that
@@ -300,6 +320,7 @@ def dct_patch_filters(hidden_size: int, patch_size: int) -> torch.Tensor:
     Frequency-selective first-layer filters, as trained CNNs and ViTs grow, make noise, blocking and blur visible
     from the first step; training the stand-in from random filters learns them too slowly for a few CPU minutes.
     """
+
     def basis(u, v):
         grid = (2 * torch.arange(patch_size, dtype=torch.float32) + 1) * math.pi / (2 * patch_size)
         return torch.outer(torch.cos(grid * u), torch.cos(grid * v))
@@ -355,8 +376,17 @@ def _random_crops(images, picks, generator) -> torch.Tensor:
     return _normalise(torch.stack(crops))
 
 
-def pretrain(model: CLIPModel, tokenizer: CLIPTokenizer, images, kinds, steps: int, batch_size: int, seed: int,
-             learning_rate: float = 1e-3, log_every: int = 100):
+def pretrain(
+    model: CLIPModel,
+    tokenizer: CLIPTokenizer,
+    images,
+    kinds,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    learning_rate: float = 1e-3,
+    log_every: int = 100,
+):
     """
     CLIP's symmetric contrastive loss, with every caption that describes an image's kind counted as its match (a
     batch holds many images of the same kind, and "bad photo." fits several kinds).
@@ -370,16 +400,24 @@ def pretrain(model: CLIPModel, tokenizer: CLIPTokenizer, images, kinds, steps: i
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.05)
     warmup = max(1, steps // 20)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
+        optimizer,
+        lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)),
     )
     model.train()
     for step in range(steps):
         picks = torch.randint(0, len(images), (batch_size,), generator=generator)
         batch_kinds = kinds[picks]
-        text_ids = torch.tensor([kind_texts[k][int(torch.randint(0, len(kind_texts[k]), (1,), generator=generator))]
-                                 for k in batch_kinds.tolist()])
-        outputs = model(input_ids=encoded["input_ids"][text_ids], attention_mask=encoded["attention_mask"][text_ids],
-                        pixel_values=_random_crops(images, picks, generator))
+        text_ids = torch.tensor(
+            [
+                kind_texts[k][int(torch.randint(0, len(kind_texts[k]), (1,), generator=generator))]
+                for k in batch_kinds.tolist()
+            ]
+        )
+        outputs = model(
+            input_ids=encoded["input_ids"][text_ids],
+            attention_mask=encoded["attention_mask"][text_ids],
+            pixel_values=_random_crops(images, picks, generator),
+        )
         match = fits[text_ids][:, batch_kinds].float()  # (text i, image j): caption i describes image j
         logits = outputs.logits_per_image  # (image, text)
         image_loss = -(match.t() / match.t().sum(1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(1).mean()
@@ -438,9 +476,17 @@ def unseen_zero_shot_srcc(model, tokenizer, num_contents: int = 8, seed: int = 0
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def build_standin_clip(output_dir, seed: int = 0, steps: int = 28800, batch_size: int = 32, num_procedural: int = 384,
-                       learning_rate: float = 1e-3, log_every: int = 100, references=tuple(REFERENCES),
-                       projection_dim: int = 512) -> Path:
+def build_standin_clip(
+    output_dir,
+    seed: int = 0,
+    steps: int = 28800,
+    batch_size: int = 32,
+    num_procedural: int = 384,
+    learning_rate: float = 1e-3,
+    log_every: int = 100,
+    references=tuple(REFERENCES),
+    projection_dim: int = 512,
+) -> Path:
     """
     Builds, pretrains and saves the stand-in CLIP (`CLIPModel` + `CLIPTokenizer`) into `output_dir`: `steps`
     contrastive steps of `batch_size` crops drawn from the 56 versions of the scikit-image photos `references` (the
@@ -453,8 +499,17 @@ def build_standin_clip(output_dir, seed: int = 0, steps: int = 28800, batch_size
     with torch.no_grad():
         embedding.weight.copy_(dct_patch_filters(embedding.out_channels, embedding.kernel_size[0]))
     images, kinds = _pretraining_pool(seed, num_procedural, references)
-    pretrain(model, tokenizer, images, kinds, steps=steps, batch_size=batch_size, seed=seed,
-             learning_rate=learning_rate, log_every=log_every)
+    pretrain(
+        model,
+        tokenizer,
+        images,
+        kinds,
+        steps=steps,
+        batch_size=batch_size,
+        seed=seed,
+        learning_rate=learning_rate,
+        log_every=log_every,
+    )
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
@@ -469,20 +524,37 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--num_procedural", type=int, default=384, help="Procedural pretraining contents.")
     parser.add_argument("--learning_rate", type=float, default=1e-3)
-    parser.add_argument("--projection_dim", type=int, default=512,
-                        help="Width of the shared image-text space, in which MP-IQE's decoder and score head run.")
-    parser.add_argument("--dataset_dir", default=None,
-                        help="Also write an unseen procedural metadata.csv dataset here (--dataset_contents pictures).")
+    parser.add_argument(
+        "--projection_dim",
+        type=int,
+        default=512,
+        help="Width of the shared image-text space, in which MP-IQE's decoder and score head run.",
+    )
+    parser.add_argument(
+        "--dataset_dir",
+        default=None,
+        help="Also write an unseen procedural metadata.csv dataset here (--dataset_contents pictures).",
+    )
     parser.add_argument("--dataset_contents", type=int, default=12)
-    parser.add_argument("--num_threads", type=int, default=1,
-                        help="torch threads; 1 is fastest for this tiny model on a shared CPU (and bit-reproducible).")
+    parser.add_argument(
+        "--num_threads",
+        type=int,
+        default=1,
+        help="torch threads; 1 is fastest for this tiny model on a shared CPU (and bit-reproducible).",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.num_threads)
 
     start = time.perf_counter()
-    output_dir = build_standin_clip(args.output_dir, seed=args.seed, steps=args.steps, batch_size=args.batch_size,
-                                    num_procedural=args.num_procedural, learning_rate=args.learning_rate,
-                                    projection_dim=args.projection_dim)
+    output_dir = build_standin_clip(
+        args.output_dir,
+        seed=args.seed,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        num_procedural=args.num_procedural,
+        learning_rate=args.learning_rate,
+        projection_dim=args.projection_dim,
+    )
     built = time.perf_counter() - start
     model, tokenizer = CLIPModel.from_pretrained(output_dir), CLIPTokenizer.from_pretrained(output_dir)
     zero_shot = unseen_zero_shot_srcc(model, tokenizer, seed=args.seed)

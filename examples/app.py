@@ -45,8 +45,9 @@ LEVEL_COLOURS = {"bad": "#d1495b", "poor": "#ed8b3a", "fair": "#e8c547", "good":
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--model", default=os.environ.get("MPIQE_MODEL"), help="Hub repo id or folder of an MP-IQE checkpoint "
-        "(default: $MPIQE_MODEL)"
+        "--model",
+        default=os.environ.get("MPIQE_MODEL"),
+        help="Hub repo id or folder of an MP-IQE checkpoint (default: $MPIQE_MODEL)",
     )
     parser.add_argument("--revision", default=os.environ.get("MPIQE_REVISION"), help="Hub revision of the model")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -91,7 +92,9 @@ def _blur_left_half(image):
 
 
 def _add_noise(image):
-    array = np.asarray(image, dtype=np.float32) + np.random.default_rng(0).normal(0, 28, (image.height, image.width, 3))
+    array = np.asarray(image, dtype=np.float32) + np.random.default_rng(0).normal(
+        0, 28, (image.height, image.width, 3)
+    )
     return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
 
 
@@ -145,9 +148,15 @@ def build_demo(scorer):
         )
         with gr.Row(equal_height=False):
             with gr.Column(scale=5):
-                image = gr.Image(type="pil", sources=["upload", "clipboard"], label="Photo", elem_id="image", height=380)
+                image = gr.Image(
+                    type="pil", sources=["upload", "clipboard"], label="Photo", elem_id="image", height=380
+                )
                 crops = gr.Slider(
-                    1, 64, value=scorer.image_processor.num_crops, step=1, label="Crops per image",
+                    1,
+                    64,
+                    value=scorer.image_processor.num_crops,
+                    step=1,
+                    label="Crops per image",
                     info="The score averages the crops of a grid over the photo; more crops cover more of it.",
                     elem_id="crops",
                 )
@@ -162,7 +171,9 @@ def build_demo(scorer):
                     with gr.Tab("Distortion windows"):
                         windows = gr.Image(label="Eq. 10 window weights of the predicted distortion", type="pil")
                 with gr.Row():
-                    quality = gr.Label(label="Quality level", num_top_classes=len(config.quality_levels), elem_id="quality")
+                    quality = gr.Label(
+                        label="Quality level", num_top_classes=len(config.quality_levels), elem_id="quality"
+                    )
                     scene = gr.Label(label="Scene", num_top_classes=3, elem_id="scene")
                     distortion = gr.Label(label="Distortion", num_top_classes=3, elem_id="distortion")
         gr.Markdown(
@@ -180,8 +191,12 @@ def main(argv=None):
     args = parse_args(argv)
     demo = build_demo(load_scorer(args.model, args.revision, args.device))
     demo.launch(
-        server_name=args.host, server_port=args.port, theme=gr.themes.Soft(primary_hue="violet"), css=CSS,
-        ssr_mode=False, footer_links=[],
+        server_name=args.host,
+        server_port=args.port,
+        theme=gr.themes.Soft(primary_hue="violet"),
+        css=CSS,
+        ssr_mode=False,
+        footer_links=[],
     )
 
 

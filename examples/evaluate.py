@@ -27,7 +27,6 @@ import statistics
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Optional
 
 import datasets
 import numpy as np
@@ -50,42 +49,85 @@ from mpiqe_hf.training import (
     predict,
 )
 
+
 logger = logging.getLogger(__name__)
 TRAINING_ARGS_FILE = "training_args.json"
 # DataArguments fields that name the data; when none is given, the data and split come from training_args.json.
-SOURCE_FIELDS = ("dataset_name", "dataset_config_name", "dataset_split", "data_dir", "label_file", "train_dir",
-                 "validation_dir")
+SOURCE_FIELDS = (
+    "dataset_name",
+    "dataset_config_name",
+    "dataset_split",
+    "data_dir",
+    "label_file",
+    "train_dir",
+    "validation_dir",
+)
 # DataArguments fields that always come from this command line, never from training.
-EVALUATION_FIELDS = ("skip_bad_samples", "verify_images", "max_image_size", "max_eval_samples",
-                     "dataloader_num_workers")
+EVALUATION_FIELDS = (
+    "skip_bad_samples",
+    "verify_images",
+    "max_image_size",
+    "max_eval_samples",
+    "dataloader_num_workers",
+)
 
 
 @dataclass
 class EvaluationArguments:
-    model_name_or_path: list[str] = field(metadata={"help": (
-        "Saved model folders or Hub ids; a folder without config.json stands for its model subfolders (split_1, ...).")})
-    protocol: str = field(default="single", metadata={"choices": ["single", "paper_splits", "cross"], "help": (
-        "single: each model on the held-out part of its split (or the whole dataset with --whole_dataset); "
-        "paper_splits: each model on the held-out part of its own split, median reported; cross: each model on the "
-        "whole dataset, median reported.")})
-    whole_dataset: bool = field(default=False, metadata={"help": (
-        "single: score every image of the dataset, training images included, instead of the held-out part.")})
-    num_crops: Optional[int] = field(default=None, metadata={"help": "Grid crops per image (default: the "
-                                                                     "processor's)."})
+    model_name_or_path: list[str] = field(
+        metadata={
+            "help": (
+                "Saved model folders or Hub ids; a folder without config.json stands for its model subfolders (split_1, ...)."
+            )
+        }
+    )
+    protocol: str = field(
+        default="single",
+        metadata={
+            "choices": ["single", "paper_splits", "cross"],
+            "help": (
+                "single: each model on the held-out part of its split (or the whole dataset with --whole_dataset); "
+                "paper_splits: each model on the held-out part of its own split, median reported; cross: each model on the "
+                "whole dataset, median reported."
+            ),
+        },
+    )
+    whole_dataset: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "single: score every image of the dataset, training images included, instead of the held-out part."
+            )
+        },
+    )
+    num_crops: int | None = field(default=None, metadata={"help": "Grid crops per image (default: the processor's)."})
     per_device_eval_batch_size: int = 16
-    baselines: bool = field(default=False, metadata={"aliases": ["--clip_iqa"], "help": (
-        "Also score the same images with the baselines, on the model's own frozen CLIP, and print them beside the "
-        "model: zero-shot CLIP-IQA ('Good photo.' vs 'Bad photo.') and a linear probe (ridge on the CLIP image "
-        "embedding of the same crops, fitted on the training part of the model's split, its strength chosen by "
-        "cross-validation there). --clip_iqa is the same option.")})
-    clip_model_name_or_path: Optional[str] = field(default=None, metadata={"help": (
-        "Where the CLIP tokenizer for CLIP-IQA is (default: the CLIP the model was trained from).")})
+    baselines: bool = field(
+        default=False,
+        metadata={
+            "aliases": ["--clip_iqa"],
+            "help": (
+                "Also score the same images with the baselines, on the model's own frozen CLIP, and print them beside the "
+                "model: zero-shot CLIP-IQA ('Good photo.' vs 'Bad photo.') and a linear probe (ridge on the CLIP image "
+                "embedding of the same crops, fitted on the training part of the model's split, its strength chosen by "
+                "cross-validation there). --clip_iqa is the same option."
+            ),
+        },
+    )
+    clip_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": ("Where the CLIP tokenizer for CLIP-IQA is (default: the CLIP the model was trained from).")
+        },
+    )
     output_dir: str = "mpiqe-eval"
 
 
 def parse_args(argv=None):
-    parser = HfArgumentParser((EvaluationArguments, DataArguments),
-                              description="Evaluate MP-IQE models (held-out part, 10-split median, cross-dataset).")
+    parser = HfArgumentParser(
+        (EvaluationArguments, DataArguments),
+        description="Evaluate MP-IQE models (held-out part, 10-split median, cross-dataset).",
+    )
     try:
         eval_args, data_args = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as err:
@@ -156,13 +198,18 @@ def write_scatter(path, groups, title):
 
 
 def clip_iqa_tokenizer(eval_args, trained, model):
-    source = (eval_args.clip_model_name_or_path or model.config.base_model_name_or_path
-              or trained.get("clip_model_name_or_path"))
+    source = (
+        eval_args.clip_model_name_or_path
+        or model.config.base_model_name_or_path
+        or trained.get("clip_model_name_or_path")
+    )
     if trained.get("clip_config_name") and not eval_args.clip_model_name_or_path:
         source = None  # a random CLIP has no tokenizer
     if not source:
-        raise ValueError("--baselines needs the CLIP tokenizer (for CLIP-IQA): this model was built on a random CLIP; "
-                         "pass --clip_model_name_or_path with a folder that holds a CLIP tokenizer.")
+        raise ValueError(
+            "--baselines needs the CLIP tokenizer (for CLIP-IQA): this model was built on a random CLIP; "
+            "pass --clip_model_name_or_path with a folder that holds a CLIP tokenizer."
+        )
     check_model_source(source, "the CLIP tokenizer for CLIP-IQA (--baselines)")
     return AutoTokenizer.from_pretrained(source)
 
@@ -177,12 +224,21 @@ def score_baselines(clip, tokenizer, loader, train_part, accelerator, batch_size
     results["linear_probe"] = None
     if train_part is not None:
         transform, indices, content_ids = train_part
-        train_loader = accelerator.prepare(torch.utils.data.DataLoader(
-            iqa_split(transform.dataset, indices, transform), batch_size=batch_size, collate_fn=collate_iqa_batch,
-            num_workers=num_workers))
+        train_loader = accelerator.prepare(
+            torch.utils.data.DataLoader(
+                iqa_split(transform.dataset, indices, transform),
+                batch_size=batch_size,
+                collate_fn=collate_iqa_batch,
+                num_workers=num_workers,
+            )
+        )
         probe = linear_probe(clip, train_loader, loader, accelerator, content_ids=content_ids)
-        results["linear_probe"] = {**_correlations(probe), "num_samples": len(probe["score"]),
-                                   "num_train_images": probe["num_train_images"], "alpha": probe["alpha"]}
+        results["linear_probe"] = {
+            **_correlations(probe),
+            "num_samples": len(probe["score"]),
+            "num_train_images": probe["num_train_images"],
+            "alpha": probe["alpha"],
+        }
     return results
 
 
@@ -232,31 +288,61 @@ def probe_training_part(plan, trained, cli_data, data_args, processor, model, so
         return None
     train_ds = plan.train_ds
     # Cross-validation folds keep a reference content together where the split does.
-    by_content = (not split_args.split_by_image and "content_id" in train_ds.column_names
-                  and splits_by_content(train_ds))
-    return (IQATransform(train_ds, processor, model.config.scene_classes, model.config.distortion_classes,
-                         random_crops=False, skip_bad_samples=data_args.skip_bad_samples),
-            plan.train_idx, train_ds["content_id"] if by_content else None)
+    by_content = (
+        not split_args.split_by_image and "content_id" in train_ds.column_names and splits_by_content(train_ds)
+    )
+    return (
+        IQATransform(
+            train_ds,
+            processor,
+            model.config.scene_classes,
+            model.config.distortion_classes,
+            random_crops=False,
+            skip_bad_samples=data_args.skip_bad_samples,
+        ),
+        plan.train_idx,
+        train_ds["content_id"] if by_content else None,
+    )
 
 
 def print_baselines(accelerator, metrics):
     for name, label in BASELINE_LABELS.items():
         base = metrics[name]
-        accelerator.print(f"    {label} on the same images: " + (
-            "— (no training part known: the model has no training_args.json)" if base is None else
-            f"SRCC {base['srcc']:.4f}  PLCC {base['plcc']:.4f}"
-            + (f"  (ridge strength {base['alpha']:g}, fitted on {base['num_train_images']} images)"
-               if "alpha" in base else "")))
+        accelerator.print(
+            f"    {label} on the same images: "
+            + (
+                "— (no training part known: the model has no training_args.json)"
+                if base is None
+                else f"SRCC {base['srcc']:.4f}  PLCC {base['plcc']:.4f}"
+                + (
+                    f"  (ridge strength {base['alpha']:g}, fitted on {base['num_train_images']} images)"
+                    if "alpha" in base
+                    else ""
+                )
+            )
+        )
 
 
 def prediction_rows(model_path, split_index, ds, predictions, native, mos_native):
     """The rows of predictions.csv for one model's scores."""
-    paths = [(image or {}).get("path") for image in
-             ds.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))[
-                 predictions["index"].tolist()]["image"]]
-    return [[model_path, split_index if split_index is not None else "", paths[row], f"{mos_native[row]:.6g}",
-             f"{predictions['mos'][row]:.6g}", f"{native[row]:.6g}", f"{predictions['score'][row]:.6g}"]
-            for row in range(len(paths))]
+    paths = [
+        (image or {}).get("path")
+        for image in ds.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))[
+            predictions["index"].tolist()
+        ]["image"]
+    ]
+    return [
+        [
+            model_path,
+            split_index if split_index is not None else "",
+            paths[row],
+            f"{mos_native[row]:.6g}",
+            f"{predictions['mos'][row]:.6g}",
+            f"{native[row]:.6g}",
+            f"{predictions['score'][row]:.6g}",
+        ]
+        for row in range(len(paths))
+    ]
 
 
 def evaluate_one(model_path, eval_args, cli_data, cli_names_data, lone_folder, accelerator, sources):
@@ -273,12 +359,20 @@ def evaluate_one(model_path, eval_args, cli_data, cli_names_data, lone_folder, a
 
     model = MPIQEModel.from_pretrained(model_path)
     processor = scoring_processor(model, model_path, eval_args, data_args)
-    transform = IQATransform(ds, processor, model.config.scene_classes, model.config.distortion_classes,
-                             random_crops=False, skip_bad_samples=data_args.skip_bad_samples)
-    loader = torch.utils.data.DataLoader(iqa_split(ds, indices, transform),
-                                         batch_size=eval_args.per_device_eval_batch_size,
-                                         collate_fn=collate_iqa_batch,
-                                         num_workers=data_args.dataloader_num_workers)
+    transform = IQATransform(
+        ds,
+        processor,
+        model.config.scene_classes,
+        model.config.distortion_classes,
+        random_crops=False,
+        skip_bad_samples=data_args.skip_bad_samples,
+    )
+    loader = torch.utils.data.DataLoader(
+        iqa_split(ds, indices, transform),
+        batch_size=eval_args.per_device_eval_batch_size,
+        collate_fn=collate_iqa_batch,
+        num_workers=data_args.dataloader_num_workers,
+    )
     train_part = None
     if eval_args.baselines:
         tokenizer = clip_iqa_tokenizer(eval_args, trained, model)
@@ -289,13 +383,27 @@ def evaluate_one(model_path, eval_args, cli_data, cli_names_data, lone_folder, a
     for error in predictions["skipped"]:
         logger.warning(f"skipped an undecodable image: {error}")
     metrics = compute_metrics(predictions["score"], predictions["mos"])
-    metrics.update(model=model_path, split_index=split_index, part=part,
-                   num_samples=int(len(predictions["score"])), skipped=predictions["skipped"])
+    metrics.update(
+        model=model_path,
+        split_index=split_index,
+        part=part,
+        num_samples=int(len(predictions["score"])),
+        skipped=predictions["skipped"],
+    )
     line = f"{model_path}: SRCC {metrics['srcc']:.4f}  PLCC {metrics['plcc']:.4f}  ({metrics['num_samples']} images)"
     accelerator.print(line)
     if eval_args.baselines:
-        metrics.update(score_baselines(model.clip, tokenizer, loader, train_part, accelerator,
-                                       eval_args.per_device_eval_batch_size, data_args.dataloader_num_workers))
+        metrics.update(
+            score_baselines(
+                model.clip,
+                tokenizer,
+                loader,
+                train_part,
+                accelerator,
+                eval_args.per_device_eval_batch_size,
+                data_args.dataloader_num_workers,
+            )
+        )
         print_baselines(accelerator, metrics)
     native = model.to_native_scale(torch.as_tensor(predictions["score"])).numpy()
     mos_native = np.asarray(ds.select_columns(["mos"])[predictions["index"].tolist()]["mos"], dtype=np.float64)
@@ -331,9 +439,12 @@ def write_outputs(eval_args, summary, rows, groups):
         writer = csv.writer(f)
         writer.writerow(["model", "split_index", "path", "mos", "mos_normalized", "predicted_mos", "predicted_score"])
         writer.writerows(rows)
-    what = {"paper_splits": f"median of {len(per_model)} splits", "cross": f"cross-dataset, median of "
-            f"{len(per_model)} model(s)", "single": f"{len(per_model)} model(s), median"}[eval_args.protocol]
-    title = (f"median SRCC {summary['median_srcc']:.3f}, PLCC {summary['median_plcc']:.3f} ({what})")
+    what = {
+        "paper_splits": f"median of {len(per_model)} splits",
+        "cross": f"cross-dataset, median of {len(per_model)} model(s)",
+        "single": f"{len(per_model)} model(s), median",
+    }[eval_args.protocol]
+    title = f"median SRCC {summary['median_srcc']:.3f}, PLCC {summary['median_plcc']:.3f} ({what})"
     write_scatter(out / "scatter.png", groups, title)
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     table = f"\n| method | PLCC | SRCC |  ({what}; {per_model[0]['part']})\n|---|---|---|\n"
@@ -358,8 +469,12 @@ def main(argv=None):
     loaded = {}  # the datasets, loaded once per source
 
     def sources(data_args):
-        key = json.dumps({name: getattr(data_args, name) for name in SOURCE_FIELDS + ("split_protocol",
-                                                                                      "mos_range", "lower_is_better")})
+        key = json.dumps(
+            {
+                name: getattr(data_args, name)
+                for name in SOURCE_FIELDS + ("split_protocol", "mos_range", "lower_is_better")
+            }
+        )
         if key not in loaded:
             with accelerator.main_process_first():
                 loaded[key] = load_split_sources(data_args)
@@ -370,8 +485,9 @@ def main(argv=None):
 
     per_model, rows, groups = [], [], []
     for model_path in models:
-        metrics, group, model_rows = evaluate_one(model_path, eval_args, cli_data, cli_names_data, lone_folder,
-                                                  accelerator, sources)
+        metrics, group, model_rows = evaluate_one(
+            model_path, eval_args, cli_data, cli_names_data, lone_folder, accelerator, sources
+        )
         per_model.append(metrics)
         groups.append(group)
         rows.extend(model_rows)

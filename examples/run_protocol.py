@@ -39,13 +39,21 @@ from pathlib import Path
 from mpiqe_hf.data import get_dataset_spec
 from mpiqe_hf.data.specs import canonical_dataset_name
 
+
 HERE = Path(__file__).resolve().parent
 
 DATASETS = ("live", "csiq", "kadid10k", "livec", "bid", "koniq10k")
 TITLES = {"live": "LIVE", "csiq": "CSIQ", "kadid10k": "KADID", "livec": "LIVEC", "bid": "BID", "koniq10k": "KonIQ"}
 # Images per dataset (the published counts; the embedded synthetic set's 336), for the cost estimate.
-DATASET_IMAGES = {"live": 779, "csiq": 866, "kadid10k": 10125, "livec": 1162, "bid": 586, "koniq10k": 10073,
-                  "synthetic": 336}
+DATASET_IMAGES = {
+    "live": 779,
+    "csiq": 866,
+    "kadid10k": 10125,
+    "livec": 1162,
+    "bid": 586,
+    "koniq10k": 10073,
+    "synthetic": 336,
+}
 # The assumed cost of one training crop (forward and backward of ViT-B/16 with MP-IQE's prompts, its share of the
 # step's text encoding and data loading) on one GPU; an evaluation crop (forward only) counts a third of it.
 # An assumption, not a measurement: train.py prints its own measured seconds per crop when it starts.
@@ -55,10 +63,20 @@ SECONDS_PER_CROP = 0.005
 DISK_OPTIONS = ("--save_adapter_only", "--checkpoints_total_limit", "1")
 OPTIMISTIC = "optimistic (best epoch on the test split, as the authors' code reports)"
 # MP-IQE's numbers in the paper, as (PLCC, SRCC), or SRCC alone for Table 3.
-PAPER_TABLE_1 = {"live": (0.980, 0.978), "csiq": (0.968, 0.961), "kadid10k": (0.944, 0.941),
-                 "livec": (0.916, 0.900), "bid": (0.887, 0.862), "koniq10k": (0.904, 0.898)}
-PAPER_TABLE_3 = {("livec", "koniq10k"): 0.781, ("koniq10k", "livec"): 0.844, ("live", "csiq"): 0.783,
-                 ("csiq", "live"): 0.935}
+PAPER_TABLE_1 = {
+    "live": (0.980, 0.978),
+    "csiq": (0.968, 0.961),
+    "kadid10k": (0.944, 0.941),
+    "livec": (0.916, 0.900),
+    "bid": (0.887, 0.862),
+    "koniq10k": (0.904, 0.898),
+}
+PAPER_TABLE_3 = {
+    ("livec", "koniq10k"): 0.781,
+    ("koniq10k", "livec"): 0.844,
+    ("live", "csiq"): 0.783,
+    ("csiq", "live"): 0.935,
+}
 ABLATIONS = {  # Table 4: variant -> (config overrides, paper CSIQ (PLCC, SRCC), paper LIVEC (PLCC, SRCC))
     "MP-IQE": (None, (0.968, 0.961), (0.916, 0.900)),
     "w/o Scene prompts": ("use_scene_prompts=false", (0.965, 0.956), (0.913, 0.882)),
@@ -66,9 +84,11 @@ ABLATIONS = {  # Table 4: variant -> (config overrides, paper CSIQ (PLCC, SRCC),
     "w/o Deep visual prompts": ("visual_prompt_depth=0", (0.947, 0.932), (0.893, 0.874)),
     "Shallow visual prompts": ("visual_prompt_depth=1", (0.956, 0.947), (0.905, 0.888)),
 }
-PAPER_TABLE_5 = {0.2: {"live": (0.960, 0.956), "livec": (0.845, 0.808)},
-                 0.4: {"live": (0.974, 0.972), "livec": (0.889, 0.856)},
-                 0.6: {"live": (0.975, 0.973), "livec": (0.904, 0.880)}}
+PAPER_TABLE_5 = {
+    0.2: {"live": (0.960, 0.956), "livec": (0.845, 0.808)},
+    0.4: {"live": (0.974, 0.972), "livec": (0.889, 0.856)},
+    0.6: {"live": (0.975, 0.973), "livec": (0.904, 0.880)},
+}
 PAPER_TABLE_6 = {  # (prompt, length) -> {dataset: (PLCC, SRCC)}
     ("text", 2): {"live": (0.977, 0.974), "csiq": (0.964, 0.956)},
     ("text", 4): {"live": (0.979, 0.975), "csiq": (0.963, 0.953)},
@@ -84,24 +104,49 @@ PAPER_TABLE_6 = {  # (prompt, length) -> {dataset: (PLCC, SRCC)}
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = parser.add_mutually_exclusive_group()
-    what.add_argument("--table", type=int, choices=[1, 3, 4, 5, 6], default=None,
-                      help="Reproduce this table of the paper (default: the splits of the train.py command after --).")
-    what.add_argument("--pilot", action="store_true", help=(
-        "The first GPU hour: one split of KonIQ-10k and of LIVE Challenge with the paper preset, score-loss scale 1 "
-        "and 10, flips on and off, beside both baselines: which recipe to run Table 1 with."))
+    what.add_argument(
+        "--table",
+        type=int,
+        choices=[1, 3, 4, 5, 6],
+        default=None,
+        help="Reproduce this table of the paper (default: the splits of the train.py command after --).",
+    )
+    what.add_argument(
+        "--pilot",
+        action="store_true",
+        help=(
+            "The first GPU hour: one split of KonIQ-10k and of LIVE Challenge with the paper preset, score-loss scale 1 "
+            "and 10, flips on and off, beside both baselines: which recipe to run Table 1 with."
+        ),
+    )
     parser.add_argument("--output_dir", required=True, help="Runs go to OUTPUT_DIR/<run>/split_<k>.")
     parser.add_argument("--liqe_root", type=str, default=None, help="LIQE's IQA_Database folder (label files).")
-    parser.add_argument("--data_root", type=str, default=None,
-                        help="Folder holding each dataset's images in its LIQE folder name (default: --liqe_root).")
-    parser.add_argument("--data_dir", action="append", default=[], metavar="DATASET=PATH",
-                        help="Image folder of one dataset (repeatable).")
+    parser.add_argument(
+        "--data_root",
+        type=str,
+        default=None,
+        help="Folder holding each dataset's images in its LIQE folder name (default: --liqe_root).",
+    )
+    parser.add_argument(
+        "--data_dir",
+        action="append",
+        default=[],
+        metavar="DATASET=PATH",
+        help="Image folder of one dataset (repeatable).",
+    )
     parser.add_argument("--num_splits", type=int, default=None, help="Splits per experiment (10; --pilot: 1).")
     parser.add_argument("--first_split", type=int, default=1)
     parser.add_argument("--launch_args", type=str, default="", help="Options for `accelerate launch`.")
     parser.add_argument("--evaluate_args", type=str, default="", help="Extra options for evaluate.py.")
-    parser.add_argument("--seconds_per_crop", type=float, default=SECONDS_PER_CROP, help=(
-        f"Assumed GPU seconds per training crop for the cost estimate (default {SECONDS_PER_CROP}, not measured; "
-        "train.py prints the measured value when it starts). Evaluation crops count a third."))
+    parser.add_argument(
+        "--seconds_per_crop",
+        type=float,
+        default=SECONDS_PER_CROP,
+        help=(
+            f"Assumed GPU seconds per training crop for the cost estimate (default {SECONDS_PER_CROP}, not measured; "
+            "train.py prints the measured value when it starts). Evaluation crops count a third."
+        ),
+    )
     parser.add_argument("--dry_run", action="store_true", help="Print the costs and commands without running them.")
     parser.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then options for every train.py command.")
     args = parser.parse_args(argv)
@@ -136,8 +181,11 @@ def load_train_script():
 
 def train_options(train_script) -> set:
     """The option names (dataclass fields) that this checkout's train.py knows."""
-    return {f.name for cls in (train_script.DataArguments, train_script.ModelArguments, train_script.TrainArguments)
-            for f in fields(cls)}
+    return {
+        f.name
+        for cls in (train_script.DataArguments, train_script.ModelArguments, train_script.TrainArguments)
+        for f in fields(cls)
+    }
 
 
 def merged_config_overrides(experiment_args, user_args):
@@ -187,8 +235,16 @@ class Runner:
         """train.py options for a dataset with LIQE's labels on the paper's split (the protocol of Tables 1-6)."""
         folder = get_dataset_spec(name).liqe_folder
         data_dir = self.data_dirs.get(name) or str(Path(self.args.data_root or self.args.liqe_root) / folder)
-        return ["--dataset_name", name, "--data_dir", data_dir, "--label_file", str(Path(self.args.liqe_root) / folder),
-                "--split_protocol", "paper"]
+        return [
+            "--dataset_name",
+            name,
+            "--data_dir",
+            data_dir,
+            "--label_file",
+            str(Path(self.args.liqe_root) / folder),
+            "--split_protocol",
+            "paper",
+        ]
 
     def train(self, run, train_args):
         """Trains the splits of one experiment into OUTPUT_DIR/<run>/split_<k>; returns their folders."""
@@ -201,21 +257,47 @@ class Runner:
                 if not self.planning:
                     print(f"{run} split {k}: already trained in {split_dir}")
                 continue
-            options = [*merged_config_overrides(train_args, self.args.train_args), "--split_index", str(k),
-                       "--output_dir", str(split_dir)]
+            options = [
+                *merged_config_overrides(train_args, self.args.train_args),
+                "--split_index",
+                str(k),
+                "--output_dir",
+                str(split_dir),
+            ]
             self.planned.append((run, split_dir, options))
             # --quiet: the child's own one-line error is the message, without accelerate's traceback after it. The
             # disk options first, so that options after `--` can override them.
-            self.run([sys.executable, "-m", "accelerate.commands.launch", "--quiet", *shlex.split(self.args.launch_args),
-                      str(HERE / "train.py"), *self.disk_options, *options])
+            self.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "accelerate.commands.launch",
+                    "--quiet",
+                    *shlex.split(self.args.launch_args),
+                    str(HERE / "train.py"),
+                    *self.disk_options,
+                    *options,
+                ]
+            )
         return folders
 
     def evaluate(self, name, folders, *extra):
         """Scores `folders` with evaluate.py, baselines included, into OUTPUT_DIR/evaluation/<name>; returns its
         summary (None when nothing runs)."""
         out = self.out / "evaluation" / name  # name "" for the splits of a plain train.py command
-        self.run([sys.executable, str(HERE / "evaluate.py"), "--model_name_or_path", *map(str, folders),
-                  "--output_dir", str(out), "--baselines", *extra, *shlex.split(self.args.evaluate_args)])
+        self.run(
+            [
+                sys.executable,
+                str(HERE / "evaluate.py"),
+                "--model_name_or_path",
+                *map(str, folders),
+                "--output_dir",
+                str(out),
+                "--baselines",
+                *extra,
+                *shlex.split(self.args.evaluate_args),
+            ]
+        )
         if self.planning or self.args.dry_run:
             return None
         summary = json.loads((out / "results.json").read_text())
@@ -269,13 +351,21 @@ def _slash(summary, prefix, statistic="median"):
 def experiments_table(experiments):
     """Every experiment beside both baselines on the same splits: final epoch (median and mean over the splits) and,
     labelled optimistic, the best epoch on the test split; PLCC / SRCC."""
-    rows = [f"| experiment | MP-IQE final epoch, median | MP-IQE final epoch, mean | {OPTIMISTIC}, median | "
-            f"{OPTIMISTIC}, mean | CLIP-IQA (zero-shot), median | linear probe (ridge on the CLIP image embedding), "
-            "median |", "|---|---|---|---|---|---|---|"]
+    rows = [
+        f"| experiment | MP-IQE final epoch, median | MP-IQE final epoch, mean | {OPTIMISTIC}, median | "
+        f"{OPTIMISTIC}, mean | CLIP-IQA (zero-shot), median | linear probe (ridge on the CLIP image embedding), "
+        "median |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for label, summary in experiments:
-        cells = [_slash(summary, ""), _slash(summary, "", "mean"), _slash(summary, "optimistic_"),
-                 _slash(summary, "optimistic_", "mean"), _slash(summary, "clip_iqa_"),
-                 _slash(summary, "linear_probe_")]
+        cells = [
+            _slash(summary, ""),
+            _slash(summary, "", "mean"),
+            _slash(summary, "optimistic_"),
+            _slash(summary, "optimistic_", "mean"),
+            _slash(summary, "clip_iqa_"),
+            _slash(summary, "linear_probe_"),
+        ]
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
     return rows
 
@@ -328,7 +418,8 @@ def estimate_costs(planned, seconds_per_crop, train_script, disk_options) -> dic
         train_crops = train_images * model_args.num_crops * args.num_train_epochs
         if args.max_train_steps is not None:
             batch = (args.per_device_train_batch_size or get_dataset_spec(name).batch_size) * (
-                model_args.num_crops if model_args.crop_sampling == "per_image" else 1)
+                model_args.num_crops if model_args.crop_sampling == "per_image" else 1
+            )
             train_crops = min(train_crops, args.max_train_steps * batch)
         eval_crops = model_args.eval_num_crops or model_args.num_crops
         evaluations = -(-args.num_train_epochs // args.eval_every_epoch)
@@ -337,9 +428,15 @@ def estimate_costs(planned, seconds_per_crop, train_script, disk_options) -> dic
         crops[1] += forward_crops
         seconds += seconds_per_crop * (train_crops + forward_crops / 3)
     adapter, full = next(iter(sizes.values()), (0, 0))
-    return {"runs": len(planned), "disk_bytes": disk, "gpu_hours": seconds / 3600, "train_crops": crops[0],
-            "eval_crops": crops[1], "unknown": unknown, "model_bytes": adapter if "--save_adapter_only" in
-            disk_options else full}
+    return {
+        "runs": len(planned),
+        "disk_bytes": disk,
+        "gpu_hours": seconds / 3600,
+        "train_crops": crops[0],
+        "eval_crops": crops[1],
+        "unknown": unknown,
+        "model_bytes": adapter if "--save_adapter_only" in disk_options else full,
+    }
 
 
 def print_costs(costs, args, already, disk_options):
@@ -354,82 +451,120 @@ def print_costs(costs, args, already, disk_options):
             f"  disk: about {_size(costs['disk_bytes'])} for the new runs ({each}: final model and best/ of "
             f"{_size(costs['model_bytes'])} each, plus at most one "
             f"checkpoint with --checkpointing_steps); {_size(free)} free in {existing}"
-            + ("  -- NOT ENOUGH" if costs["disk_bytes"] > free else ""))
+            + ("  -- NOT ENOUGH" if costs["disk_bytes"] > free else "")
+        )
         lines.append(
             f"  GPU: about {costs['gpu_hours']:.1f} GPU-hour(s): {costs['train_crops'] / 1e6:.2f} M training crops "
             f"and {costs['eval_crops'] / 1e6:.2f} M evaluation crops at an assumed {args.seconds_per_crop:g} s per "
-            "training crop (--seconds_per_crop; train.py prints the measured value when it starts)")
+            "training crop (--seconds_per_crop; train.py prints the measured value when it starts)"
+        )
         if costs["unknown"]:
-            lines.append(f"  (no image count known for {len(costs['unknown'])} run(s), left out of the GPU time: "
-                         f"{costs['unknown'][0]}, ...)")
+            lines.append(
+                f"  (no image count known for {len(costs['unknown'])} run(s), left out of the GPU time: "
+                f"{costs['unknown'][0]}, ...)"
+            )
     print("\n".join(lines), flush=True)
 
 
 def table_1(runner):
-    rows = ["| dataset | PLCC (ours) | SRCC (ours) | CLIP-IQA PLCC | CLIP-IQA SRCC | linear probe PLCC | linear probe "
-            "SRCC | PLCC (paper) | SRCC (paper) |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| dataset | PLCC (ours) | SRCC (ours) | CLIP-IQA PLCC | CLIP-IQA SRCC | linear probe PLCC | linear probe "
+        "SRCC | PLCC (paper) | SRCC (paper) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name in DATASETS:
         summary = runner.splits_median(name, runner.dataset_args(name), label=TITLES[name])
         plcc, srcc = PAPER_TABLE_1[name]
-        rows.append(f"| {TITLES[name]} | {_pair(summary)} | {_pair(summary, 'clip_iqa_')} | "
-                    f"{_pair(summary, 'linear_probe_')} | {plcc:.3f} | {srcc:.3f} |")
+        rows.append(
+            f"| {TITLES[name]} | {_pair(summary)} | {_pair(summary, 'clip_iqa_')} | "
+            f"{_pair(summary, 'linear_probe_')} | {plcc:.3f} | {srcc:.3f} |"
+        )
     return "Table 1: median over splits of the paper's 80/20 protocol, LIQE's labels", rows
 
 
 def table_3(runner):
-    rows = ["| training | testing | SRCC (ours) | CLIP-IQA SRCC | linear probe SRCC | SRCC (paper) |",
-            "|---|---|---|---|---|---|"]
+    rows = [
+        "| training | testing | SRCC (ours) | CLIP-IQA SRCC | linear probe SRCC | SRCC (paper) |",
+        "|---|---|---|---|---|---|",
+    ]
     for (train, test), paper in PAPER_TABLE_3.items():
         folders = runner.train(train, runner.dataset_args(train))
         test_args = runner.dataset_args(test)[:6]  # the whole test dataset: no split
         # The probe is fitted on each model's own training part and scored on the other dataset, as the model is.
         summary = runner.evaluate(f"{train}_on_{test}", folders, "--protocol", "cross", *test_args)
         runner.experiments.append((f"{TITLES[train]} on {TITLES[test]} (cross-dataset)", summary))
-        rows.append(f"| {TITLES[train]} | {TITLES[test]} | {_cell(summary)} | "
-                    f"{_cell(summary, 'clip_iqa_median_srcc')} | {_cell(summary, 'linear_probe_median_srcc')} | "
-                    f"{paper:.3f} |")
+        rows.append(
+            f"| {TITLES[train]} | {TITLES[test]} | {_cell(summary)} | "
+            f"{_cell(summary, 'clip_iqa_median_srcc')} | {_cell(summary, 'linear_probe_median_srcc')} | "
+            f"{paper:.3f} |"
+        )
     return "Table 3: cross-dataset SRCC, median over the models of the training dataset's splits", rows
 
 
 def table_4(runner):
-    rows = ["| variant | CSIQ PLCC | CSIQ SRCC | LIVEC PLCC | LIVEC SRCC | paper CSIQ | paper LIVEC |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| variant | CSIQ PLCC | CSIQ SRCC | LIVEC PLCC | LIVEC SRCC | paper CSIQ | paper LIVEC |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for variant, (overrides, paper_csiq, paper_livec) in ABLATIONS.items():
         cells = []
         for name in ("csiq", "livec"):
             extra = ["--config_overrides", overrides] if overrides else []
             run = name if overrides is None else f"{name}_{overrides.replace('=', '_')}"
-            cells.append(_pair(runner.splits_median(run, runner.dataset_args(name) + extra,
-                                                    label=f"{TITLES[name]}: {variant}")))
-        rows.append(f"| {variant} | {' | '.join(cells)} | {paper_csiq[0]:.3f} / {paper_csiq[1]:.3f} | "
-                    f"{paper_livec[0]:.3f} / {paper_livec[1]:.3f} |")
+            cells.append(
+                _pair(runner.splits_median(run, runner.dataset_args(name) + extra, label=f"{TITLES[name]}: {variant}"))
+            )
+        rows.append(
+            f"| {variant} | {' | '.join(cells)} | {paper_csiq[0]:.3f} / {paper_csiq[1]:.3f} | "
+            f"{paper_livec[0]:.3f} / {paper_livec[1]:.3f} |"
+        )
     return "Table 4: ablations (PLCC / SRCC)", rows
 
 
 def table_5(runner):
-    rows = ["| training set | LIVE PLCC | LIVE SRCC | LIVEC PLCC | LIVEC SRCC | paper LIVE | paper LIVEC |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| training set | LIVE PLCC | LIVE SRCC | LIVEC PLCC | LIVEC SRCC | paper LIVE | paper LIVEC |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for fraction, paper in PAPER_TABLE_5.items():
-        cells = [_pair(runner.splits_median(f"{name}_fraction_{fraction}",
-                                            runner.dataset_args(name) + ["--train_fraction", str(fraction)],
-                                            label=f"{TITLES[name]}: {fraction:.0%} of the training part"))
-                 for name in ("live", "livec")]
-        rows.append(f"| {fraction:.0%} | {' | '.join(cells)} | {paper['live'][0]:.3f} / {paper['live'][1]:.3f} | "
-                    f"{paper['livec'][0]:.3f} / {paper['livec'][1]:.3f} |")
+        cells = [
+            _pair(
+                runner.splits_median(
+                    f"{name}_fraction_{fraction}",
+                    runner.dataset_args(name) + ["--train_fraction", str(fraction)],
+                    label=f"{TITLES[name]}: {fraction:.0%} of the training part",
+                )
+            )
+            for name in ("live", "livec")
+        ]
+        rows.append(
+            f"| {fraction:.0%} | {' | '.join(cells)} | {paper['live'][0]:.3f} / {paper['live'][1]:.3f} | "
+            f"{paper['livec'][0]:.3f} / {paper['livec'][1]:.3f} |"
+        )
     return "Table 5: data efficiency (a fraction of the 80 % training part; PLCC / SRCC)", rows
 
 
 def table_6(runner):
-    rows = ["| prompt | length | LIVE PLCC | LIVE SRCC | CSIQ PLCC | CSIQ SRCC | paper LIVE | paper CSIQ |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| prompt | length | LIVE PLCC | LIVE SRCC | CSIQ PLCC | CSIQ SRCC | paper LIVE | paper CSIQ |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for (prompt, length), paper in PAPER_TABLE_6.items():
         field = f"{prompt}_prompt_length={length}"
-        cells = [_pair(runner.splits_median(f"{name}_{prompt}_prompt_{length}",
-                                            runner.dataset_args(name) + ["--config_overrides", field],
-                                            label=f"{TITLES[name]}: {prompt} prompts of length {length}"))
-                 for name in ("live", "csiq")]
-        rows.append(f"| {prompt} | {length} | {' | '.join(cells)} | {paper['live'][0]:.3f} / "
-                    f"{paper['live'][1]:.3f} | {paper['csiq'][0]:.3f} / {paper['csiq'][1]:.3f} |")
+        cells = [
+            _pair(
+                runner.splits_median(
+                    f"{name}_{prompt}_prompt_{length}",
+                    runner.dataset_args(name) + ["--config_overrides", field],
+                    label=f"{TITLES[name]}: {prompt} prompts of length {length}",
+                )
+            )
+            for name in ("live", "csiq")
+        ]
+        rows.append(
+            f"| {prompt} | {length} | {' | '.join(cells)} | {paper['live'][0]:.3f} / "
+            f"{paper['live'][1]:.3f} | {paper['csiq'][0]:.3f} / {paper['csiq'][1]:.3f} |"
+        )
     return "Table 6: prompt lengths (PLCC / SRCC)", rows
 
 
@@ -444,11 +579,16 @@ def pilot(runner):
         for scale in PILOT_SCORE_LOSS_SCALES:
             for flip in (True, False):
                 flips = "on" if flip else "off"
-                runner.splits_median(f"pilot/{name}_scale_{scale}_flip_{flips}", runner.dataset_args(name) + [
-                    "--config_overrides", f"score_loss_scale={scale}", "--horizontal_flip", str(flip)],
-                    label=f"{TITLES[name]}, score-loss scale {scale}, flips {flips}")
-    return ("Pilot: the paper preset on KonIQ-10k and LIVE Challenge, score-loss scale 1 and 10, flips on and off, "
-            "beside both baselines"), None
+                runner.splits_median(
+                    f"pilot/{name}_scale_{scale}_flip_{flips}",
+                    runner.dataset_args(name)
+                    + ["--config_overrides", f"score_loss_scale={scale}", "--horizontal_flip", str(flip)],
+                    label=f"{TITLES[name]}, score-loss scale {scale}, flips {flips}",
+                )
+    return (
+        "Pilot: the paper preset on KonIQ-10k and LIVE Challenge, score-loss scale 1 and 10, flips on and off, "
+        "beside both baselines"
+    ), None
 
 
 def plain(runner):
@@ -466,8 +606,10 @@ def main(argv=None):
     disk_options = DISK_OPTIONS
     if not {"save_adapter_only", "checkpoints_total_limit"} <= train_options(train_script):
         disk_options = ()
-        print("run_protocol: this train.py has no --save_adapter_only / --checkpoints_total_limit: every run keeps "
-              "full models (the estimate below counts them).")
+        print(
+            "run_protocol: this train.py has no --save_adapter_only / --checkpoints_total_limit: every run keeps "
+            "full models (the estimate below counts them)."
+        )
     experiment = pilot if args.pilot else TABLES[args.table] if args.table is not None else plain
     planner = Runner(args, disk_options, planning=True)
     experiment(planner)
@@ -485,8 +627,10 @@ def main(argv=None):
     if experiment is plain:
         summary = runner.experiments[0][1]
         if summary is not None:
-            print(f"median of {summary['num_models']} splits: SRCC {summary['median_srcc']:.3f}, "
-                  f"PLCC {summary['median_plcc']:.3f}")
+            print(
+                f"median of {summary['num_models']} splits: SRCC {summary['median_srcc']:.3f}, "
+                f"PLCC {summary['median_plcc']:.3f}"
+            )
         return summary
     if not args.dry_run:
         path = runner.out / ("pilot.md" if args.pilot else f"table_{args.table}.md")
@@ -499,5 +643,7 @@ if __name__ == "__main__":
     try:
         main()
     except subprocess.CalledProcessError as err:
-        sys.exit(f"run_protocol: a step failed with exit status {err.returncode} (its message is above): "
-                 f"{shlex.join(err.cmd)}\nThe runs that finished are kept; the same command continues from them.")
+        sys.exit(
+            f"run_protocol: a step failed with exit status {err.returncode} (its message is above): "
+            f"{shlex.join(err.cmd)}\nThe runs that finished are kept; the same command continues from them."
+        )

@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
@@ -60,6 +60,7 @@ from mpiqe_hf.training import (
     plan_split,
 )
 
+
 logger = get_logger(__name__)
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch16"
@@ -83,30 +84,71 @@ NARROW_LEARNING_RATE_AT_WIDTH_64 = 1e-3
 class ModelArguments:
     """The model to train: a new MP-IQE on a CLIP, or a trained MP-IQE to fine-tune."""
 
-    clip_model_name_or_path: str = field(default=DEFAULT_CLIP, metadata={"help": (
-        f"Hub id or local folder holding a pretrained CLIPModel and its tokenizer; '{STANDIN_CLIP_NAME}' is the small "
-        "stand-in shipped with mpiqe_hf (not CLIP), for runs offline in minutes.")})
-    clip_config_name: Optional[str] = field(default=None, metadata={"help": (
-        "Random-weight CLIP instead of a pretrained one: 'tiny' (hidden 32, 30-px crops) or a CLIPConfig JSON file / "
-        "folder. For a look at the loop only: a random CLIP learns little.")})
-    model_name_or_path: Optional[str] = field(default=None, metadata={"help": (
-        "Fine-tune a trained MP-IQE (full or adapter checkpoint, local or Hub) instead of starting from a CLIP.")})
-    config_overrides: Optional[str] = field(default=None, metadata={"help": (
-        "MPIQEConfig fields for a new model, PretrainedConfig.update_from_string syntax: "
-        "'visual_prompt_depth=1,text_prompt_length=4'.")})
-    num_crops: int = field(default=8, metadata={"help": (
-        "Random crops per image and epoch in training; grid crops per image in evaluation (see --eval_num_crops).")})
-    eval_num_crops: Optional[int] = field(default=None, metadata={"help": "Grid crops in evaluation (default "
-                                                                          "--num_crops)."})
-    crop_sampling: str = field(default="per_crop", metadata={"choices": ["per_crop", "per_image"], "help": (
-        "per_crop (the paper): each epoch visits every image num_crops times, each visit one random crop and its own "
-        "sample; the batch counts crops and the losses apply per crop. per_image: a sample is an image's num_crops "
-        "crops, scored as their average; the batch counts images.")})
-    score_loss_weight: Optional[float] = field(default=None, metadata={"help": "lambda_2 (default: 0.1 for LIVE and "
-                                                                               "CSIQ, else 0.5)."})
+    clip_model_name_or_path: str = field(
+        default=DEFAULT_CLIP,
+        metadata={
+            "help": (
+                f"Hub id or local folder holding a pretrained CLIPModel and its tokenizer; '{STANDIN_CLIP_NAME}' is the small "
+                "stand-in shipped with mpiqe_hf (not CLIP), for runs offline in minutes."
+            )
+        },
+    )
+    clip_config_name: str | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Random-weight CLIP instead of a pretrained one: 'tiny' (hidden 32, 30-px crops) or a CLIPConfig JSON file / "
+                "folder. For a look at the loop only: a random CLIP learns little."
+            )
+        },
+    )
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Fine-tune a trained MP-IQE (full or adapter checkpoint, local or Hub) instead of starting from a CLIP."
+            )
+        },
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "MPIQEConfig fields for a new model, PretrainedConfig.update_from_string syntax: "
+                "'visual_prompt_depth=1,text_prompt_length=4'."
+            )
+        },
+    )
+    num_crops: int = field(
+        default=8,
+        metadata={
+            "help": (
+                "Random crops per image and epoch in training; grid crops per image in evaluation (see --eval_num_crops)."
+            )
+        },
+    )
+    eval_num_crops: int | None = field(
+        default=None, metadata={"help": "Grid crops in evaluation (default --num_crops)."}
+    )
+    crop_sampling: str = field(
+        default="per_crop",
+        metadata={
+            "choices": ["per_crop", "per_image"],
+            "help": (
+                "per_crop (the paper): each epoch visits every image num_crops times, each visit one random crop and its own "
+                "sample; the batch counts crops and the losses apply per crop. per_image: a sample is an image's num_crops "
+                "crops, scored as their average; the batch counts images."
+            ),
+        },
+    )
+    score_loss_weight: float | None = field(
+        default=None, metadata={"help": "lambda_2 (default: 0.1 for LIVE and CSIQ, else 0.5)."}
+    )
     distortion_loss_weight: float = field(default=1.0, metadata={"help": "lambda_1."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": (
-        "Recompute the CLIP layers' activations in the backward pass: less memory, more time.")})
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": ("Recompute the CLIP layers' activations in the backward pass: less memory, more time.")},
+    )
 
     def __post_init__(self):
         self.clip_model_name_or_path = resolve_clip_source(self.clip_model_name_or_path)
@@ -117,48 +159,96 @@ class TrainArguments:
     """The optimisation, checkpoints, logging and the Hub."""
 
     output_dir: str = "mpiqe-output"
-    per_device_train_batch_size: Optional[int] = field(default=None, metadata={"help": (
-        "Samples (crops, or images with --crop_sampling per_image) per process and step. Default: the paper's batch "
-        "(32 for LIVE/CSIQ/BID, else 64) divided among processes and accumulation steps.")})
-    per_device_eval_batch_size: Optional[int] = field(default=None, metadata={"help": "Images per evaluation batch."})
+    per_device_train_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Samples (crops, or images with --crop_sampling per_image) per process and step. Default: the paper's batch "
+                "(32 for LIVE/CSIQ/BID, else 64) divided among processes and accumulation steps."
+            )
+        },
+    )
+    per_device_eval_batch_size: int | None = field(default=None, metadata={"help": "Images per evaluation batch."})
     learning_rate: float = PAPER_LEARNING_RATE
     weight_decay: float = 0.0
     num_train_epochs: int = PAPER_EPOCHS
-    max_train_steps: Optional[int] = field(default=None, metadata={"help": "Overrides --num_train_epochs."})
+    max_train_steps: int | None = field(default=None, metadata={"help": "Overrides --num_train_epochs."})
     gradient_accumulation_steps: int = 1
     num_warmup_epochs: float = 5.0
-    num_warmup_steps: Optional[int] = field(default=None, metadata={"help": "Overrides --num_warmup_epochs."})
-    max_grad_norm: Optional[float] = None
+    num_warmup_steps: int | None = field(default=None, metadata={"help": "Overrides --num_warmup_epochs."})
+    max_grad_norm: float | None = None
     seed: int = 42
-    mixed_precision: Optional[str] = field(default=None, metadata={"choices": ["no", "fp16", "bf16"], "help": (
-        "Overrides the `accelerate launch` setting; bf16 is measured in benchmarks/RESULTS.md.")})
+    mixed_precision: str | None = field(
+        default=None,
+        metadata={
+            "choices": ["no", "fp16", "bf16"],
+            "help": ("Overrides the `accelerate launch` setting; bf16 is measured in benchmarks/RESULTS.md."),
+        },
+    )
     tf32: bool = field(default=True, metadata={"help": "TF32 matrix products on GPUs that have them (Ampere+)."})
-    cpu: bool = field(default=False, metadata={"help": (
-        "Run on CPU. Implied under torchrun on a machine without CUDA, so that its processes form one MULTI_CPU "
-        "run.")})
-    horizontal_flip: bool = field(default=True, metadata={"help": (
-        "Flip each training crop left-right with probability 1/2, as DEIQT's and LIQE's training code do (the paper "
-        "does not say; docs/decisions.md). --no_horizontal_flip turns it off.")})
-    checkpointing_steps: Optional[str] = field(default=None, metadata={"help": (
-        "'epoch' or a number of optimizer steps: save_state into output_dir/epoch_N or step_N.")})
-    resume_from_checkpoint: Optional[str] = field(default=None, metadata={"help": (
-        "A step_N/epoch_N folder, or 'latest' for the newest one in output_dir.")})
-    checkpoints_total_limit: Optional[int] = field(default=None, metadata={"help": (
-        "Keep only the newest N step_N/epoch_N checkpoints; older ones are deleted once a new one is written.")})
-    save_adapter_only: bool = field(default=False, metadata={"help": (
-        "The final model, best/ and every checkpoint hold only MP-IQE's trained weights (tens of MB), not the frozen "
-        "CLIP: the model is an adapter of the base CLIP, a checkpoint resumes on the same CLIP.")})
-    shuffle_buffer_size: Optional[int] = field(default=None, metadata={"help": (
-        "Per-crop training: crops held in the shuffle buffer a batch is drawn from (default 8 batches). Each image is "
-        "decoded once an epoch and its crops wait there, so a batch mixes crops of up to this / --num_crops images.")})
+    cpu: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "Run on CPU. Implied under torchrun on a machine without CUDA, so that its processes form one MULTI_CPU "
+                "run."
+            )
+        },
+    )
+    horizontal_flip: bool = field(
+        default=True,
+        metadata={
+            "help": (
+                "Flip each training crop left-right with probability 1/2, as DEIQT's and LIQE's training code do (the paper "
+                "does not say; docs/decisions.md). --no_horizontal_flip turns it off."
+            )
+        },
+    )
+    checkpointing_steps: str | None = field(
+        default=None,
+        metadata={"help": ("'epoch' or a number of optimizer steps: save_state into output_dir/epoch_N or step_N.")},
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": ("A step_N/epoch_N folder, or 'latest' for the newest one in output_dir.")}
+    )
+    checkpoints_total_limit: int | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Keep only the newest N step_N/epoch_N checkpoints; older ones are deleted once a new one is written."
+            )
+        },
+    )
+    save_adapter_only: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "The final model, best/ and every checkpoint hold only MP-IQE's trained weights (tens of MB), not the frozen "
+                "CLIP: the model is an adapter of the base CLIP, a checkpoint resumes on the same CLIP."
+            )
+        },
+    )
+    shuffle_buffer_size: int | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Per-crop training: crops held in the shuffle buffer a batch is drawn from (default 8 batches). Each image is "
+                "decoded once an epoch and its crops wait there, so a batch mixes crops of up to this / --num_crops images."
+            )
+        },
+    )
     eval_every_epoch: int = field(default=1, metadata={"help": "Evaluate every N epochs (and at the end)."})
-    load_best_model_at_end: bool = field(default=False, metadata={"help": (
-        "Save the best-validation-SRCC model as the final model (it is always in output_dir/best).")})
+    load_best_model_at_end: bool = field(
+        default=False,
+        metadata={
+            "help": ("Save the best-validation-SRCC model as the final model (it is always in output_dir/best).")
+        },
+    )
     with_tracking: bool = field(default=False, metadata={"help": "Log with accelerate trackers."})
     report_to: str = field(default="all", metadata={"help": "Trackers for --with_tracking (tensorboard, wandb, ...)."})
     push_to_hub: bool = False
-    hub_model_id: Optional[str] = None
-    hub_token: Optional[str] = None
+    hub_model_id: str | None = None
+    hub_token: str | None = None
     hub_private_repo: bool = False
 
     def __post_init__(self):
@@ -178,13 +268,16 @@ class TrainArguments:
             requested = [name.strip() for name in self.report_to.split(",")]
             missing = [name for name in requested if name in available and not available[name]]
             if missing:
-                raise ValueError(f"--report_to {self.report_to}: {', '.join(missing)} is not installed (pip install "
-                                 "it).")
+                raise ValueError(
+                    f"--report_to {self.report_to}: {', '.join(missing)} is not installed (pip install it)."
+                )
 
 
 def parse_args(argv=None):
-    parser = HfArgumentParser((DataArguments, ModelArguments, TrainArguments),
-                              description="Train MP-IQE with Accelerate (the MP-IQE paper's recipe by default).")
+    parser = HfArgumentParser(
+        (DataArguments, ModelArguments, TrainArguments),
+        description="Train MP-IQE with Accelerate (the MP-IQE paper's recipe by default).",
+    )
     try:
         return parser.parse_args_into_dataclasses(args=argv)
     except ValueError as err:
@@ -196,7 +289,7 @@ def parse_args(argv=None):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def config_overrides(text: Optional[str], clip_config: CLIPConfig) -> dict:
+def config_overrides(text: str | None, clip_config: CLIPConfig) -> dict:
     """`key=value,...` -> MPIQEConfig values, converted by `PretrainedConfig.update_from_string` (which names an
     unknown key or a value of the wrong type)."""
     if not text:
@@ -211,9 +304,13 @@ def config_overrides(text: Optional[str], clip_config: CLIPConfig) -> dict:
 
 
 def build_model(model_args: ModelArguments, mos_range, score_loss_weight) -> MPIQEModel:
-    data_fields = dict(mos_min=mos_range.mos_min, mos_max=mos_range.mos_max,
-                       mos_higher_is_better=bool(mos_range.higher_is_better), score_loss_weight=score_loss_weight,
-                       distortion_loss_weight=model_args.distortion_loss_weight)
+    data_fields = dict(
+        mos_min=mos_range.mos_min,
+        mos_max=mos_range.mos_max,
+        mos_higher_is_better=bool(mos_range.higher_is_better),
+        score_loss_weight=score_loss_weight,
+        distortion_loss_weight=model_args.distortion_loss_weight,
+    )
     if model_args.model_name_or_path is not None:
         # Fine-tuning: the trained prompts and heads, the new dataset's score range and loss weights.
         model = MPIQEModel.from_pretrained(model_args.model_name_or_path)
@@ -244,12 +341,14 @@ def check_sources(model_args: ModelArguments):
     if model_args.model_name_or_path is not None:
         check_model_source(model_args.model_name_or_path, "the MP-IQE model to fine-tune")
     elif model_args.clip_config_name is None:
-        alternatives = [f"for a run offline in minutes, --clip_model_name_or_path {STANDIN_CLIP_NAME} (a small "
-                        "stand-in shipped with mpiqe_hf, not CLIP)",
-                        "for a look at the training loop without pretrained weights, --clip_config_name tiny (a "
-                        "random CLIP)"]
-        check_model_source(model_args.clip_model_name_or_path, "the CLIP model (with its tokenizer)",
-                           alternatives=alternatives)
+        alternatives = [
+            f"for a run offline in minutes, --clip_model_name_or_path {STANDIN_CLIP_NAME} (a small "
+            "stand-in shipped with mpiqe_hf, not CLIP)",
+            "for a look at the training loop without pretrained weights, --clip_config_name tiny (a random CLIP)",
+        ]
+        check_model_source(
+            model_args.clip_model_name_or_path, "the CLIP model (with its tokenizer)", alternatives=alternatives
+        )
 
 
 def recipe_defaults(ds):
@@ -258,7 +357,7 @@ def recipe_defaults(ds):
     return info.name, info.batch_size or 64, info.score_loss_weight or 0.5
 
 
-def narrow_text_space_advice(learning_rate: float, text_width: int) -> Optional[str]:
+def narrow_text_space_advice(learning_rate: float, text_width: int) -> str | None:
     """
     The warning for training at the paper's learning rate on a CLIP whose image-text space (`projection_dim`) is
     narrower than ViT-B/16's, with a learning rate for its width (1e-3 x 64 / width), or None.
@@ -266,10 +365,12 @@ def narrow_text_space_advice(learning_rate: float, text_width: int) -> Optional[
     if learning_rate != PAPER_LEARNING_RATE or text_width >= PAPER_TEXT_WIDTH:
         return None
     suggested = f"{NARROW_LEARNING_RATE_AT_WIDTH_64 * 64 / text_width:.0e}".replace("e-0", "e-")
-    return (f"The paper's learning rate {PAPER_LEARNING_RATE:g} is set for ViT-B/16, whose image-text space is "
-            f"{PAPER_TEXT_WIDTH} wide; this CLIP's is {text_width} wide, so each step moves MP-IQE's decoder and "
-            f"score head less and training under-fits. Try --learning_rate {suggested} (docs/training.md, "
-            "\"Narrow CLIPs\").")
+    return (
+        f"The paper's learning rate {PAPER_LEARNING_RATE:g} is set for ViT-B/16, whose image-text space is "
+        f"{PAPER_TEXT_WIDTH} wide; this CLIP's is {text_width} wide, so each step moves MP-IQE's decoder and "
+        f"score head less and training under-fits. Try --learning_rate {suggested} (docs/training.md, "
+        '"Narrow CLIPs").'
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -326,8 +427,10 @@ def check_checkpoint_weights(checkpoint, model):
         saved = {key.removeprefix("module.") for key in f.keys()}  # noqa: SIM118 (a safe_open handle, no mapping)
     missing = sorted(name for name, p in model.named_parameters() if p.requires_grad and name not in saved)
     if missing:
-        raise ValueError(f"{checkpoint} lacks {len(missing)} trained weight(s) of this model ({missing[0]}, ...): it "
-                         "was written by a run with another model configuration.")
+        raise ValueError(
+            f"{checkpoint} lacks {len(missing)} trained weight(s) of this model ({missing[0]}, ...): it "
+            "was written by a run with another model configuration."
+        )
     return all(not _is_clip_weight(key) for key in saved)
 
 
@@ -337,8 +440,12 @@ def save_model(accelerator, model, image_processor, directory, recorded_args, ad
     if adapter_only:
         save_adapter(unwrapped, directory, is_main_process=accelerator.is_main_process)
     else:
-        unwrapped.save_pretrained(directory, is_main_process=accelerator.is_main_process,
-                                  save_function=accelerator.save, state_dict=accelerator.get_state_dict(model))
+        unwrapped.save_pretrained(
+            directory,
+            is_main_process=accelerator.is_main_process,
+            save_function=accelerator.save,
+            state_dict=accelerator.get_state_dict(model),
+        )
     if accelerator.is_main_process:
         image_processor.save_pretrained(directory)
         Path(directory, TRAINING_ARGS_FILE).write_text(json.dumps(recorded_args, indent=2, default=str))
@@ -412,7 +519,7 @@ class DataLoaders:
     train_transform: IQATransform
     train: Any  # ShuffledCropBatches (per-crop) or a DataLoader (per-image)
     eval: torch.utils.data.DataLoader
-    test: Optional[torch.utils.data.DataLoader]
+    test: torch.utils.data.DataLoader | None
 
 
 @dataclass
@@ -442,8 +549,13 @@ class LoopState:
     batches_done: int = 0
 
     def checkpoint_state(self, epoch, batches_in_epoch) -> dict:
-        return {"completed_steps": self.completed_steps, "epoch": epoch, "batches_in_epoch": batches_in_epoch,
-                "best": self.best, "history": self.history}
+        return {
+            "completed_steps": self.completed_steps,
+            "epoch": epoch,
+            "batches_in_epoch": batches_in_epoch,
+            "best": self.best,
+            "history": self.history,
+        }
 
 
 def make_accelerator(args: TrainArguments, per_crop: bool) -> Accelerator:
@@ -454,8 +566,9 @@ def make_accelerator(args: TrainArguments, per_crop: bool) -> Accelerator:
     # epoch ends; their count is a multiple of the accumulation steps instead, so that each epoch ends on a step.
     accelerator_kwargs = dict(
         cpu=use_cpu,
-        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=args.gradient_accumulation_steps,
-                                                                sync_with_dataloader=not per_crop),
+        gradient_accumulation_plugin=GradientAccumulationPlugin(
+            num_steps=args.gradient_accumulation_steps, sync_with_dataloader=not per_crop
+        ),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
     )
     if args.mixed_precision is not None:
@@ -463,8 +576,9 @@ def make_accelerator(args: TrainArguments, per_crop: bool) -> Accelerator:
     if args.with_tracking:
         accelerator_kwargs.update(log_with=args.report_to, project_dir=args.output_dir)
     accelerator = Accelerator(**accelerator_kwargs)
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S",
-                        level=logging.INFO)
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S", level=logging.INFO
+    )
     logger.info(accelerator.state, main_process_only=False)
     return accelerator
 
@@ -473,8 +587,11 @@ def load_training_data(data_args, model_args, args, accelerator, per_crop) -> Tr
     """The split (the main process builds caches first) and the recipe's values for its dataset."""
     with accelerator.main_process_first():
         plan = plan_split(data_args, seed=args.seed)
-    skipped = [str(bad) for ds in {id(plan.train_ds): plan.train_ds, id(plan.eval_ds): plan.eval_ds}.values()
-               for bad in skipped_samples(ds)]
+    skipped = [
+        str(bad)
+        for ds in {id(plan.train_ds): plan.train_ds, id(plan.eval_ds): plan.eval_ds}.values()
+        for bad in skipped_samples(ds)
+    ]
     if skipped:
         logger.warning(f"Skipped {len(skipped)} bad sample(s):\n  " + "\n  ".join(skipped))
     name, paper_batch, score_loss_weight = recipe_defaults(plan.train_ds)
@@ -485,15 +602,26 @@ def load_training_data(data_args, model_args, args, accelerator, per_crop) -> Tr
     if batch_size is None:
         batch_size = max(1, math.ceil(paper_batch / (accelerator.num_processes * args.gradient_accumulation_steps)))
     eval_batch_size = args.per_device_eval_batch_size or max(1, batch_size // samples_per_image)
-    logger.info(f"Split protocol {plan.description}: {len(plan.train_idx)} training, {len(plan.eval_idx)} validation"
-                + (f", {len(plan.test_idx)} test" if plan.test_idx is not None else "") + " images.")
+    logger.info(
+        f"Split protocol {plan.description}: {len(plan.train_idx)} training, {len(plan.eval_idx)} validation"
+        + (f", {len(plan.test_idx)} test" if plan.test_idx is not None else "")
+        + " images."
+    )
     if len(plan.eval_idx) < MIN_ITEMS:  # checked now, not after hours of training
         raise ValueError(
             f"The validation split has {len(plan.eval_idx)} image(s); SRCC and PLCC need at least {MIN_ITEMS}. Give "
             "it more images (a larger --max_eval_samples, a larger dataset or --validation_dir)."
         )
-    return TrainingData(plan, skipped, dataset_mos_range(plan.train_ds), name, score_loss_weight, batch_size,
-                        eval_batch_size, samples_per_image)
+    return TrainingData(
+        plan,
+        skipped,
+        dataset_mos_range(plan.train_ds),
+        name,
+        score_loss_weight,
+        batch_size,
+        eval_batch_size,
+        samples_per_image,
+    )
 
 
 def build_training_model(model_args, args, data: TrainingData):
@@ -501,11 +629,16 @@ def build_training_model(model_args, args, data: TrainingData):
     model = build_model(model_args, data.mos_range, data.score_loss_weight)
     config = model.config
     if args.save_adapter_only and not config.base_model_name_or_path:
-        raise ValueError("--save_adapter_only saves the model as an adapter of a pretrained base CLIP, which this "
-                         "model lacks (a random CLIP from --clip_config_name): drop --save_adapter_only or train from "
-                         "--clip_model_name_or_path.")
-    loss_terms = {"scene": bool(config.use_scene_prompts), "distortion": bool(config.use_distortion_prompts),
-                  "score": True}
+        raise ValueError(
+            "--save_adapter_only saves the model as an adapter of a pretrained base CLIP, which this "
+            "model lacks (a random CLIP from --clip_config_name): drop --save_adapter_only or train from "
+            "--clip_model_name_or_path."
+        )
+    loss_terms = {
+        "scene": bool(config.use_scene_prompts),
+        "distortion": bool(config.use_distortion_prompts),
+        "score": True,
+    }
     coverage = label_coverage(data.plan.train_ds, data.plan.train_idx)
     for term, column in (("scene", "scene"), ("distortion", "distortion")):
         if loss_terms[term] and coverage[column] == 0:
@@ -513,11 +646,15 @@ def build_training_model(model_args, args, data: TrainingData):
             logger.warning(
                 f"\n{'!' * 100}\n!! The training data carry no {column} labels: the {term} loss is OFF in this run, "
                 f"so it is an ablation, not the paper's recipe.\n!! LIQE's label files carry scene and distortion "
-                f"labels for the paper's six datasets: --label_file <LIQE IQA_Database folder>.\n{'!' * 100}")
-    logger.info("Loss terms: " + ", ".join(f"{t} {'on' if on else 'OFF'}" for t, on in loss_terms.items())
-                + f" ({coverage['scene']} images with scene labels, {coverage['distortion']} with distortion labels, "
-                  f"of {len(data.plan.train_idx)}); lambda_1 {config.distortion_loss_weight}, lambda_2 "
-                  f"{config.score_loss_weight}; native MOS range {tuple(data.mos_range)}.")
+                f"labels for the paper's six datasets: --label_file <LIQE IQA_Database folder>.\n{'!' * 100}"
+            )
+    logger.info(
+        "Loss terms: "
+        + ", ".join(f"{t} {'on' if on else 'OFF'}" for t, on in loss_terms.items())
+        + f" ({coverage['scene']} images with scene labels, {coverage['distortion']} with distortion labels, "
+        f"of {len(data.plan.train_idx)}); lambda_1 {config.distortion_loss_weight}, lambda_2 "
+        f"{config.score_loss_weight}; native MOS range {tuple(data.mos_range)}."
+    )
     if model_args.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return model, loss_terms
@@ -530,32 +667,55 @@ def build_dataloaders(data_args, model_args, args, accelerator, data, image_proc
     classes = dict(scene_classes=config.scene_classes, distortion_classes=config.distortion_classes)
     # Per-crop: an image is decoded once an epoch and yields the crops of all its visits, which a shuffle buffer
     # deals into batches of crops of many images (ShuffledCropBatches). Per-image: a sample is already an image.
-    train_transform = IQATransform(plan.train_ds, image_processor, random_crops=True, seed=args.seed,
-                                   crops_per_sample=1 if per_crop else model_args.num_crops,
-                                   visits=model_args.num_crops if per_crop else None,
-                                   horizontal_flip=args.horizontal_flip,
-                                   skip_bad_samples=True, **classes)
+    train_transform = IQATransform(
+        plan.train_ds,
+        image_processor,
+        random_crops=True,
+        seed=args.seed,
+        crops_per_sample=1 if per_crop else model_args.num_crops,
+        visits=model_args.num_crops if per_crop else None,
+        horizontal_flip=args.horizontal_flip,
+        skip_bad_samples=True,
+        **classes,
+    )
     loader_kwargs = dict(collate_fn=collate_iqa_batch, num_workers=data_args.dataloader_num_workers)
     if per_crop:
         images = make_samples(plan.train_idx).with_transform(train_transform)
         image_sampler = EpochShuffleSampler(len(images), seed=args.seed)
-        image_loader = accelerator.prepare(torch.utils.data.DataLoader(
-            images, sampler=image_sampler, batch_size=max(1, data.batch_size // model_args.num_crops),
-            collate_fn=keep_samples, num_workers=data_args.dataloader_num_workers))
+        image_loader = accelerator.prepare(
+            torch.utils.data.DataLoader(
+                images,
+                sampler=image_sampler,
+                batch_size=max(1, data.batch_size // model_args.num_crops),
+                collate_fn=keep_samples,
+                num_workers=data_args.dataloader_num_workers,
+            )
+        )
         train_dataloader = ShuffledCropBatches(
-            image_loader, image_sampler, visits=model_args.num_crops, batch_size=data.batch_size,
-            buffer_size=args.shuffle_buffer_size, seed=args.seed, process_index=accelerator.process_index,
-            batches_multiple_of=args.gradient_accumulation_steps)
+            image_loader,
+            image_sampler,
+            visits=model_args.num_crops,
+            batch_size=data.batch_size,
+            buffer_size=args.shuffle_buffer_size,
+            seed=args.seed,
+            process_index=accelerator.process_index,
+            batches_multiple_of=args.gradient_accumulation_steps,
+        )
     else:
         train_dataloader = torch.utils.data.DataLoader(
-            iqa_split(plan.train_ds, plan.train_idx, train_transform), shuffle=True, batch_size=data.batch_size,
-            **loader_kwargs)
+            iqa_split(plan.train_ds, plan.train_idx, train_transform),
+            shuffle=True,
+            batch_size=data.batch_size,
+            **loader_kwargs,
+        )
 
     def evaluation_loader(ds, indices):
-        transform = IQATransform(ds, image_processor, random_crops=False, skip_bad_samples=data_args.skip_bad_samples,
-                                 **classes)
-        return torch.utils.data.DataLoader(iqa_split(ds, indices, transform), batch_size=data.eval_batch_size,
-                                           **loader_kwargs)
+        transform = IQATransform(
+            ds, image_processor, random_crops=False, skip_bad_samples=data_args.skip_bad_samples, **classes
+        )
+        return torch.utils.data.DataLoader(
+            iqa_split(ds, indices, transform), batch_size=data.eval_batch_size, **loader_kwargs
+        )
 
     eval_dataloader = evaluation_loader(plan.eval_ds, plan.eval_idx)
     test_dataloader = evaluation_loader(plan.test_ds, plan.test_idx) if plan.test_idx is not None else None
@@ -576,9 +736,11 @@ def plan_schedule(args, accelerator, data: TrainingData, loaders: DataLoaders, p
         num_warmup_steps = int(round(args.num_warmup_epochs * steps_per_epoch))
     if num_warmup_steps >= max_train_steps:
         clamped = int(round(PAPER_WARMUP_SHARE * max_train_steps))
-        logger.warning(f"The warm-up ({num_warmup_steps} steps) is not shorter than the run ({max_train_steps} "
-                       f"steps): the learning rate would never reach {args.learning_rate:g}. Warm-up clamped to "
-                       f"{clamped} steps (the paper's 5/30 of the run).")
+        logger.warning(
+            f"The warm-up ({num_warmup_steps} steps) is not shorter than the run ({max_train_steps} "
+            f"steps): the learning rate would never reach {args.learning_rate:g}. Warm-up clamped to "
+            f"{clamped} steps (the paper's 5/30 of the run)."
+        )
         num_warmup_steps = clamped
     return Schedule(total_batch_size, steps_per_epoch, max_train_steps, num_epochs, num_warmup_steps)
 
@@ -616,15 +778,24 @@ def log_training_plan(accelerator, model_args, data: TrainingData, schedule: Sch
         f"{accelerator.gradient_accumulation_steps} accumulation = {schedule.total_batch_size} samples "
         f"({crops_per_step} crops) a step\n"
         f"  cost: about {_duration(estimate)} of training on {accelerator.device} (measured forward+backward: "
-        f"{pass_seconds:.3g} s a pass + {crop_seconds:.3g} s a crop), plus evaluation")
+        f"{pass_seconds:.3g} s a pass + {crop_seconds:.3g} s a crop), plus evaluation"
+    )
 
 
 def start_outputs(data_args, model_args, args, accelerator, data, loss_terms, schedule: Schedule) -> dict:
     """The output folder and the trackers; returns the arguments recorded with every saved model."""
-    recorded_args = {**asdict(data_args), **asdict(model_args), **asdict(args), "split_protocol": data.plan.protocol,
-                     "split_description": data.plan.description, "loss_terms": loss_terms,
-                     "num_processes": accelerator.num_processes, "total_train_batch_size": schedule.total_batch_size,
-                     "max_train_steps": schedule.max_train_steps, "num_warmup_steps": schedule.num_warmup_steps}
+    recorded_args = {
+        **asdict(data_args),
+        **asdict(model_args),
+        **asdict(args),
+        "split_protocol": data.plan.protocol,
+        "split_description": data.plan.description,
+        "loss_terms": loss_terms,
+        "num_processes": accelerator.num_processes,
+        "total_train_batch_size": schedule.total_batch_size,
+        "max_train_steps": schedule.max_train_steps,
+        "num_warmup_steps": schedule.num_warmup_steps,
+    }
     recorded_args.pop("hub_token")
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
@@ -653,8 +824,9 @@ def resume(args, accelerator, model, max_train_steps) -> LoopState:
     adapter_only = check_checkpoint_weights(checkpoint, accelerator.unwrap_model(model))
     accelerator.load_state(checkpoint, strict=not adapter_only)
     saved = json.loads(state_file.read_text())
-    state = LoopState(completed_steps=saved["completed_steps"], epoch=saved["epoch"],
-                      batches_in_epoch=saved["batches_in_epoch"])
+    state = LoopState(
+        completed_steps=saved["completed_steps"], epoch=saved["epoch"], batches_in_epoch=saved["batches_in_epoch"]
+    )
     state.best = saved.get("best", state.best)
     state.history = saved.get("history", [])
     if state.completed_steps >= max_train_steps:
@@ -662,8 +834,19 @@ def resume(args, accelerator, model, max_train_steps) -> LoopState:
     return state
 
 
-def train_one_epoch(epoch, state: LoopState, args, accelerator, model, optimizer, lr_scheduler, loaders: DataLoaders,
-                    schedule: Schedule, progress_bar, per_crop) -> int:
+def train_one_epoch(
+    epoch,
+    state: LoopState,
+    args,
+    accelerator,
+    model,
+    optimizer,
+    lr_scheduler,
+    loaders: DataLoaders,
+    schedule: Schedule,
+    progress_bar,
+    per_crop,
+) -> int:
     """Trains `epoch` (from where a resume left it) until it ends or the run's last step; returns the batches of the
     epoch done. Sets `state.train_losses` to the epoch's mean of each loss term."""
     model.train()
@@ -696,8 +879,11 @@ def train_one_epoch(epoch, state: LoopState, args, accelerator, model, optimizer
             optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad()
-        terms = {term: getattr(outputs, term).detach().float().item() for term in LOSS_TERMS
-                 if getattr(outputs, term, None) is not None}
+        terms = {
+            term: getattr(outputs, term).detach().float().item()
+            for term in LOSS_TERMS
+            if getattr(outputs, term, None) is not None
+        }
         for position, term in enumerate(LOSS_TERMS):
             if term in terms:
                 term_sums[position] += terms[term]
@@ -708,22 +894,29 @@ def train_one_epoch(epoch, state: LoopState, args, accelerator, model, optimizer
             state.completed_steps += 1
             log_step(state, args, accelerator, lr_scheduler, progress_bar, terms)
             if checkpoint_every and state.completed_steps % checkpoint_every == 0:
-                save_checkpoint(accelerator, args.output_dir, f"step_{state.completed_steps}",
-                                state.checkpoint_state(epoch, batches_in_epoch), args.checkpoints_total_limit)
+                save_checkpoint(
+                    accelerator,
+                    args.output_dir,
+                    f"step_{state.completed_steps}",
+                    state.checkpoint_state(epoch, batches_in_epoch),
+                    args.checkpoints_total_limit,
+                )
         if state.completed_steps >= schedule.max_train_steps:
             break
     sums, counts = (accelerator.reduce(t, reduction="sum").tolist() for t in (term_sums, term_counts))
     if any(counts):
-        state.train_losses = {term: total / count if count else None
-                              for term, total, count in zip(LOSS_TERMS, sums, counts)}
+        state.train_losses = {
+            term: total / count if count else None for term, total, count in zip(LOSS_TERMS, sums, counts)
+        }
     return batches_in_epoch
 
 
 def log_step(state: LoopState, args, accelerator, lr_scheduler, progress_bar, terms):
     """An optimizer step's loss terms and learning rate: on the progress bar and, with --with_tracking, logged."""
     progress_bar.update(1)
-    progress_bar.set_postfix({**{SHORT_NAMES[t]: f"{v:.4f}" for t, v in terms.items()},
-                              "lr": f"{lr_scheduler.get_last_lr()[0]:.2e}"})
+    progress_bar.set_postfix(
+        {**{SHORT_NAMES[t]: f"{v:.4f}" for t, v in terms.items()}, "lr": f"{lr_scheduler.get_last_lr()[0]:.2e}"}
+    )
     if args.with_tracking:
         logs = {f"train/{term}": value for term, value in terms.items()}
         logs["train/lr"] = lr_scheduler.get_last_lr()[0]
@@ -735,23 +928,48 @@ def evaluate_epoch(epoch, state: LoopState, args, accelerator, model, loaders, i
     state.eval_metrics = evaluate_model(model, loaders.eval, accelerator)
     metrics, losses = state.eval_metrics, state.train_losses
     described = ", ".join(f"{SHORT_NAMES[t]} {v:.4f}" for t, v in losses.items() if v is not None)
-    logger.info(f"epoch {epoch}: train {described}; validation SRCC {metrics['srcc']:.4f}, "
-                f"PLCC {metrics['plcc']:.4f}")
-    state.history.append({"epoch": epoch, "step": state.completed_steps,
-                          **{f"train_{t}": v for t, v in losses.items()},
-                          "srcc": metrics["srcc"], "plcc": metrics["plcc"]})
+    logger.info(f"epoch {epoch}: train {described}; validation SRCC {metrics['srcc']:.4f}, PLCC {metrics['plcc']:.4f}")
+    state.history.append(
+        {
+            "epoch": epoch,
+            "step": state.completed_steps,
+            **{f"train_{t}": v for t, v in losses.items()},
+            "srcc": metrics["srcc"],
+            "plcc": metrics["plcc"],
+        }
+    )
     if args.with_tracking:
         epoch_logs = {f"train/epoch_{t}": v for t, v in losses.items() if v is not None}
-        accelerator.log({"eval/srcc": metrics["srcc"], "eval/plcc": metrics["plcc"], "epoch": epoch, **epoch_logs},
-                        step=state.completed_steps)
+        accelerator.log(
+            {"eval/srcc": metrics["srcc"], "eval/plcc": metrics["plcc"], "epoch": epoch, **epoch_logs},
+            step=state.completed_steps,
+        )
     if metrics["srcc"] > state.best["srcc"]:
         state.best = {"srcc": metrics["srcc"], "plcc": metrics["plcc"], "epoch": epoch, "step": state.completed_steps}
-        save_model(accelerator, model, image_processor, os.path.join(args.output_dir, "best"), recorded_args,
-                   args.save_adapter_only)
+        save_model(
+            accelerator,
+            model,
+            image_processor,
+            os.path.join(args.output_dir, "best"),
+            recorded_args,
+            args.save_adapter_only,
+        )
 
 
-def finish(state: LoopState, data_args, model_args, args, accelerator, model, loaders, image_processor, data,
-           schedule: Schedule, loss_terms, recorded_args) -> dict:
+def finish(
+    state: LoopState,
+    data_args,
+    model_args,
+    args,
+    accelerator,
+    model,
+    loaders,
+    image_processor,
+    data,
+    schedule: Schedule,
+    loss_terms,
+    recorded_args,
+) -> dict:
     """The final model (the best one with --load_best_model_at_end), its results (+ the test part's), the result
     files and the push to the Hub."""
     if args.load_best_model_at_end and state.best["epoch"] is not None and state.best["step"] != state.completed_steps:
@@ -769,16 +987,28 @@ def finish(state: LoopState, data_args, model_args, args, accelerator, model, lo
     results = dict(state.eval_metrics)
     results.update({f"train_{term}": value for term, value in state.train_losses.items()})
     results.update(
-        epoch=state.history[-1]["epoch"] if state.history else None, step=state.completed_steps,
-        max_train_steps=schedule.max_train_steps, steps_per_epoch=schedule.steps_per_epoch,
+        epoch=state.history[-1]["epoch"] if state.history else None,
+        step=state.completed_steps,
+        max_train_steps=schedule.max_train_steps,
+        steps_per_epoch=schedule.steps_per_epoch,
         total_train_batch_size=schedule.total_batch_size,
-        best_srcc=state.best["srcc"] if state.best["epoch"] is not None else None, best_epoch=state.best["epoch"],
-        num_train_samples=len(plan.train_idx), num_eval_samples=len(plan.eval_idx),
-        crop_sampling=model_args.crop_sampling, num_train_samples_per_epoch=data.num_train_samples,
-        dataset=data.dataset_name, split_protocol=plan.protocol, split_description=plan.description,
-        split_index=data_args.split_index, train_fraction=data_args.train_fraction, loss_terms=loss_terms,
-        num_processes=accelerator.num_processes, batches_per_process=batches_per_process,
-        skipped_samples=data.skipped, dropped_samples=len(dropped), dropped_sample_errors=dropped,
+        best_srcc=state.best["srcc"] if state.best["epoch"] is not None else None,
+        best_epoch=state.best["epoch"],
+        num_train_samples=len(plan.train_idx),
+        num_eval_samples=len(plan.eval_idx),
+        crop_sampling=model_args.crop_sampling,
+        num_train_samples_per_epoch=data.num_train_samples,
+        dataset=data.dataset_name,
+        split_protocol=plan.protocol,
+        split_description=plan.description,
+        split_index=data_args.split_index,
+        train_fraction=data_args.train_fraction,
+        loss_terms=loss_terms,
+        num_processes=accelerator.num_processes,
+        batches_per_process=batches_per_process,
+        skipped_samples=data.skipped,
+        dropped_samples=len(dropped),
+        dropped_sample_errors=dropped,
     )
     if loaders.test is not None:
         test_metrics = evaluate_model(model, loaders.test, accelerator)
@@ -789,8 +1019,17 @@ def finish(state: LoopState, data_args, model_args, args, accelerator, model, lo
         # Every evaluation's validation metrics, by epoch: run_protocol.py reports the best epoch from it.
         Path(args.output_dir, "eval_history.json").write_text(json.dumps(state.history, indent=2))
         if args.push_to_hub:
-            push_results(args, accelerator, model, image_processor, data, schedule, results, model_args.crop_sampling,
-                         tested=loaders.test is not None)
+            push_results(
+                args,
+                accelerator,
+                model,
+                image_processor,
+                data,
+                schedule,
+                results,
+                model_args.crop_sampling,
+                tested=loaders.test is not None,
+            )
     accelerator.wait_for_everyone()
     return results
 
@@ -799,15 +1038,26 @@ def push_results(args, accelerator, model, image_processor, data, schedule, resu
     """`push_to_hub` of the final model, its evaluation in the model card."""
     # The reported part: LIQE's test part, else the validation (held-out) part.
     prefix = "test_" if tested else ""
-    evaluation = {"dataset": data.dataset_name, "split": f"{data.plan.description}, {data.plan.held_out[2]} part",
-                  **{key: results[prefix + key] for key in ("srcc", "plcc", "krcc", "rmse")}}
+    evaluation = {
+        "dataset": data.dataset_name,
+        "split": f"{data.plan.description}, {data.plan.held_out[2]} part",
+        **{key: results[prefix + key] for key in ("srcc", "plcc", "krcc", "rmse")},
+    }
     accelerator.unwrap_model(model).push_to_hub(
-        args.hub_model_id, evaluation_results=[evaluation], image_processor=image_processor,
-        adapter_only=args.save_adapter_only, commit_message="Training finished", private=args.hub_private_repo,
+        args.hub_model_id,
+        evaluation_results=[evaluation],
+        image_processor=image_processor,
+        adapter_only=args.save_adapter_only,
+        commit_message="Training finished",
+        private=args.hub_private_repo,
         token=args.hub_token,
-        training_recipe=dict(learning_rate=args.learning_rate, num_train_epochs=schedule.num_epochs,
-                             max_train_steps=schedule.max_train_steps,
-                             total_train_batch_size=schedule.total_batch_size, crop_sampling=crop_sampling),
+        training_recipe=dict(
+            learning_rate=args.learning_rate,
+            num_train_epochs=schedule.num_epochs,
+            max_train_steps=schedule.max_train_steps,
+            total_train_batch_size=schedule.total_batch_size,
+            crop_sampling=crop_sampling,
+        ),
     )
 
 
@@ -835,11 +1085,14 @@ def main(argv=None):
     model, loss_terms = build_training_model(model_args, args, data)
     crop_size = model.config.clip_config.vision_config.image_size
     # Saved with the model: the pipeline and mpiqe-score then see images at the scale training saw them.
-    image_processor = MPIQEImageProcessor(crop_size={"height": crop_size, "width": crop_size},
-                                          num_crops=model_args.eval_num_crops or model_args.num_crops,
-                                          max_image_size=data_args.resolved_max_image_size)
-    loaders = build_dataloaders(data_args, model_args, args, accelerator, data, image_processor, model.config,
-                                per_crop)
+    image_processor = MPIQEImageProcessor(
+        crop_size={"height": crop_size, "width": crop_size},
+        num_crops=model_args.eval_num_crops or model_args.num_crops,
+        max_image_size=data_args.resolved_max_image_size,
+    )
+    loaders = build_dataloaders(
+        data_args, model_args, args, accelerator, data, image_processor, model.config, per_crop
+    )
 
     # Optimizer and schedule.
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -855,12 +1108,14 @@ def main(argv=None):
     )
     model.to(accelerator.device)
     cost = step_cost(model, accelerator, 1 if per_crop else model_args.num_crops, crop_size, data.batch_size)
-    model, optimizer, lr_scheduler = prepare_for_training(accelerator, model, optimizer, loaders, lr_scheduler,
-                                                          per_crop)
+    model, optimizer, lr_scheduler = prepare_for_training(
+        accelerator, model, optimizer, loaders, lr_scheduler, per_crop
+    )
     batches_per_epoch = len(loaders.train)
     if batches_per_epoch != schedule.steps_per_epoch * args.gradient_accumulation_steps:
-        logger.warning(f"{batches_per_epoch} batches per process and epoch, {schedule.steps_per_epoch} steps "
-                       "expected.")
+        logger.warning(
+            f"{batches_per_epoch} batches per process and epoch, {schedule.steps_per_epoch} steps expected."
+        )
     if args.save_adapter_only:
         accelerator.register_save_state_pre_hook(keep_adapter_weights_only)
     log_training_plan(accelerator, model_args, data, schedule, cost, per_crop)
@@ -873,8 +1128,9 @@ def main(argv=None):
     for epoch in range(state.epoch, schedule.num_epochs):
         if state.completed_steps >= schedule.max_train_steps:
             break
-        batches_in_epoch = train_one_epoch(epoch, state, args, accelerator, model, optimizer, lr_scheduler, loaders,
-                                           schedule, progress_bar, per_crop)
+        batches_in_epoch = train_one_epoch(
+            epoch, state, args, accelerator, model, optimizer, lr_scheduler, loaders, schedule, progress_bar, per_crop
+        )
         finished = state.completed_steps >= schedule.max_train_steps or epoch + 1 == schedule.num_epochs
         if (epoch + 1) % args.eval_every_epoch == 0 or finished:
             evaluate_epoch(epoch, state, args, accelerator, model, loaders, image_processor, recorded_args)
@@ -884,8 +1140,20 @@ def main(argv=None):
             save_checkpoint(accelerator, args.output_dir, f"epoch_{epoch}", saved, args.checkpoints_total_limit)
     progress_bar.close()
 
-    results = finish(state, data_args, model_args, args, accelerator, model, loaders, image_processor, data, schedule,
-                     loss_terms, recorded_args)
+    results = finish(
+        state,
+        data_args,
+        model_args,
+        args,
+        accelerator,
+        model,
+        loaders,
+        image_processor,
+        data,
+        schedule,
+        loss_terms,
+        recorded_args,
+    )
     accelerator.print(json.dumps({k: results[k] for k in ("srcc", "plcc", "step") if k in results}))
     for tracker in accelerator.trackers:  # not end_training(): it would destroy the process group (see __main__)
         tracker.finish()
@@ -898,8 +1166,11 @@ if __name__ == "__main__":
     except (ModelSourceUnavailable, ValueError) as err:  # bad input: one message naming the file, field or model
         sys.exit(f"error: {err}")
     except KeyboardInterrupt:
-        print("interrupted: the checkpoints written so far stay in --output_dir (--checkpointing_steps N or epoch "
-              "writes them); continue with --resume_from_checkpoint latest", file=sys.stderr)
+        print(
+            "interrupted: the checkpoints written so far stay in --output_dir (--checkpointing_steps N or epoch "
+            "writes them); continue with --resume_from_checkpoint latest",
+            file=sys.stderr,
+        )
         sys.exit(130)
     if torch.distributed.is_initialized():
         # Everything is written. Tearing down a gloo process group can hang or abort a finished process: freeing it

@@ -14,6 +14,7 @@ from .pipeline_mpiqe import (
 )
 from .publishing import push_to_hub, save_adapter
 
+
 __version__ = "0.1.0"
 
 # The auto classes find MP-IQE by its model type, without remote code, where this package is installed ...

@@ -10,13 +10,14 @@ Both take the batches of `mpiqe_hf.training.collate_iqa_batch` (`pixel_values` `
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .training import predict_per_image
+
 
 CLIP_IQA_PROMPTS = ("Good photo.", "Bad photo.")
 # Ridge strengths tried by cross-validation, on standardised features (0.1 to 10,000).
@@ -115,21 +116,24 @@ class RidgeProbe:
         fold_of = group_fold[group_index]
         return [np.flatnonzero(fold_of == k) for k in range(group_fold.max() + 1)]
 
-    def fit(self, features, targets, groups: Optional[Sequence] = None) -> "RidgeProbe":
+    def fit(self, features, targets, groups: Sequence | None = None) -> RidgeProbe:
         """Fits on `features` `(n, num_features)` and `targets` `(n,)`; `groups` `(n,)` keeps groups in one fold."""
         features = np.asarray(features, dtype=np.float64)
         targets = np.asarray(targets, dtype=np.float64)
         if features.ndim != 2 or targets.shape != (features.shape[0],):
-            raise ValueError(f"features must be (n, num_features) and targets (n,), got {features.shape} and "
-                             f"{targets.shape}.")
+            raise ValueError(
+                f"features must be (n, num_features) and targets (n,), got {features.shape} and {targets.shape}."
+            )
         if groups is not None and len(groups) != len(targets):
             raise ValueError(f"groups must have one entry per sample ({len(targets)}), got {len(groups)}.")
         self.cv_mse_ = {}
         if len(self.alphas) > 1:
             folds = self._folds(len(targets), groups)
             if len(folds) < 2:
-                raise ValueError("The linear probe's cross-validation needs at least 2 training images "
-                                 "(2 contents for a content-disjoint split).")
+                raise ValueError(
+                    "The linear probe's cross-validation needs at least 2 training images "
+                    "(2 contents for a content-disjoint split)."
+                )
             errors = np.zeros(len(self.alphas))
             for held in folds:
                 kept = np.setdiff1d(np.arange(len(targets)), held)
@@ -153,8 +157,9 @@ class RidgeProbe:
         return (features - self.mean_) / self.scale_ @ self.coef_ + self.intercept_
 
 
-def linear_probe(clip, train_dataloader, eval_dataloader, accelerator=None, content_ids: Optional[Sequence] = None,
-                 **probe_options) -> dict:
+def linear_probe(
+    clip, train_dataloader, eval_dataloader, accelerator=None, content_ids: Sequence | None = None, **probe_options
+) -> dict:
     """
     The linear-probe baseline: a [`RidgeProbe`] of the normalised MOS on the frozen CLIP image embedding
     ([`clip_image_embeddings`]) of the images of `train_dataloader` (the training part of the split), its strength
@@ -173,5 +178,11 @@ def linear_probe(clip, train_dataloader, eval_dataloader, accelerator=None, cont
     return result
 
 
-__all__ = ["CLIP_IQA_PROMPTS", "PROBE_ALPHAS", "predict_clip_iqa", "clip_image_embeddings", "RidgeProbe",
-           "linear_probe"]
+__all__ = [
+    "CLIP_IQA_PROMPTS",
+    "PROBE_ALPHAS",
+    "predict_clip_iqa",
+    "clip_image_embeddings",
+    "RidgeProbe",
+    "linear_probe",
+]

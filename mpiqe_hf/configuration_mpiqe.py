@@ -3,6 +3,7 @@
 from transformers import CLIPConfig, PreTrainedConfig
 from transformers.utils import logging
 
+
 logger = logging.get_logger(__name__)
 
 # Label vocabularies of LIQE (Zhang et al. 2023), reused by the MP-IQE paper (section "Preliminaries").
@@ -253,7 +254,9 @@ class MPIQEConfig(PreTrainedConfig):
                 )
         grid = vision.image_size // vision.patch_size
         if not 1 <= self.window_size <= grid:
-            raise ValueError(f"`window_size` must be between 1 and the patch grid side ({grid}), got {self.window_size}.")
+            raise ValueError(
+                f"`window_size` must be between 1 and the patch grid side ({grid}), got {self.window_size}."
+            )
         if self.distortion_window_temperature <= 0:
             raise ValueError("`distortion_window_temperature` must be positive.")
         if self.decoder_layers < 1:

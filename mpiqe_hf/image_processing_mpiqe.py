@@ -268,8 +268,7 @@ class MPIQEImageProcessor(PilBackend):
             return np.asarray(Image.fromarray(image.transpose(1, 2, 0)).resize(size, resample)).transpose(2, 0, 1)
         # Float and 16-bit inputs keep their precision: channel by channel as float ("F") images.
         channels = [
-            np.asarray(Image.fromarray(channel.astype(np.float32)).resize(size, resample))
-            for channel in image
+            np.asarray(Image.fromarray(channel.astype(np.float32)).resize(size, resample)) for channel in image
         ]
         return np.clip(np.stack(channels), 0, 255)
 

@@ -127,8 +127,18 @@ def load_image(source: Any) -> Image.Image:
     try:
         return _decode(source)
     # Pillow's decoders raise all of these for broken data.
-    except (Image.DecompressionBombError, ValueError, OSError, SyntaxError, EOFError, MemoryError, TypeError,
-            KeyError, IndexError, struct_error) as err:
+    except (
+        Image.DecompressionBombError,
+        ValueError,
+        OSError,
+        SyntaxError,
+        EOFError,
+        MemoryError,
+        TypeError,
+        KeyError,
+        IndexError,
+        struct_error,
+    ) as err:
         if isinstance(err, Image.DecompressionBombError):
             reason = f"decompression bomb refused ({err})"
         elif isinstance(err, UnidentifiedImageError):
@@ -168,16 +178,20 @@ def to_rgb_array(image: Any, channels_first: bool = False) -> np.ndarray:
         values = image.astype(np.float32) * np.float32(255 / 65535)
     elif np.issubdtype(image.dtype, np.integer):
         if image.min() < 0 or image.max() > 255:
-            raise ValueError(f"integer image of dtype {image.dtype} has values in [{image.min()}, {image.max()}]; "
-                             "expected 0..255 (or uint16 data)")
+            raise ValueError(
+                f"integer image of dtype {image.dtype} has values in [{image.min()}, {image.max()}]; "
+                "expected 0..255 (or uint16 data)"
+            )
         values = image.astype(np.uint8)
     elif np.issubdtype(image.dtype, np.floating):
         values = image.astype(np.float32)
         if not np.isfinite(values).all():
             raise ValueError("float image contains NaN or infinite values")
         if values.min() < -1e-3 or values.max() > 1 + 1e-3:
-            raise ValueError(f"float image has values in [{values.min():.4g}, {values.max():.4g}]; float inputs must "
-                             "lie in [0, 1] (pass uint8 arrays for 0..255 data)")
+            raise ValueError(
+                f"float image has values in [{values.min():.4g}, {values.max():.4g}]; float inputs must "
+                "lie in [0, 1] (pass uint8 arrays for 0..255 data)"
+            )
         values = np.clip(values, 0.0, 1.0) * np.float32(255)
     else:
         raise ValueError(f"unsupported array dtype {image.dtype}")

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 from scipy import optimize, stats
 
+
 MIN_ITEMS = 3
 
 

@@ -13,12 +13,17 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .model_sources import STANDIN_CLIP_NOTICE, is_standin_clip
 
+
 __all__ = ["build_model_card", "example_card", "DEFAULT_BASE_MODEL"]
 
 DEFAULT_BASE_MODEL = "openai/clip-vit-base-patch16"
 #: The model-index metrics of each evaluation result: (key, metric type, display name).
-_METRICS = (("srcc", "spearmanr", "SRCC"), ("plcc", "pearsonr", "PLCC"), ("krcc", "kendalltau", "KRCC"),
-            ("rmse", "rmse", "RMSE"))
+_METRICS = (
+    ("srcc", "spearmanr", "SRCC"),
+    ("plcc", "pearsonr", "PLCC"),
+    ("krcc", "kendalltau", "KRCC"),
+    ("rmse", "rmse", "RMSE"),
+)
 
 #: Example images of the Hub widget (the `image-classification` task).
 _WIDGET = [
@@ -157,8 +162,11 @@ def _eval_results(evaluation_results) -> list[EvalResult]:
                     metric_name=metric_name,
                     metric_value=round(float(item[key]), 4),
                     # the Hub's model-index takes a source only with its URL; the card's table names it anyway
-                    **({"source_name": item["source"], "source_url": item["source_url"]}
-                       if item.get("source") and item.get("source_url") else {}),
+                    **(
+                        {"source_name": item["source"], "source_url": item["source_url"]}
+                        if item.get("source") and item.get("source_url")
+                        else {}
+                    ),
                 )
             )
     return results
@@ -177,8 +185,11 @@ def _results_table(evaluation_results) -> str:
 
 
 #: The paper's recipe in `training_args.json`'s keys, with how the card names each.
-_PAPER_RECIPE = {"learning_rate": (3e-5, "learning rate"), "num_train_epochs": (30, "epochs"),
-                 "crop_sampling": ("per_crop", "samples (per-image instead of per-crop)")}
+_PAPER_RECIPE = {
+    "learning_rate": (3e-5, "learning rate"),
+    "num_train_epochs": (30, "epochs"),
+    "crop_sampling": ("per_crop", "samples (per-image instead of per-crop)"),
+}
 
 
 def _run_recipe(training_recipe) -> str:
@@ -187,8 +198,10 @@ def _run_recipe(training_recipe) -> str:
         return ""
     recipe = {**{key: value for key, (value, _) in _PAPER_RECIPE.items()}, **training_recipe}
     unit = "crops" if recipe["crop_sampling"] == "per_crop" else "images"
-    text = (f"\n\nThis checkpoint's run: Adam, learning rate {recipe['learning_rate']:g}, "
-            f"{recipe['num_train_epochs']} epoch(s)")
+    text = (
+        f"\n\nThis checkpoint's run: Adam, learning rate {recipe['learning_rate']:g}, "
+        f"{recipe['num_train_epochs']} epoch(s)"
+    )
     if "max_train_steps" in recipe:
         text += f" = {recipe['max_train_steps']} optimizer steps"
     if "total_train_batch_size" in recipe:

@@ -6,8 +6,9 @@ retries to say that the model is out of reach.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+
 
 #: The name under which `--clip_model_name_or_path` finds the stand-in CLIP shipped in this package.
 STANDIN_CLIP_NAME = "mpiqe-standin-clip"
@@ -77,8 +78,9 @@ def check_model_source(name_or_path: str, what: str, alternatives: Sequence[str]
         "pass a local folder that holds it",
         *alternatives,
     ]
-    raise ModelSourceUnavailable(f"Cannot load {what} {name_or_path!r}: {reason}. Instead: " + "; or ".join(suggestions)
-                                 + ".")
+    raise ModelSourceUnavailable(
+        f"Cannot load {what} {name_or_path!r}: {reason}. Instead: " + "; or ".join(suggestions) + "."
+    )
 
 
 __all__ = [

@@ -15,6 +15,7 @@ from transformers.utils import ModelOutput, cached_file, logging
 from .configuration_mpiqe import ADAPTER_WEIGHTS_NAME, DISTORTION_CLASSES, SCENE_CLASSES, MPIQEConfig
 from .quality_map_mpiqe import MPIQEQualityMapOutput, as_crop_batch, compute_quality_maps, distortion_window_weights
 
+
 logger = logging.get_logger(__name__)
 
 
@@ -256,8 +257,6 @@ class MPIQEScoreHead(nn.Module):
         return self.out_proj(self.dropout(self.activation(self.dense(pooled)))).squeeze(-1)
 
 
-
-
 def scene_alignment_logits(cls_embeds: torch.Tensor, scene_features: torch.Tensor, logit_scale: torch.Tensor):
     """
     The scene alignment, eq. 8: `Sim(CLS, V_c^s) / T` with CLIP's learned logit scale as `1 / T`; the softmax of
@@ -310,7 +309,11 @@ def scene_alignment_loss(scene_logits: torch.Tensor, scene_labels: torch.Tensor)
             (-100 = no label).
     """
     num_classes = scene_logits.shape[-1]
-    if scene_labels.dim() == 1 and scene_labels.shape == scene_logits.shape[:1] and not scene_labels.is_floating_point():
+    if (
+        scene_labels.dim() == 1
+        and scene_labels.shape == scene_logits.shape[:1]
+        and not scene_labels.is_floating_point()
+    ):
         labelled = scene_labels != -100
         if ((scene_labels[labelled] < 0) | (scene_labels[labelled] >= num_classes)).any():
             raise ValueError(
@@ -428,12 +431,25 @@ _FETCH_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "re
 #: CLIP settings that must agree between an adapter and the base CLIP it is put on.
 _CLIP_FIT_FIELDS = {
     "vision_config": (
-        "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size",
-        "num_channels", "hidden_act", "layer_norm_eps",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "image_size",
+        "patch_size",
+        "num_channels",
+        "hidden_act",
+        "layer_norm_eps",
     ),
     "text_config": (
-        "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
-        "max_position_embeddings", "hidden_act", "layer_norm_eps",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "vocab_size",
+        "max_position_embeddings",
+        "hidden_act",
+        "layer_norm_eps",
     ),
     None: ("projection_dim",),
 }
@@ -663,7 +679,9 @@ class MPIQEModel(MPIQEPreTrainedModel):
         special_ids = dict(
             prompt_bos_token_id=tokenizer.bos_token_id,
             prompt_eos_token_id=tokenizer.eos_token_id,
-            prompt_pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+            prompt_pad_token_id=tokenizer.pad_token_id
+            if tokenizer.pad_token_id is not None
+            else tokenizer.eos_token_id,
         )
         # CLIP's architecture, not the dtype it was stored in: a `dtype` in the CLIP configs would keep the towers in
         # float32 when the model is loaded with `dtype=torch.bfloat16`, beside bfloat16 projections

@@ -115,8 +115,9 @@ def write_repository(
         training_recipe=training_recipe,
     )
     card.save(os.path.join(folder, "README.md"))
-    shutil.copyfile(os.path.join(os.path.dirname(os.path.abspath(__file__)), "handler.py"),
-                    os.path.join(folder, "handler.py"))
+    shutil.copyfile(
+        os.path.join(os.path.dirname(os.path.abspath(__file__)), "handler.py"), os.path.join(folder, "handler.py")
+    )
 
 
 def push_to_hub(

@@ -242,9 +242,7 @@ def compute_quality_maps(
     batch_size, num_crops, _, crop_height, crop_width = pixel_values.shape
     image_sizes = [tuple(int(side) for side in size) for size in image_sizes]
     if len(image_sizes) != batch_size or any(len(size) != 2 or min(size) < 1 for size in image_sizes):
-        raise ValueError(
-            f"`image_sizes` must give one (height, width) per image ({batch_size}), got {image_sizes!r}."
-        )
+        raise ValueError(f"`image_sizes` must give one (height, width) per image ({batch_size}), got {image_sizes!r}.")
 
     if text_features is None:
         with torch.no_grad():

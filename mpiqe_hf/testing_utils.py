@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
+
 #: Where the BPE merges come from: the `open_clip_torch` wheel ships OpenAI's file (MIT licence) as package data.
 OPEN_CLIP_REQUIREMENT = "open_clip_torch==3.3.0"
 OPEN_CLIP_BPE_MEMBER = "open_clip/bpe_simple_vocab_16e6.txt.gz"
@@ -58,7 +59,12 @@ HUB_PROJECTION_DIM = 512
 HUB_LOGIT_SCALE_INIT = 2.6592
 HUB_FULL_SIZE_TEXT = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8)
 HUB_FULL_SIZE_VISION = dict(
-    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, image_size=224, patch_size=16
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    image_size=224,
+    patch_size=16,
 )
 
 

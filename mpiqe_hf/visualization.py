@@ -16,10 +16,17 @@ __all__ = ["colorize", "render_overlay", "save_map_overlays", "map_file_stem"]
 _ANCHORS = np.array(
     [[0, 0, 4], [60, 9, 101], [137, 34, 106], [211, 67, 72], [249, 142, 9], [252, 255, 164]], dtype=np.float64
 )
-_LUT = np.stack(
-    [np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_ANCHORS)), _ANCHORS[:, channel]) for channel in range(3)],
-    axis=1,
-).round().astype(np.uint8)
+_LUT = (
+    np.stack(
+        [
+            np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_ANCHORS)), _ANCHORS[:, channel])
+            for channel in range(3)
+        ],
+        axis=1,
+    )
+    .round()
+    .astype(np.uint8)
+)
 
 #: Images are shown at least this tall, so that the colour bar's labels stay readable next to small images.
 _MIN_DISPLAY_HEIGHT = 320
@@ -52,7 +59,9 @@ def render_overlay(
         title (`str`, *optional*): a line written above the image (e.g. the score).
         label (`str`): what the bright end of the colour bar means.
     """
-    values = np.asarray(quality_map.detach().cpu() if hasattr(quality_map, "detach") else quality_map, dtype=np.float64)
+    values = np.asarray(
+        quality_map.detach().cpu() if hasattr(quality_map, "detach") else quality_map, dtype=np.float64
+    )
     if values.ndim != 2:
         raise ValueError(f"A quality map has shape (height, width), got {values.shape}.")
     image = image.convert("RGB")
@@ -66,7 +75,9 @@ def render_overlay(
     )
     scale = max(1.0, _MIN_DISPLAY_HEIGHT / blended.height)
     if scale > 1.0:
-        blended = blended.resize((round(blended.width * scale), round(blended.height * scale)), Image.Resampling.BILINEAR)
+        blended = blended.resize(
+            (round(blended.width * scale), round(blended.height * scale)), Image.Resampling.BILINEAR
+        )
 
     height = blended.height
     font_size = max(12, min(24, height // 20))

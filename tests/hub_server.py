@@ -42,6 +42,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
+
 __all__ = ["HubServer", "HubStore", "HubError", "hub_endpoint", "git_blob_sha1"]
 
 DUMMY_TOKEN = "hf_dummy_token_for_local_hub_server"
@@ -279,7 +280,7 @@ class _HubHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "LocalHub/0.1"
     timeout = CONNECTION_TIMEOUT_S
-    server: "_HubHTTPServer"
+    server: _HubHTTPServer
 
     # quiet by default; requests are recorded on the server instead
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
@@ -737,7 +738,7 @@ class HubServer:
         self._httpd: _HubHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
-    def start(self) -> "HubServer":
+    def start(self) -> HubServer:
         self._httpd = _HubHTTPServer(self.store)
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1}, name="local-hub-server", daemon=True
@@ -755,7 +756,7 @@ class HubServer:
         self._httpd = None
         self._thread = None
 
-    def __enter__(self) -> "HubServer":
+    def __enter__(self) -> HubServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

@@ -85,7 +85,11 @@ class OlahMirror:
             )
         self.log = open(os.path.join(self.root, "olah.log"), "w")
         self.process = subprocess.Popen(
-            [sys.executable, "-c", _LAUNCH, "-c", config], cwd=self.root, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            [sys.executable, "-c", _LAUNCH, "-c", config],
+            cwd=self.root,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 60
         while True:
@@ -98,7 +102,7 @@ class OlahMirror:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     self.stop()
                     with open(os.path.join(self.root, "olah.log")) as file:
-                        raise RuntimeError("olah did not start:\n" + file.read()[-2000:])
+                        raise RuntimeError("olah did not start:\n" + file.read()[-2000:]) from None
                 time.sleep(0.3)
 
     def stop(self):

@@ -5,7 +5,6 @@ a failure; elsewhere the test is skipped without it.
 """
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import urllib.request
 import numpy as np
 import pytest
 from PIL import Image
+
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 APP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "app.py")
@@ -56,7 +56,10 @@ def demo(tmp_path_factory):
     log = open(folder / "app.log", "w")
     process = subprocess.Popen(
         [sys.executable, APP, "--model", str(folder / "model"), "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
     )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 240
@@ -67,7 +70,9 @@ def demo(tmp_path_factory):
                 break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the demo did not start:\n" + (folder / "app.log").read_text()[-3000:])
+                    raise RuntimeError(
+                        "the demo did not start:\n" + (folder / "app.log").read_text()[-3000:]
+                    ) from None
                 time.sleep(0.5)
         yield url, model, folder
     finally:
@@ -108,7 +113,9 @@ def test_upload_in_a_browser_shows_the_pipelines_score(demo, browser, tmp_path):
     screenshots = os.environ.get("MPIQE_SCREENSHOT_DIR")
     browser.save_screenshot(os.path.join(screenshots, "demo.png") if screenshots else str(tmp_path / "demo.png"))
 
-    pipe = ImageQualityAssessmentPipeline(model=model, image_processor=MPIQEImageProcessor.from_pretrained(folder / "model"))
+    pipe = ImageQualityAssessmentPipeline(
+        model=model, image_processor=MPIQEImageProcessor.from_pretrained(folder / "model")
+    )
     expected = pipe(str(image_path))
     assert shown == pytest.approx(expected["score"], abs=1e-6)
     assert f"{expected['score']:.2f}" in headline and expected["quality"] in headline

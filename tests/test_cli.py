@@ -20,6 +20,7 @@ from mpiqe_hf import MPIQEImageProcessor, MPIQEModel, load_image
 from mpiqe_hf.cli import RESULT_COLUMNS, collect_files, main
 from mpiqe_hf.cli import scoring as cli_scoring
 
+
 COLUMNS = ["path", *RESULT_COLUMNS]
 
 
@@ -80,8 +81,21 @@ def many_images(tmp_path_factory):
 def reference_rows(tiny_checkpoint, many_images, tmp_path_factory):
     """A single-process float32 run over `many_images`: key -> row."""
     target = tmp_path_factory.mktemp("reference") / "scores.jsonl"
-    code = main([str(many_images), "-m", tiny_checkpoint, "-o", str(target), "--dtype", "float32",
-                 "--num-workers", "0", "-b", "5"])
+    code = main(
+        [
+            str(many_images),
+            "-m",
+            tiny_checkpoint,
+            "-o",
+            str(target),
+            "--dtype",
+            "float32",
+            "--num-workers",
+            "0",
+            "-b",
+            "5",
+        ]
+    )
     assert code == 0
     return {row["path"]: row for row in _read_rows(target)}
 
@@ -131,8 +145,21 @@ def decoded(monkeypatch):
 def test_folder_gives_model_scores_and_an_error_row_for_the_corrupt_file(
     capsys, tiny_checkpoint, image_folder, expected_score
 ):
-    code, out, err = _run(capsys, [str(image_folder), "--model", tiny_checkpoint, "--format", "jsonl",
-                                   "--batch-size", "3", "--no-progress", "--dtype", "float32"])
+    code, out, err = _run(
+        capsys,
+        [
+            str(image_folder),
+            "--model",
+            tiny_checkpoint,
+            "--format",
+            "jsonl",
+            "--batch-size",
+            "3",
+            "--no-progress",
+            "--dtype",
+            "float32",
+        ],
+    )
     assert code == 1  # some inputs failed
     rows = [json.loads(line) for line in out.splitlines()]
     assert [list(row) for row in rows] == [COLUMNS] * 5
@@ -152,8 +179,10 @@ def test_folder_gives_model_scores_and_an_error_row_for_the_corrupt_file(
 
 
 def test_decoding_in_workers_and_batch_size_do_not_change_scores(capsys, tiny_checkpoint, many_images, reference_rows):
-    code, out, _ = _run(capsys, [str(many_images), "-m", tiny_checkpoint, "-f", "csv", "--dtype", "float32",
-                                 "--num-workers", "2", "-b", "7"])
+    code, out, _ = _run(
+        capsys,
+        [str(many_images), "-m", tiny_checkpoint, "-f", "csv", "--dtype", "float32", "--num-workers", "2", "-b", "7"],
+    )
     assert code == 0
     rows = list(csv.DictReader(io.StringIO(out)))
     assert [row["path"] for row in rows] == list(reference_rows)  # input order
@@ -173,8 +202,9 @@ def test_bfloat16_is_the_default_where_the_cpu_computes_it(capsys, tiny_checkpoi
 
 def test_bfloat16_scores_are_not_rounded_to_bfloat16(capsys, tiny_checkpoint, many_images, reference_rows):
     """The vision tower runs in bfloat16, the score head in float32: bfloat16 scores would step by 2^-8 and tie."""
-    code, out, _ = _run(capsys, [str(many_images), "-m", tiny_checkpoint, "-f", "jsonl", "--dtype", "bfloat16",
-                                 "--num-workers", "0"])
+    code, out, _ = _run(
+        capsys, [str(many_images), "-m", tiny_checkpoint, "-f", "jsonl", "--dtype", "bfloat16", "--num-workers", "0"]
+    )
     assert code == 0
     scores = [json.loads(line)["normalized_score"] for line in out.splitlines()]
     representable = [score == torch.tensor(score).bfloat16().item() for score in scores]
@@ -188,8 +218,22 @@ def test_bfloat16_scores_are_not_rounded_to_bfloat16(capsys, tiny_checkpoint, ma
 
 def test_csv_glob_paths_from_and_no_recursive(capsys, tiny_checkpoint, image_folder, tmp_path):
     target = tmp_path / "scores.csv"
-    code, out, err = _run(capsys, [str(image_folder / "*.png"), "--model", tiny_checkpoint, "--output", str(target),
-                                   "--num-crops", "1", "--device", "cpu", "--num-workers", "0"])
+    code, out, err = _run(
+        capsys,
+        [
+            str(image_folder / "*.png"),
+            "--model",
+            tiny_checkpoint,
+            "--output",
+            str(target),
+            "--num-crops",
+            "1",
+            "--device",
+            "cpu",
+            "--num-workers",
+            "0",
+        ],
+    )
     assert code == 0, err
     assert out == ""
     rows = _read_rows(target)
@@ -197,15 +241,20 @@ def test_csv_glob_paths_from_and_no_recursive(capsys, tiny_checkpoint, image_fol
 
     listing = tmp_path / "list.txt"
     listing.write_text(f"{image_folder / 'gray.png'}\n\n{tmp_path / 'gone.png'}\n")
-    code, out, _ = _run(capsys, ["--paths-from", str(listing), "-m", tiny_checkpoint, "-f", "jsonl",
-                                 "--num-workers", "0"])
+    code, out, _ = _run(
+        capsys, ["--paths-from", str(listing), "-m", tiny_checkpoint, "-f", "jsonl", "--num-workers", "0"]
+    )
     statuses = {json.loads(line)["path"]: json.loads(line) for line in out.splitlines()}
     assert code == 1 and statuses[str(image_folder / "gray.png")]["status"] == "ok"
     assert "no such file" in statuses[str(tmp_path / "gone.png")]["error"]
 
     code, out, err = _run(capsys, [str(image_folder), "--no-recursive", "-m", tiny_checkpoint, "--num-workers", "0"])
     assert code == 1  # the corrupt file
-    assert "photo.jpg" not in out and "gray.png" in out and out.splitlines()[0].split()[:3] == ["score", "quality", "scene"]
+    assert (
+        "photo.jpg" not in out
+        and "gray.png" in out
+        and out.splitlines()[0].split()[:3] == ["score", "quality", "scene"]
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -251,7 +300,7 @@ def test_an_existing_output_is_refused_in_one_line_overwritten_or_resumed(
     assert code == 0 and decoded == [] and target.read_text() == finished
 
 
-SITECUSTOMIZE = '''
+SITECUSTOMIZE = """
 import os, time
 import PIL.Image
 
@@ -268,7 +317,7 @@ def _watched_open(fp, *args, **kwargs):
 
 
 PIL.Image.open = _watched_open
-'''
+"""
 
 
 @pytest.fixture
@@ -307,8 +356,9 @@ def test_ctrl_c_keeps_the_rows_and_resume_scores_each_image_once(
     target = tmp_path / "scores.csv"
     argv = [str(many_images), "-m", tiny_checkpoint, "-o", str(target), "--dtype", "float32", "-b", "2"]
     watched_env["MPIQE_TEST_OPEN_DELAY"] = "0.15"
-    code, err = _interrupt_once_rows_exist([sys.executable, "-m", "mpiqe_hf.cli", *argv], watched_env, target,
-                                           signal.SIGINT)
+    code, err = _interrupt_once_rows_exist(
+        [sys.executable, "-m", "mpiqe_hf.cli", *argv], watched_env, target, signal.SIGINT
+    )
     assert code == 130, err
     assert "--resume" in err and "Traceback" not in err
     kept = _read_rows(target)
@@ -329,8 +379,19 @@ def test_sigterm_keeps_the_rows_in_a_readable_parquet_file(
     capsys, tiny_checkpoint, many_images, reference_rows, tmp_path, monkeypatch
 ):
     target = tmp_path / "scores.parquet"
-    argv = [str(many_images), "-m", tiny_checkpoint, "-o", str(target), "--dtype", "float32", "-b", "2",
-            "--num-workers", "0"]
+    argv = [
+        str(many_images),
+        "-m",
+        tiny_checkpoint,
+        "-o",
+        str(target),
+        "--dtype",
+        "float32",
+        "-b",
+        "2",
+        "--num-workers",
+        "0",
+    ]
     batches = []
     score = cli_scoring.TorchScorer.score_batch
 
@@ -362,8 +423,22 @@ def test_sigterm_keeps_the_rows_in_a_readable_parquet_file(
 
 def test_a_reader_that_closes_standard_output_ends_the_run_quietly(tiny_checkpoint, many_images, reference_rows):
     """`mpiqe-score folder | head -1`: no traceback, exit status 141 as for SIGPIPE."""
-    command = [sys.executable, "-m", "mpiqe_hf.cli", str(many_images), "-m", tiny_checkpoint, "--format", "csv",
-               "--dtype", "float32", "-b", "1", "--num-workers", "0"]
+    command = [
+        sys.executable,
+        "-m",
+        "mpiqe_hf.cli",
+        str(many_images),
+        "-m",
+        tiny_checkpoint,
+        "--format",
+        "csv",
+        "--dtype",
+        "float32",
+        "-b",
+        "1",
+        "--num-workers",
+        "0",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     header, first = process.stdout.readline(), process.stdout.readline()
     process.stdout.close()
@@ -388,9 +463,28 @@ def test_torchrun_two_processes_resume_shards_and_match_one_process(
         for name in names[12:15]:
             handle.write(json.dumps(reference_rows[name]) + "\n")
         handle.write('{"path": "cut short')  # a process killed mid-write
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "mpiqe_hf.cli", str(many_images), "-m", tiny_checkpoint, "-o", str(target), "--resume",
-               "--dtype", "float32", "-b", "3", "--num-workers", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "mpiqe_hf.cli",
+        str(many_images),
+        "-m",
+        tiny_checkpoint,
+        "-o",
+        str(target),
+        "--resume",
+        "--dtype",
+        "float32",
+        "-b",
+        "3",
+        "--num-workers",
+        "1",
+    ]
     result = subprocess.run(command, env=watched_env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.count("scoring on cpu in float32 (--dtype), 2 process(es)") == 1
@@ -424,8 +518,11 @@ def image_dataset(many_images):
     encoded = [(many_images / f"img{index:02d}.png").read_bytes() for index in range(8)]
     encoded[3] = b"\x89PNG\r\n\x1a\n not really"
     return datasets.Dataset.from_dict(
-        {"image": [{"bytes": data, "path": None} for data in encoded], "photo_id": [f"p-{i}" for i in range(8)],
-         "extra": list(range(8))},
+        {
+            "image": [{"bytes": data, "path": None} for data in encoded],
+            "photo_id": [f"p-{i}" for i in range(8)],
+            "extra": list(range(8)),
+        },
         features=datasets.Features(
             {"image": datasets.Image(), "photo_id": datasets.Value("string"), "extra": datasets.Value("int64")}
         ),
@@ -436,8 +533,25 @@ def test_parquet_dataset_keeps_its_ids(capsys, tiny_checkpoint, image_dataset, m
     data = tmp_path / "photos.parquet"
     image_dataset.to_parquet(str(data))
     target = tmp_path / "scores.parquet"
-    code, _, err = _run(capsys, ["--dataset", str(data), "--id-column", "photo_id", "-m", tiny_checkpoint,
-                                 "-o", str(target), "--dtype", "float32", "--num-workers", "1", "-b", "3"])
+    code, _, err = _run(
+        capsys,
+        [
+            "--dataset",
+            str(data),
+            "--id-column",
+            "photo_id",
+            "-m",
+            tiny_checkpoint,
+            "-o",
+            str(target),
+            "--dtype",
+            "float32",
+            "--num-workers",
+            "1",
+            "-b",
+            "3",
+        ],
+    )
     assert code == 1, err
     (tmp_path / "plain.txt").write_text("")
     assert os.stat(target).st_mode & 0o777 == os.stat(tmp_path / "plain.txt").st_mode & 0o777  # a new file's mode
@@ -458,8 +572,10 @@ def test_parquet_dataset_keeps_its_ids(capsys, tiny_checkpoint, image_dataset, m
 def test_save_to_disk_folder_and_streaming(capsys, tiny_checkpoint, image_dataset, tmp_path, decoded):
     folder = tmp_path / "saved"
     image_dataset.save_to_disk(str(folder))
-    code, out, _ = _run(capsys, ["--dataset", str(folder), "-m", tiny_checkpoint, "-f", "jsonl", "--dtype", "float32",
-                                 "--num-workers", "0"])
+    code, out, _ = _run(
+        capsys,
+        ["--dataset", str(folder), "-m", tiny_checkpoint, "-f", "jsonl", "--dtype", "float32", "--num-workers", "0"],
+    )
     rows = [json.loads(line) for line in out.splitlines()]
     assert code == 1 and sorted(row["index"] for row in rows) == list(range(8))
     assert all(isinstance(source, dict) and source["bytes"] for source in decoded)  # decoded by the CLI, once each
@@ -470,9 +586,25 @@ def test_save_to_disk_folder_and_streaming(capsys, tiny_checkpoint, image_datase
     with open(target, "w") as handle:
         for row in rows[:4]:
             handle.write(json.dumps({"photo_id": f"p-{row['index']}", **{k: row[k] for k in RESULT_COLUMNS}}) + "\n")
-    code, _, err = _run(capsys, ["--dataset", str(folder), "--streaming", "--id-column", "photo_id", "-m",
-                                 tiny_checkpoint, "-o", str(target), "--resume", "--dtype", "float32",
-                                 "--num-workers", "0"])
+    code, _, err = _run(
+        capsys,
+        [
+            "--dataset",
+            str(folder),
+            "--streaming",
+            "--id-column",
+            "photo_id",
+            "-m",
+            tiny_checkpoint,
+            "-o",
+            str(target),
+            "--resume",
+            "--dtype",
+            "float32",
+            "--num-workers",
+            "0",
+        ],
+    )
     assert code == 1, err  # the corrupt row, kept or new
     streamed = _read_rows(target)
     assert sorted(row["photo_id"] for row in streamed) == [f"p-{i}" for i in range(8)]
@@ -498,8 +630,16 @@ def test_cuda_without_cuda_is_one_line_and_exit_2(capsys, tiny_checkpoint, image
 def test_a_model_that_is_not_mp_iqe_is_refused_naming_its_type(capsys, image_folder, tmp_path):
     from transformers import ViTConfig, ViTModel
 
-    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
-                       image_size=32, patch_size=8)).save_pretrained(tmp_path / "vit")
+    ViTModel(
+        ViTConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=37,
+            image_size=32,
+            patch_size=8,
+        )
+    ).save_pretrained(tmp_path / "vit")
     capsys.readouterr()
     code, _, err = _run(capsys, [str(image_folder), "-m", str(tmp_path / "vit")])
     assert code == 2 and "'vit'" in err and "MP-IQE" in err and len(err.strip().splitlines()) == 1
@@ -528,8 +668,12 @@ def test_a_model_out_of_reach_is_named_in_seconds(capsys, image_folder, tmp_path
 
 
 def test_usage_errors(capsys, tiny_checkpoint, tmp_path):
-    for argv in ([str(tmp_path), "--model", tiny_checkpoint, "--batch-size", "0"], [str(tmp_path)],
-                 ["-m", tiny_checkpoint], [str(tmp_path), "-m", tiny_checkpoint, "--resume"]):
+    for argv in (
+        [str(tmp_path), "--model", tiny_checkpoint, "--batch-size", "0"],
+        [str(tmp_path)],
+        ["-m", tiny_checkpoint],
+        [str(tmp_path), "-m", tiny_checkpoint, "--resume"],
+    ):
         with pytest.raises(SystemExit) as info:
             main(argv)
         assert info.value.code == 2
@@ -566,6 +710,8 @@ def test_text_features_are_computed_once_per_run(capsys, tiny_checkpoint, many_i
 
     monkeypatch.setattr(MPIQEModel, "get_text_features", counted)
     monkeypatch.setattr(MPIQEModel, "forward", checked_forward)
-    code, _, _ = _run(capsys, [str(many_images), "-m", tiny_checkpoint, "-f", "jsonl", "-b", "4", "--num-workers", "0"])
+    code, _, _ = _run(
+        capsys, [str(many_images), "-m", tiny_checkpoint, "-f", "jsonl", "-b", "4", "--num-workers", "0"]
+    )
     assert code == 0
     assert len(calls) == 1 and forwards == [True] * 6  # 24 images in 6 batches, one text pass

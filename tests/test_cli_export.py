@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+
 pytest.importorskip("onnxruntime")
 
 from mpiqe_hf import MPIQEImageProcessor  # noqa: E402
@@ -37,8 +38,12 @@ def test_onnx_backend_scores_like_torch(checkpoint, tmp_path):
     assert export_main(["onnx", str(tmp_path / "exported"), "--model", str(checkpoint / "model")]) == 0
     common = [str(checkpoint / "photos"), "--dtype", "float32", "--num-workers", "0", "-b", "2"]
     assert score_main([*common, "--model", str(checkpoint / "model"), "-o", str(tmp_path / "torch.csv")]) == 0
-    assert score_main([*common, "--model", str(tmp_path / "exported"), "--backend", "onnx",
-                       "-o", str(tmp_path / "onnx.csv")]) == 0
+    assert (
+        score_main(
+            [*common, "--model", str(tmp_path / "exported"), "--backend", "onnx", "-o", str(tmp_path / "onnx.csv")]
+        )
+        == 0
+    )
     torch_rows, onnx_rows = _rows(tmp_path / "torch.csv"), _rows(tmp_path / "onnx.csv")
     assert len(onnx_rows) == 3 and onnx_rows.keys() == torch_rows.keys()
     for path, row in onnx_rows.items():
@@ -56,8 +61,21 @@ def test_save_maps_writes_an_overlay_per_image(checkpoint, tmp_path):
     from mpiqe_hf import MPIQEModel
 
     maps = tmp_path / "maps"
-    status = score_main([str(checkpoint / "photos"), "--model", str(checkpoint / "model"), "--dtype", "float32",
-                         "--num-workers", "0", "--save-maps", str(maps), "-o", str(tmp_path / "s.csv")])
+    status = score_main(
+        [
+            str(checkpoint / "photos"),
+            "--model",
+            str(checkpoint / "model"),
+            "--dtype",
+            "float32",
+            "--num-workers",
+            "0",
+            "--save-maps",
+            str(maps),
+            "-o",
+            str(tmp_path / "s.csv"),
+        ]
+    )
     assert status == 0
     names = sorted(os.listdir(maps))
     stems = sorted({name.split(".")[0] for name in names})
@@ -75,12 +93,21 @@ def test_save_maps_writes_an_overlay_per_image(checkpoint, tmp_path):
     score = float(_rows(tmp_path / "s.csv")[str(checkpoint / "photos" / "sub" / "b.png")]["score"])
     reference = np.asarray(render_overlay(image, expected.gradcam_maps[0], title=None), dtype=int)
     assert overlay.shape[1] == reference.shape[1]  # same layout: the image, then the colour bar
-    assert np.abs(overlay[-reference.shape[0]:] - reference).mean() < 2  # maps agree (the title row differs)
+    assert np.abs(overlay[-reference.shape[0] :] - reference).mean() < 2  # maps agree (the title row differs)
     assert score == pytest.approx(float(expected.score[0] * 4 + 1), abs=1e-4)
 
 
 def test_save_maps_refuses_the_onnx_backend(checkpoint, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
-        score_main([str(checkpoint / "photos"), "--model", str(tmp_path), "--backend", "onnx",
-                    "--save-maps", str(tmp_path / "maps")])
+        score_main(
+            [
+                str(checkpoint / "photos"),
+                "--model",
+                str(tmp_path),
+                "--backend",
+                "onnx",
+                "--save-maps",
+                str(tmp_path / "maps"),
+            ]
+        )
     assert exit_info.value.code == 2

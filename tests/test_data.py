@@ -16,8 +16,8 @@ from mpiqe_hf.configuration_mpiqe import DISTORTION_CLASSES, SCENE_CLASSES
 from mpiqe_hf.data import (
     IQA_DATASETS,
     dataset_mos_range,
-    iqa_info,
     get_dataset_spec,
+    iqa_info,
     liqe_splits,
     load_iqa_dataset,
     paper_splits,
@@ -26,6 +26,7 @@ from mpiqe_hf.data import (
     subsample,
 )
 from mpiqe_hf.data.synthetic import FAMILY_WEIGHTS, REFERENCES, pseudo_mos
+
 
 LIQE_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "liqe" / "IQA_Database"
 if not LIQE_ROOT.is_dir():
@@ -94,7 +95,13 @@ def test_max_image_size_defaults_per_dataset(tmp_path):
     from mpiqe_hf.training import DataArguments
 
     assert {n: s.max_image_size for n, s in IQA_DATASETS.items()} == {
-        "koniq10k": 512, "kadid10k": None, "live": None, "csiq": None, "livec": None, "bid": 1024, "synthetic": None,
+        "koniq10k": 512,
+        "kadid10k": None,
+        "live": None,
+        "csiq": None,
+        "livec": None,
+        "bid": 1024,
+        "synthetic": None,
     }
     assert default_max_image_size("KonIQ-10k") == 512 and default_max_image_size(None) is None
     assert default_max_image_size("org/hub-dataset") is None
@@ -143,14 +150,18 @@ def test_liqe_real_label_files(name, rel):
         assert len({r["content_id"] for r in rows}) == len(rows)
         assert rows[0]["distortion"] == "overexposure" and rows[0]["scene"] == ["human"]
         assert rows[0]["mos_normalized"] == pytest.approx((3.349057 - 1) / 4)
-    assert dataset_mos_range(ds) == (get_dataset_spec(name).mos_min, get_dataset_spec(name).mos_max,
-                                     get_dataset_spec(name).higher_is_better)
+    assert dataset_mos_range(ds) == (
+        get_dataset_spec(name).mos_min,
+        get_dataset_spec(name).mos_max,
+        get_dataset_spec(name).higher_is_better,
+    )
 
 
 @needs_liqe
 def test_liqe_live_is_dmos_and_kadid_folder():
-    live = load_iqa_dataset("live", label_file=LIQE_ROOT / "databaserelease2/splits2/live_all_clip.txt",
-                            check_files=False)
+    live = load_iqa_dataset(
+        "live", label_file=LIQE_ROOT / "databaserelease2/splits2/live_all_clip.txt", check_files=False
+    )
     rows = labels(live)
     worst = max(rows, key=lambda r: r["mos"])
     best = min(rows, key=lambda r: r["mos"])
@@ -171,7 +182,9 @@ def test_liqe_splits_partition(name, rel):
         assert len(train) == len(splits["train"]) and len(test) == len(splits["test"])
         assert not (train & val) and not (train & test) and not (val & test)
         assert train | val | test == set(range(len(ds)))
-        assert len(splits["test"]) == count_lines(LIQE_ROOT / rel / "splits2/1" / f"{get_dataset_spec(name).liqe_prefix}_test_clip.txt")
+        assert len(splits["test"]) == count_lines(
+            LIQE_ROOT / rel / "splits2/1" / f"{get_dataset_spec(name).liqe_prefix}_test_clip.txt"
+        )
 
 
 def write_liqe(path, lines):
@@ -185,11 +198,14 @@ def test_liqe_with_images_and_content_ids(tmp_path):
     root = tmp_path / "kadid10k"
     for name in ("I01_01_01.png", "I01_09_02.png", "I02_21_05.png"):
         make_image(root / "images" / name)
-    label = write_liqe(tmp_path / "kadid10k_all_clip.txt", [
-        ["images/I01_01_01.png", "4.5", "gaussian blur", "animal", "invalid", "invalid"],
-        ["images/I01_09_02.png", "3.0", "jpeg2000 compression", "still-life", "plant", "invalid"],
-        ["images/I02_21_05.png", "1.0", "pixelate", "landscape", "invalid", "invalid"],
-    ])
+    label = write_liqe(
+        tmp_path / "kadid10k_all_clip.txt",
+        [
+            ["images/I01_01_01.png", "4.5", "gaussian blur", "animal", "invalid", "invalid"],
+            ["images/I01_09_02.png", "3.0", "jpeg2000 compression", "still-life", "plant", "invalid"],
+            ["images/I02_21_05.png", "1.0", "pixelate", "landscape", "invalid", "invalid"],
+        ],
+    )
     ds = load_iqa_dataset("kadid10k", data_dir=root, label_file=label, verify_images=True)
     rows = labels(ds)
     assert [r["content_id"] for r in rows] == ["I01", "I01", "I02"]
@@ -234,10 +250,13 @@ def test_unreadable_image(tmp_path):
     root = tmp_path / "db"
     make_image(root / "images" / "I01_01_01.png")
     (root / "images" / "I01_01_02.png").write_bytes(b"not an image at all")
-    label = write_liqe(tmp_path / "kadid10k_all_clip.txt", [
-        ["images/I01_01_01.png", "4.0", "gaussian blur", "animal", "invalid", "invalid"],
-        ["images/I01_01_02.png", "3.0", "gaussian blur", "animal", "invalid", "invalid"],
-    ])
+    label = write_liqe(
+        tmp_path / "kadid10k_all_clip.txt",
+        [
+            ["images/I01_01_01.png", "4.0", "gaussian blur", "animal", "invalid", "invalid"],
+            ["images/I01_01_02.png", "3.0", "gaussian blur", "animal", "invalid", "invalid"],
+        ],
+    )
     assert len(load_iqa_dataset("kadid10k", data_dir=root, label_file=label)) == 2  # decoding is lazy by default
     with pytest.raises(ValueError, match=r"line 2, field 'image': Cannot load .*I01_01_02.png"):
         load_iqa_dataset("kadid10k", data_dir=root, label_file=label, verify_images=True)
@@ -293,8 +312,12 @@ def _live_fake(root: Path):
     orgs = np.ones((1, total))
     refs = np.empty((1, total), dtype=object)
     refs[0, :] = "parrots.bmp"
-    picks = {0: ("jp2k", 1, "bikes.bmp", 40.0), 228: ("jpeg", 2, "bikes.bmp", 70.0), 460: ("wn", 1, "parrots.bmp", 10.0),
-             808: ("fastfading", 1, "house.bmp", 100.0)}
+    picks = {
+        0: ("jp2k", 1, "bikes.bmp", 40.0),
+        228: ("jpeg", 2, "bikes.bmp", 70.0),
+        460: ("wn", 1, "parrots.bmp", 10.0),
+        808: ("fastfading", 1, "house.bmp", 100.0),
+    }
     for i, (folder, j, ref, value) in picks.items():
         orgs[0, i] = 0
         dmos[0, i] = value
@@ -312,16 +335,28 @@ def test_official_live(tmp_path):
     ds = load_iqa_dataset("live", data_dir=root)
     rows = labels(ds)
     assert [r["mos"] for r in rows] == [40.0, 70.0, 10.0, 100.0]
-    assert [r["distortion"] for r in rows] == ["jpeg2000 compression", "jpeg compression", "noise", "jpeg2000 compression"]
+    assert [r["distortion"] for r in rows] == [
+        "jpeg2000 compression",
+        "jpeg compression",
+        "noise",
+        "jpeg2000 compression",
+    ]
     assert [r["content_id"] for r in rows] == ["bikes", "bikes", "parrots", "house"]
     assert rows[2]["mos_normalized"] > rows[0]["mos_normalized"] > rows[3]["mos_normalized"]
-    assert [os.path.relpath(p, root) for p in image_paths(ds)] == ["jp2k/img1.bmp", "jpeg/img2.bmp", "wn/img1.bmp",
-                                                                   "fastfading/img1.bmp"]
+    assert [os.path.relpath(p, root) for p in image_paths(ds)] == [
+        "jp2k/img1.bmp",
+        "jpeg/img2.bmp",
+        "wn/img1.bmp",
+        "fastfading/img1.bmp",
+    ]
     # the LIQE loader finds LIVE's references through refnames_all.mat in data_dir
-    label = write_liqe(tmp_path / "live_all_clip.txt", [
-        ["jp2k/img1.bmp", "40.0", "jpeg2000 compression", "human", "invalid", "invalid"],
-        ["wn/img1.bmp", "10.0", "white noise", "animal", "invalid", "invalid"],
-    ])
+    label = write_liqe(
+        tmp_path / "live_all_clip.txt",
+        [
+            ["jp2k/img1.bmp", "40.0", "jpeg2000 compression", "human", "invalid", "invalid"],
+            ["wn/img1.bmp", "10.0", "white noise", "animal", "invalid", "invalid"],
+        ],
+    )
     liqe = load_iqa_dataset("live", data_dir=root, label_file=label)
     assert liqe["content_id"] == ["bikes", "parrots"]
     assert iqa_info(liqe).live_references_found is True
@@ -340,9 +375,12 @@ def test_live_without_reference_names_is_refused(tmp_path):
     root.mkdir()
     picks = _live_fake(root)
     (root / "refnames_all.mat").unlink()
-    label = write_liqe(tmp_path / "live_all_clip.txt", [
-        ["jp2k/img1.bmp", "40.0", "jpeg2000 compression", "human", "invalid", "invalid"],
-    ])
+    label = write_liqe(
+        tmp_path / "live_all_clip.txt",
+        [
+            ["jp2k/img1.bmp", "40.0", "jpeg2000 compression", "human", "invalid", "invalid"],
+        ],
+    )
     for kwargs in ({}, {"label_file": label}):
         with pytest.raises(ValueError) as info:
             load_iqa_dataset("live", data_dir=root, **kwargs)
@@ -373,10 +411,13 @@ def test_live_liqe_rows_need_a_reference(tmp_path):
     root.mkdir()
     _live_fake(root)
     make_image(root / "refimgs" / "bikes.bmp", fmt="BMP")
-    label = write_liqe(tmp_path / "live_all_clip.txt", [
-        ["jp2k/img1.bmp", "40.0", "jpeg2000 compression", "human", "invalid", "invalid"],
-        ["refimgs/bikes.bmp", "0.0", "jpeg2000 compression", "human", "invalid", "invalid"],
-    ])
+    label = write_liqe(
+        tmp_path / "live_all_clip.txt",
+        [
+            ["jp2k/img1.bmp", "40.0", "jpeg2000 compression", "human", "invalid", "invalid"],
+            ["refimgs/bikes.bmp", "0.0", "jpeg2000 compression", "human", "invalid", "invalid"],
+        ],
+    )
     with pytest.raises(ValueError, match=r"line 2, field 'path': refimgs/bikes.bmp is not an image of the LIVE"):
         load_iqa_dataset("live", data_dir=root, label_file=label)
     # LIQE's LIVE labels without data_dir (no reference names) load, but cannot be split by content
@@ -396,12 +437,16 @@ def test_live_score_direction_follows_dmos_realigned(tmp_path):
     picks = _live_fake(root)
     dmos_new = loadmat(root / "dmos_realigned.mat")["dmos_new"].reshape(-1)
     # the unrealigned dmos.mat next to it, with other values, is not read while dmos_realigned.mat is there
-    savemat(root / "dmos.mat", {"dmos": 120.0 - dmos_new[None, :], "orgs": loadmat(root / "dmos_realigned.mat")["orgs"]})
+    savemat(
+        root / "dmos.mat", {"dmos": 120.0 - dmos_new[None, :], "orgs": loadmat(root / "dmos_realigned.mat")["orgs"]}
+    )
     entry_of = {f"{folder}/img{j}.bmp": i for i, (folder, j, _, _) in picks.items()}
     ds = load_iqa_dataset("live", data_dir=root)
     assert iqa_info(ds).score_file.endswith("dmos_realigned.mat")
-    rows = [(dmos_new[entry_of[os.path.relpath(p, root)]], r["mos"], r["mos_normalized"])
-            for p, r in zip(image_paths(ds), labels(ds))]
+    rows = [
+        (dmos_new[entry_of[os.path.relpath(p, root)]], r["mos"], r["mos_normalized"])
+        for p, r in zip(image_paths(ds), labels(ds))
+    ]
     assert len(rows) == 4 and len({d for d, _, _ in rows}) == 4
     for dmos, mos, normalized in rows:
         assert mos == dmos and normalized == pytest.approx((120.0 - dmos) / 120.0)
@@ -488,7 +533,10 @@ def test_metadata_folder(tmp_path):
     folder = tmp_path / "my_iqa"
     for n in ("a.png", "sub/b.png", "c.png"):
         make_image(folder / n)
-    write_metadata(folder, [("a.png", 7, "animal|plant", "blur"), ("sub/b.png", 2, "", ""), ("c.png", 9.5, "night", "white noise")])
+    write_metadata(
+        folder,
+        [("a.png", 7, "animal|plant", "blur"), ("sub/b.png", 2, "", ""), ("c.png", 9.5, "night", "white noise")],
+    )
     ds = load_iqa_dataset(str(folder))
     rows = labels(ds)
     assert ds.column_names == COLUMNS
@@ -514,8 +562,13 @@ def test_metadata_missing_column(tmp_path, missing):
 
 
 @pytest.mark.parametrize(
-    "row, field", [(("a.png", "nan", "", ""), "mos"), (("gone.png", 3, "", ""), "image"),
-                   (("a.png", 3, "animal;moon", ""), "scene"), (("a.png", 3, "", "sparkles"), "distortion")]
+    "row, field",
+    [
+        (("a.png", "nan", "", ""), "mos"),
+        (("gone.png", 3, "", ""), "image"),
+        (("a.png", 3, "animal;moon", ""), "scene"),
+        (("a.png", 3, "", "sparkles"), "distortion"),
+    ],
 )
 def test_metadata_bad_rows(tmp_path, row, field):
     folder = tmp_path / "f"
@@ -689,7 +742,12 @@ def test_class_label_features(tmp_path):
     assert scene.feature.names == list(SCENE_CLASSES)
     assert isinstance(distortion, datasets.ClassLabel) and distortion.names == list(DISTORTION_CLASSES)
     assert ds["scene"][:2] == [[SCENE_CLASSES.index("animal"), SCENE_CLASSES.index("plant")], []]
-    assert ds["distortion"][:] == [DISTORTION_CLASSES.index("blur"), -1, DISTORTION_CLASSES.index("jpeg compression"), -1]
+    assert ds["distortion"][:] == [
+        DISTORTION_CLASSES.index("blur"),
+        -1,
+        DISTORTION_CLASSES.index("jpeg compression"),
+        -1,
+    ]
     assert ds.with_format("torch")[:]["distortion"].tolist() == ds["distortion"][:]  # ints all the way to torch
 
 
@@ -697,7 +755,12 @@ def test_iqa_info_survives_datasets_operations(tmp_path):
     ds = load_iqa_dataset(str(small_folder(tmp_path / "f")), mos_range=(0, 5))
     info = iqa_info(ds)
     assert isinstance(info, datasets.DatasetInfo) is False
-    assert (info.name, info.source, info.split_protocol, info.mos_range_from_data) == ("f", "folder", "by_content", False)
+    assert (info.name, info.source, info.split_protocol, info.mos_range_from_data) == (
+        "f",
+        "folder",
+        "by_content",
+        False,
+    )
     assert info.mos_range == (0.0, 5.0, True) and info.data_dir == str((tmp_path / "f").resolve())
     derived = {
         "select": ds.select([2, 0]),
@@ -757,8 +820,18 @@ def bad_corpus(folder):
         "g.png,-3,,",  # 15 negative on a positive scale
     ] + [f"ok{i}.png,{1 + i * 0.4:.1f},," for i in range(10)]
     write_raw_metadata(folder, "\n".join(lines) + "\n")
-    return {4: "image", 7: "file_name", 8: "file_name", 9: "file_name", 10: "mos", 11: "mos", 12: "image",
-            13: "mos", 14: "image", 15: "mos"}
+    return {
+        4: "image",
+        7: "file_name",
+        8: "file_name",
+        9: "file_name",
+        10: "mos",
+        11: "mos",
+        12: "image",
+        13: "mos",
+        14: "image",
+        15: "mos",
+    }
 
 
 def test_bad_corpus_reported_in_one_pass_with_csv_lines(tmp_path):
@@ -810,9 +883,12 @@ def test_checks_are_not_cached(tmp_path):
         load_iqa_dataset(str(folder))
     root = tmp_path / "db"
     make_image(root / "images" / "I01_01_01.png")
-    label = write_liqe(tmp_path / "kadid10k_all_clip.txt", [
-        ["images/I01_01_01.png", "4.0", "gaussian blur", "animal", "invalid", "invalid"],
-    ])
+    label = write_liqe(
+        tmp_path / "kadid10k_all_clip.txt",
+        [
+            ["images/I01_01_01.png", "4.0", "gaussian blur", "animal", "invalid", "invalid"],
+        ],
+    )
     assert len(load_iqa_dataset("kadid10k", data_dir=root, label_file=label, verify_images=True)) == 1
     (root / "images" / "I01_01_01.png").write_bytes(b"garbage")
     with pytest.raises(ValueError, match=r"line 1, field 'image': Cannot load"):
@@ -823,7 +899,9 @@ def test_metadata_bom_crlf_and_padded_header(tmp_path):
     folder = tmp_path / "f"
     for name in ("a.png", "b.png"):
         make_image(folder / name)
-    (folder / "metadata.csv").write_bytes("file_name, mos ,scene\r\na.png,3.0,night\r\nb.png,2,\r\n".encode("utf-8-sig"))
+    (folder / "metadata.csv").write_bytes(
+        "file_name, mos ,scene\r\na.png,3.0,night\r\nb.png,2,\r\n".encode("utf-8-sig")
+    )
     rows = labels(load_iqa_dataset(str(folder)))
     assert [r["mos"] for r in rows] == [3.0, 2.0] and rows[0]["scene"] == ["night"]
 
@@ -873,14 +951,22 @@ def test_given_range_and_implausible_rule(tmp_path):
 def test_liqe_problems_reported_together(tmp_path):
     root = tmp_path / "db"
     make_image(root / "images" / "I01_01_01.png")
-    label = write_liqe(tmp_path / "kadid10k_all_clip.txt", [
-        ["images/I01_01_01.png", "4.0", "gaussian blur", "animal", "invalid", "invalid"],
-        ["images/I01_01_02.png", "4.5", "gaussian blur"],
-        ["../outside.png", "9", "bokeh", "animal", "invalid", "invalid"],
-    ])
+    label = write_liqe(
+        tmp_path / "kadid10k_all_clip.txt",
+        [
+            ["images/I01_01_01.png", "4.0", "gaussian blur", "animal", "invalid", "invalid"],
+            ["images/I01_01_02.png", "4.5", "gaussian blur"],
+            ["../outside.png", "9", "bokeh", "animal", "invalid", "invalid"],
+        ],
+    )
     with pytest.raises(ValueError) as caught:
         load_iqa_dataset("kadid10k", data_dir=root, label_file=label)
     message = str(caught.value)
     assert message.startswith("2 bad sample(s)")  # two rows, four problems
-    for where in ("line 2, field 'columns'", "line 3, field 'path'", "line 3, field 'mos'", "line 3, field 'distortion'"):
+    for where in (
+        "line 2, field 'columns'",
+        "line 3, field 'path'",
+        "line 3, field 'mos'",
+        "line 3, field 'distortion'",
+    ):
         assert where in message

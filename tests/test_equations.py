@@ -8,7 +8,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-
 from conftest import MPIQEModelTester
 
 

@@ -15,6 +15,7 @@ from test_train import ROOT, _load_script, tiny_args, train_script, write_blur_f
 from mpiqe_hf.baselines import PROBE_ALPHAS, RidgeProbe, clip_image_embeddings, linear_probe
 from mpiqe_hf.data import load_iqa_dataset, paper_splits
 
+
 evaluate_script = _load_script("evaluate")
 
 
@@ -22,16 +23,41 @@ evaluate_script = _load_script("evaluate")
 def split_runs(tiny_clip, synthetic_cache, tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     for k in (1, 2):
-        train_script.main(tiny_args(tiny_clip, runs / f"split_{k}", "--cache_dir", synthetic_cache, "--split_index",
-                                    str(k), "--max_train_samples", "8", "--max_eval_samples", "6"))
+        train_script.main(
+            tiny_args(
+                tiny_clip,
+                runs / f"split_{k}",
+                "--cache_dir",
+                synthetic_cache,
+                "--split_index",
+                str(k),
+                "--max_train_samples",
+                "8",
+                "--max_eval_samples",
+                "6",
+            )
+        )
     return runs
 
 
 def test_paper_splits_protocol_reports_median(split_runs, synthetic_cache, tmp_path, capsys):
     out = tmp_path / "eval"
-    summary = evaluate_script.main(["--protocol", "paper_splits", "--model_name_or_path", str(split_runs),
-                                    "--max_eval_samples", "12", "--output_dir", str(out), "--num_crops", "2",
-                                    "--dataloader_num_workers", "0"])
+    summary = evaluate_script.main(
+        [
+            "--protocol",
+            "paper_splits",
+            "--model_name_or_path",
+            str(split_runs),
+            "--max_eval_samples",
+            "12",
+            "--output_dir",
+            str(out),
+            "--num_crops",
+            "2",
+            "--dataloader_num_workers",
+            "0",
+        ]
+    )
     assert summary["num_models"] == 2 and [m["split_index"] for m in summary["per_model"]] == [1, 2]
     assert summary["median_srcc"] == pytest.approx(statistics.median(m["srcc"] for m in summary["per_model"]))
     assert summary["median_plcc"] == pytest.approx(statistics.median(m["plcc"] for m in summary["per_model"]))
@@ -41,12 +67,21 @@ def test_paper_splits_protocol_reports_median(split_runs, synthetic_cache, tmp_p
     ds = load_iqa_dataset("synthetic", cache_dir=synthetic_cache)
     with open(out / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
-    assert set(rows[0]) == {"model", "split_index", "path", "mos", "mos_normalized", "predicted_mos",
-                            "predicted_score"}
+    assert set(rows[0]) == {
+        "model",
+        "split_index",
+        "path",
+        "mos",
+        "mos_normalized",
+        "predicted_mos",
+        "predicted_score",
+    }
     assert len(rows) == 24
     for k in (1, 2):
-        test_paths = {ds.cast_column("image", __import__("datasets").Image(decode=False))[i]["image"]["path"]
-                      for i in paper_splits(ds)[k - 1][1]}
+        test_paths = {
+            ds.cast_column("image", __import__("datasets").Image(decode=False))[i]["image"]["path"]
+            for i in paper_splits(ds)[k - 1][1]
+        }
         assert {r["path"] for r in rows if r["split_index"] == str(k)} <= test_paths
     assert all(1.0 <= float(r["mos"]) <= 5.0 for r in rows)
     assert (out / "scatter.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -56,9 +91,22 @@ def test_paper_splits_protocol_reports_median(split_runs, synthetic_cache, tmp_p
 def test_cross_dataset_scores_the_whole_other_dataset(split_runs, tmp_path):
     other = write_blur_folder(tmp_path / "other", contents=2, levels=4)
     out = tmp_path / "eval"
-    summary = evaluate_script.main(["--protocol", "cross", "--model_name_or_path", str(split_runs / "split_1"),
-                                    str(split_runs / "split_2"), "--validation_dir", str(other), "--output_dir",
-                                    str(out), "--dataloader_num_workers", "0", "--baselines"])
+    summary = evaluate_script.main(
+        [
+            "--protocol",
+            "cross",
+            "--model_name_or_path",
+            str(split_runs / "split_1"),
+            str(split_runs / "split_2"),
+            "--validation_dir",
+            str(other),
+            "--output_dir",
+            str(out),
+            "--dataloader_num_workers",
+            "0",
+            "--baselines",
+        ]
+    )
     assert [m["num_samples"] for m in summary["per_model"]] == [8, 8]
     assert all(m["split_index"] is None for m in summary["per_model"])
     # the probe learns from each model's own training part (280 synthetic images) and scores the other dataset
@@ -69,20 +117,44 @@ def test_cross_dataset_scores_the_whole_other_dataset(split_runs, tmp_path):
 
 
 def test_single_model_on_one_split(split_runs, tmp_path):
-    summary = evaluate_script.main(["--model_name_or_path", str(split_runs / "split_2"), "--split_index", "2",
-                                    "--max_eval_samples", "5", "--output_dir", str(tmp_path / "eval"),
-                                    "--dataloader_num_workers", "0"])
+    summary = evaluate_script.main(
+        [
+            "--model_name_or_path",
+            str(split_runs / "split_2"),
+            "--split_index",
+            "2",
+            "--max_eval_samples",
+            "5",
+            "--output_dir",
+            str(tmp_path / "eval"),
+            "--dataloader_num_workers",
+            "0",
+        ]
+    )
     assert summary["num_models"] == 1 and summary["per_model"][0]["num_samples"] == 5
     assert summary["median_srcc"] == summary["per_model"][0]["srcc"]
 
 
 def test_run_protocol_trains_each_split_and_reports(tiny_clip, synthetic_cache, tmp_path):
     out = tmp_path / "protocol"
-    command = [sys.executable, str(ROOT / "examples" / "run_protocol.py"), "--output_dir", str(out), "--num_splits",
-               "1", "--first_split", "2", "--launch_args", "--num_processes 1 --cpu --num_machines 1 --mixed_precision no "
-               "--dynamo_backend no", "--evaluate_args", "--max_eval_samples 6 --dataloader_num_workers 0", "--",
-               *tiny_args(tiny_clip, "ignored", "--cache_dir", synthetic_cache, "--max_train_samples", "8",
-                          "--max_eval_samples", "6")]
+    command = [
+        sys.executable,
+        str(ROOT / "examples" / "run_protocol.py"),
+        "--output_dir",
+        str(out),
+        "--num_splits",
+        "1",
+        "--first_split",
+        "2",
+        "--launch_args",
+        "--num_processes 1 --cpu --num_machines 1 --mixed_precision no --dynamo_backend no",
+        "--evaluate_args",
+        "--max_eval_samples 6 --dataloader_num_workers 0",
+        "--",
+        *tiny_args(
+            tiny_clip, "ignored", "--cache_dir", synthetic_cache, "--max_train_samples", "8", "--max_eval_samples", "6"
+        ),
+    ]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     completed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -98,8 +170,19 @@ def test_run_protocol_trains_each_split_and_reports(tiny_clip, synthetic_cache, 
 @pytest.mark.parametrize("table, runs", [(1, 6), (4, 10), (5, 6), (6, 16)])
 def test_run_protocol_tables_use_the_papers_protocol(table, runs, capsys):
     protocol = _load_script("run_protocol")
-    text = protocol.main(["--table", str(table), "--liqe_root", "/data/IQA_Database", "--output_dir", "/tmp/never",
-                          "--num_splits", "2", "--dry_run"])
+    text = protocol.main(
+        [
+            "--table",
+            str(table),
+            "--liqe_root",
+            "/data/IQA_Database",
+            "--output_dir",
+            "/tmp/never",
+            "--num_splits",
+            "2",
+            "--dry_run",
+        ]
+    )
     commands = [line for line in capsys.readouterr().out.splitlines() if line.startswith("+ ")]
     trains = [c for c in commands if "train.py" in c]
     assert len(trains) == runs * 2 and len([c for c in commands if "evaluate.py" in c]) == runs
@@ -124,28 +207,43 @@ def test_run_protocol_names_a_missing_data_folder_before_any_run(tmp_path, capsy
 
 
 def test_default_scores_the_held_out_part_with_baselines_beside(split_runs, synthetic_cache, tmp_path, capsys):
-    summary = evaluate_script.main(["--model_name_or_path", str(split_runs / "split_1"), "--output_dir",
-                                    str(tmp_path / "eval"), "--dataloader_num_workers", "0", "--clip_iqa"])
+    summary = evaluate_script.main(
+        [
+            "--model_name_or_path",
+            str(split_runs / "split_1"),
+            "--output_dir",
+            str(tmp_path / "eval"),
+            "--dataloader_num_workers",
+            "0",
+            "--clip_iqa",
+        ]
+    )
     ds = load_iqa_dataset("synthetic", cache_dir=synthetic_cache)
     held_out = paper_splits(ds)[0][1]
     model = summary["per_model"][0]
     # all of the held-out part of split 1 (training capped it at 6 for validation; evaluation does not)
     assert model["num_samples"] == len(held_out) == 56 and model["split_index"] == 1
     printed = capsys.readouterr().out
-    assert "the held-out 20 % part of paper: random 80/20 split 1 of 10 of synthetic (seed 0, by content): 56 images" \
+    assert (
+        "the held-out 20 % part of paper: random 80/20 split 1 of 10 of synthetic (seed 0, by content): 56 images"
         in printed
+    )
     with open(tmp_path / "eval" / "predictions.csv") as f:
         paths = {row["path"] for row in csv.DictReader(f)}
     plain = ds.cast_column("image", __import__("datasets").Image(decode=False))
     assert paths == {plain[i]["image"]["path"] for i in held_out}
     # --clip_iqa (the same option as --baselines) prints both baselines, scored on the same 56 images
     assert "CLIP-IQA (zero-shot, same CLIP) on the same images: SRCC" in printed
-    assert "linear probe (ridge on the frozen CLIP image embedding, fitted on the training part) on the same " \
-           "images: SRCC" in printed
-    table = printed[printed.index("| method |"):].splitlines()
+    assert (
+        "linear probe (ridge on the frozen CLIP image embedding, fitted on the training part) on the same "
+        "images: SRCC" in printed
+    )
+    table = printed[printed.index("| method |") :].splitlines()
     assert [row.split(" | ")[0] for row in table[2:]] == [
         "| CLIP-IQA (zero-shot, same CLIP)",
-        "| linear probe (ridge on the frozen CLIP image embedding, fitted on the training part)", "| MP-IQE"]
+        "| linear probe (ridge on the frozen CLIP image embedding, fitted on the training part)",
+        "| MP-IQE",
+    ]
     assert model["clip_iqa"]["num_samples"] == 56 and summary["clip_iqa_median_srcc"] == model["clip_iqa"]["srcc"]
     probe = model["linear_probe"]
     train_idx = paper_splits(ds)[0][0]
@@ -154,8 +252,17 @@ def test_default_scores_the_held_out_part_with_baselines_beside(split_runs, synt
     assert f"| {summary['linear_probe_median_plcc']:.3f} | {summary['linear_probe_median_srcc']:.3f} |" in table[3]
     saved = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert saved["per_model"][0]["linear_probe"] == probe and saved["linear_probe_median_srcc"] == probe["srcc"]
-    whole = evaluate_script.main(["--model_name_or_path", str(split_runs / "split_1"), "--whole_dataset",
-                                  "--output_dir", str(tmp_path / "whole"), "--dataloader_num_workers", "0"])
+    whole = evaluate_script.main(
+        [
+            "--model_name_or_path",
+            str(split_runs / "split_1"),
+            "--whole_dataset",
+            "--output_dir",
+            str(tmp_path / "whole"),
+            "--dataloader_num_workers",
+            "0",
+        ]
+    )
     assert whole["per_model"][0]["num_samples"] == len(ds) == 336
 
 
@@ -166,12 +273,17 @@ def test_clip_iqa_scores_are_p_good_averaged_over_crops(tiny_clip):
 
     clip, tokenizer = CLIPModel.from_pretrained(tiny_clip), CLIPTokenizer.from_pretrained(tiny_clip)
     pixel_values = torch.randn(2, 3, 3, 30, 30, generator=torch.Generator().manual_seed(0))
-    batch = {"pixel_values": pixel_values, "mos": torch.tensor([0.1, 0.9]), "index": torch.tensor([4, 7]),
-             "skipped": []}
+    batch = {
+        "pixel_values": pixel_values,
+        "mos": torch.tensor([0.1, 0.9]),
+        "index": torch.tensor([4, 7]),
+        "skipped": [],
+    }
     scores = predict_clip_iqa(clip, tokenizer, [batch])["score"]
     with torch.no_grad():
-        text = clip.get_text_features(**tokenizer(["Good photo.", "Bad photo."], padding=True,
-                                                   return_tensors="pt")).pooler_output
+        text = clip.get_text_features(
+            **tokenizer(["Good photo.", "Bad photo."], padding=True, return_tensors="pt")
+        ).pooler_output
         for image in range(2):
             image_features = clip.get_image_features(pixel_values=pixel_values[image]).pooler_output
             similarity = torch.nn.functional.cosine_similarity(image_features[:, None], text[None], dim=-1)
@@ -184,10 +296,33 @@ def test_models_trained_on_folders_are_scored_on_their_validation_folder(tiny_cl
     val_dir = write_blur_folder(tmp_path / "val", contents=2, seed=2)
     (val_dir / "images" / "c1_l2.png").write_bytes(b"garbage")
     out = tmp_path / "run"
-    train_script.main(tiny_args(tiny_clip, out, "--train_dir", str(train_dir), "--validation_dir", str(val_dir),
-                                "--mos_range", "1", "5", "--skip_bad_samples", steps=1))
-    summary = evaluate_script.main(["--model_name_or_path", str(out), "--output_dir", str(tmp_path / "eval"),
-                                    "--dataloader_num_workers", "0", "--skip_bad_samples", "--no_verify_images"])
+    train_script.main(
+        tiny_args(
+            tiny_clip,
+            out,
+            "--train_dir",
+            str(train_dir),
+            "--validation_dir",
+            str(val_dir),
+            "--mos_range",
+            "1",
+            "5",
+            "--skip_bad_samples",
+            steps=1,
+        )
+    )
+    summary = evaluate_script.main(
+        [
+            "--model_name_or_path",
+            str(out),
+            "--output_dir",
+            str(tmp_path / "eval"),
+            "--dataloader_num_workers",
+            "0",
+            "--skip_bad_samples",
+            "--no_verify_images",
+        ]
+    )
     model = summary["per_model"][0]
     assert model["part"].startswith("the validation part of none") and model["num_samples"] == 7
     assert len(model["skipped"]) == 1 and "c1_l2.png" in model["skipped"][0]
@@ -220,8 +355,9 @@ def test_ridge_probe_folds_keep_groups_together_and_bad_input_is_named():
     groups = np.repeat(np.arange(6), 5)
     folds = RidgeProbe(num_folds=4)._folds(len(groups), groups)
     assert len(folds) == 4 and sorted(np.concatenate(folds).tolist()) == list(range(30))
-    assert all(len(set(groups[fold]) & set(groups[other])) == 0 for fold in folds for other in folds
-               if fold is not other)
+    assert all(
+        len(set(groups[fold]) & set(groups[other])) == 0 for fold in folds for other in folds if fold is not other
+    )
     with pytest.raises(ValueError, match=r"features must be \(n, num_features\) and targets \(n,\)"):
         RidgeProbe().fit(np.zeros((4, 2)), np.zeros(3))
     with pytest.raises(ValueError, match="needs at least 2 training images"):
@@ -248,10 +384,12 @@ def test_linear_probe_fits_the_crop_averaged_clip_embedding(tiny_clip):
     expected = torch.nn.functional.normalize(crops, dim=-1).mean(0)
     np.testing.assert_allclose(embedded["embedding"][3], expected.numpy(), rtol=1e-5, atol=1e-6)
     assert embedded["embedding"].shape == (12, clip.config.projection_dim)
-    result = linear_probe(clip, train, held_out, content_ids={row: f"c{row % 4}" for row in range(12)},
-                          alphas=[0.5, 50.0])
-    probe = RidgeProbe(alphas=[0.5, 50.0]).fit(embedded["embedding"], embedded["mos"],
-                                               groups=[f"c{row % 4}" for row in range(12)])
+    result = linear_probe(
+        clip, train, held_out, content_ids={row: f"c{row % 4}" for row in range(12)}, alphas=[0.5, 50.0]
+    )
+    probe = RidgeProbe(alphas=[0.5, 50.0]).fit(
+        embedded["embedding"], embedded["mos"], groups=[f"c{row % 4}" for row in range(12)]
+    )
     target = clip_image_embeddings(clip, held_out)["embedding"]
     np.testing.assert_allclose(result["score"], probe.predict(target), rtol=1e-9)
     assert result["alpha"] == probe.alpha_ and result["num_train_images"] == 12

@@ -7,18 +7,18 @@ import os
 import subprocess
 import sys
 import textwrap
-
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import HIDE_PACKAGE
+from hub_server import hub_endpoint  # noqa: F401  (the fixture)
 from PIL import Image
 
 import mpiqe_hf
-from conftest import HIDE_PACKAGE
 from mpiqe_hf import MPIQEImageProcessor
 from mpiqe_hf.handler import decode_inputs
-from hub_server import hub_endpoint  # noqa: F401  (the fixture)
+
 
 HANDLER_SOURCE = os.path.join(os.path.dirname(mpiqe_hf.__file__), "handler.py")
 
@@ -59,13 +59,13 @@ SERVE = HIDE_PACKAGE + textwrap.dedent(
 @pytest.fixture
 def repository(hub_endpoint, tmp_path):
     """A repository as `push_to_hub` writes it (through the project's Hub server), downloaded like an endpoint does."""
+    from conftest import MPIQEModelTester
     from huggingface_hub import snapshot_download
 
-    from conftest import MPIQEModelTester
-
     model = MPIQEModelTester().model(mos_min=1.0, mos_max=5.0)
-    model.push_to_hub("user/mp-iqe-endpoint", adapter_only=False,
-                      image_processor=MPIQEImageProcessor(crop_size=30, num_crops=2))
+    model.push_to_hub(
+        "user/mp-iqe-endpoint", adapter_only=False, image_processor=MPIQEImageProcessor(crop_size=30, num_crops=2)
+    )
     folder = snapshot_download("user/mp-iqe-endpoint", local_dir=tmp_path / "repository")
     with open(os.path.join(folder, "handler.py"), "rb") as pushed, open(HANDLER_SOURCE, "rb") as source:
         assert pushed.read() == source.read()
@@ -81,7 +81,11 @@ def test_endpoint_contract_in_a_process_without_the_package(repository, tmp_path
     env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
     out = subprocess.run(
         [sys.executable, "-I", "-c", SERVE, str(folder), str(image_path)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     answers = json.loads(out.stdout.split("ANSWERS", 1)[1])
@@ -93,7 +97,9 @@ def test_endpoint_contract_in_a_process_without_the_package(repository, tmp_path
     full = pipe(str(image_path), top_k=3, return_normalized_score=True)
     for key in ("bytes", "pil", "base64"):
         assert [item["label"] for item in answers[key]] == [item["label"] for item in widget]
-        np.testing.assert_allclose([item["score"] for item in answers[key]], [item["score"] for item in widget], atol=1e-6)
+        np.testing.assert_allclose(
+            [item["score"] for item in answers[key]], [item["score"] for item in widget], atol=1e-6
+        )
     assert len(answers["data_uri"]) == 2 and answers["data_uri"][0]["label"] == widget[0]["label"]
     assert set(answers["full"]) == set(full)
     assert answers["full"]["score"] == pytest.approx(full["score"], abs=1e-5)

@@ -12,25 +12,36 @@ import textwrap
 import pytest
 import torch
 import yaml
+from conftest import HIDE_PACKAGE, MPIQEModelTester, clip_tokenizer
 from hub_server import hub_endpoint  # noqa: F401  (the fixture)
 from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 from transformers import CLIPModel
 
-from conftest import HIDE_PACKAGE, MPIQEModelTester, clip_tokenizer
 from mpiqe_hf import MPIQEConfig, MPIQEImageProcessor, MPIQEModel, save_adapter
 from mpiqe_hf.configuration_mpiqe import ADAPTER_WEIGHTS_NAME
 
+
 #: The model files: what a checkpoint carries as remote code, and nothing else of the package.
-MODEL_FILES = {"configuration_mpiqe.py", "modeling_mpiqe.py", "image_processing_mpiqe.py", "image_utils_mpiqe.py",
-               "pipeline_mpiqe.py", "quality_map_mpiqe.py"}
+MODEL_FILES = {
+    "configuration_mpiqe.py",
+    "modeling_mpiqe.py",
+    "image_processing_mpiqe.py",
+    "image_utils_mpiqe.py",
+    "pipeline_mpiqe.py",
+    "quality_map_mpiqe.py",
+}
 _PEFT = importlib.util.find_spec("peft")
 #: Where `peft` is importable from (for the child processes), or None: the adapter is checked with and without it.
 PEFT_SITE = os.path.dirname(os.path.dirname(_PEFT.origin)) if _PEFT else None
-WITH_AND_WITHOUT_PEFT = pytest.mark.parametrize("peft_site", [
-    None, pytest.param(PEFT_SITE, marks=pytest.mark.skipif(PEFT_SITE is None, reason="peft is not installed"))
-], ids=["without-peft", "with-peft"])
+WITH_AND_WITHOUT_PEFT = pytest.mark.parametrize(
+    "peft_site",
+    [None, pytest.param(PEFT_SITE, marks=pytest.mark.skipif(PEFT_SITE is None, reason="peft is not installed"))],
+    ids=["without-peft", "with-peft"],
+)
 
-RESULTS = [{"dataset": "Synthetic-IQA", "dataset_id": "user/synthetic-iqa", "split": "test", "srcc": 0.5, "plcc": 0.625}]
+RESULTS = [
+    {"dataset": "Synthetic-IQA", "dataset_id": "user/synthetic-iqa", "split": "test", "srcc": 0.5, "plcc": 0.625}
+]
 
 
 def run_without_package(script, hub_endpoint, tmp_path):
@@ -38,8 +49,9 @@ def run_without_package(script, hub_endpoint, tmp_path):
     the JSON it printed after "RESULT "."""
     env = hub_endpoint.subprocess_env()
     env.pop("PYTHONPATH", None)
-    out = subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=240)
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     assert "MPIQE_HF_HIDDEN" in out.stdout
     return json.loads(out.stdout.split("RESULT ", 1)[1])
@@ -63,8 +75,9 @@ def tester():
 def test_push_pull_and_remote_code_without_the_package(hub_endpoint, tester, tmp_path):
     model = tester.model(mos_min=1.0, mos_max=5.0)
     processor = MPIQEImageProcessor(crop_size=30, num_crops=2)
-    commit = model.push_to_hub("user/mp-iqe-tiny", adapter_only=False, image_processor=processor,
-                               evaluation_results=RESULTS)
+    commit = model.push_to_hub(
+        "user/mp-iqe-tiny", adapter_only=False, image_processor=processor, evaluation_results=RESULTS
+    )
     assert commit.oid == hub_endpoint.head("user/mp-iqe-tiny")
 
     files = hub_endpoint.files("user/mp-iqe-tiny")
@@ -72,9 +85,17 @@ def test_push_pull_and_remote_code_without_the_package(hub_endpoint, tester, tmp
     assert {name for name in files if name.endswith(".py")} == MODEL_FILES | {"handler.py"}
     assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)
     config = json.loads(files["config.json"])
-    assert config["auto_map"] == {"AutoConfig": "configuration_mpiqe.MPIQEConfig", "AutoModel": "modeling_mpiqe.MPIQEModel"}
-    assert config["custom_pipelines"] == {"image-classification": {
-        "impl": "pipeline_mpiqe.MPIQEImageClassificationPipeline", "pt": ["AutoModel"], "type": "image"}}
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_mpiqe.MPIQEConfig",
+        "AutoModel": "modeling_mpiqe.MPIQEModel",
+    }
+    assert config["custom_pipelines"] == {
+        "image-classification": {
+            "impl": "pipeline_mpiqe.MPIQEImageClassificationPipeline",
+            "pt": ["AutoModel"],
+            "type": "image",
+        }
+    }
     preprocessor = json.loads(files["preprocessor_config.json"])
     assert preprocessor["auto_map"] == {"AutoImageProcessor": "image_processing_mpiqe.MPIQEImageProcessor"}
     card = _front_matter(files["README.md"].decode())
@@ -145,8 +166,11 @@ def test_hub_errors_are_the_hubs(hub_endpoint, tester):
 
     # a repo with a config but no weights: the missing file is named
     hub_endpoint.api.create_repo("user/config-only")
-    hub_endpoint.api.upload_file(path_or_fileobj=tester.config().to_json_string().encode(), path_in_repo="config.json",
-                                 repo_id="user/config-only")
+    hub_endpoint.api.upload_file(
+        path_or_fileobj=tester.config().to_json_string().encode(),
+        path_in_repo="config.json",
+        repo_id="user/config-only",
+    )
     with pytest.raises(OSError, match="does not appear to have a file named model.safetensors"):
         MPIQEModel.from_pretrained("user/config-only")
 
@@ -184,8 +208,15 @@ def test_save_pretrained_writes_only_the_model_files(tester, tmp_path):
 def test_push_and_save_make_the_same_checkpoint_and_take_transformers_arguments(hub_endpoint, tester, tmp_path):
     model = tester.model()
     model.save_pretrained(tmp_path)
-    model.push_to_hub("user/mp-iqe-same", commit_message="transformers' words", commit_description="described",
-                      private=False, create_pr=False, max_shard_size="1GB", tags=["extra-tag"])
+    model.push_to_hub(
+        "user/mp-iqe-same",
+        commit_message="transformers' words",
+        commit_description="described",
+        private=False,
+        create_pr=False,
+        max_shard_size="1GB",
+        tags=["extra-tag"],
+    )
     files = hub_endpoint.files("user/mp-iqe-same")
     for path in tmp_path.iterdir():
         if path.name != "config.json":
@@ -201,10 +232,18 @@ def test_push_and_save_make_the_same_checkpoint_and_take_transformers_arguments(
 def adapter_setup(hub_endpoint, tester):
     _push_tiny_clip(tester, "user/tiny-clip", seed=7)
     base_sha = hub_endpoint.head("user/tiny-clip")
-    model = MPIQEModel.from_clip("user/tiny-clip", revision=base_sha, visual_prompt_depth=2, window_size=3,
-                                 decoder_heads=4, decoder_intermediate_size=37, mos_min=1.0, mos_max=5.0).eval()
+    model = MPIQEModel.from_clip(
+        "user/tiny-clip",
+        revision=base_sha,
+        visual_prompt_depth=2,
+        window_size=3,
+        decoder_heads=4,
+        decoder_intermediate_size=37,
+        mos_min=1.0,
+        mos_max=5.0,
+    ).eval()
     with torch.no_grad():
-        for name, param in model.named_parameters():
+        for param in model.parameters():
             if param.requires_grad:
                 param.normal_(std=0.3)
     return model, base_sha
@@ -248,7 +287,10 @@ def test_adapter_checkpoint(hub_endpoint, adapter_setup, tester, tmp_path):
     assert full_bytes - len(files[ADAPTER_WEIGHTS_NAME]) >= clip_bytes  # the frozen CLIP stays out of the adapter
     card = _front_matter(files["README.md"].decode())
     assert card["base_model"] == "user/tiny-clip"
-    assert {m["name"]: m["value"] for m in card["model-index"][0]["results"][0]["metrics"]} == {"SRCC": 0.5, "PLCC": 0.625}
+    assert {m["name"]: m["value"] for m in card["model-index"][0]["results"][0]["metrics"]} == {
+        "SRCC": 0.5,
+        "PLCC": 0.625,
+    }
     assert ADAPTER_WEIGHTS_NAME in files["README.md"].decode()
     full = MPIQEModel.from_pretrained("user/mp-iqe-full")
     adapter = MPIQEModel.from_pretrained("user/mp-iqe-adapter")
@@ -269,8 +311,9 @@ def test_adapter_checkpoint(hub_endpoint, adapter_setup, tester, tmp_path):
     # Re-saving the rebuilt model gives a full checkpoint again.
     adapter.save_pretrained(tmp_path / "rebuilt")
     assert json.loads((tmp_path / "rebuilt" / "config.json").read_text())["adapter_base_weights_sha256"] is None
-    assert torch.allclose(_scores(MPIQEModel.from_pretrained(tmp_path / "rebuilt"), pixel_values), expected,
-                          atol=1e-5, rtol=0)
+    assert torch.allclose(
+        _scores(MPIQEModel.from_pretrained(tmp_path / "rebuilt"), pixel_values), expected, atol=1e-5, rtol=0
+    )
 
     # New weights on the base's main branch: an adapter that is not pinned notices.
     unpinned = tmp_path / "unpinned"
@@ -291,8 +334,9 @@ def test_adapter_checkpoint(hub_endpoint, adapter_setup, tester, tmp_path):
 
 
 @WITH_AND_WITHOUT_PEFT
-def test_adapter_repo_through_auto_model_and_pipeline_without_the_package(hub_endpoint, adapter_setup, tester,
-                                                                          tmp_path, peft_site):
+def test_adapter_repo_through_auto_model_and_pipeline_without_the_package(
+    hub_endpoint, adapter_setup, tester, tmp_path, peft_site
+):
     model, _ = adapter_setup
     pixel_values = tester.pixel_values()
     expected = _scores(model, pixel_values)
@@ -348,6 +392,11 @@ def test_model_card_file_is_the_rendered_template():
     assert {"library_name", "license", "tags", "datasets", "metrics", "model-index", "widget"} <= set(front)
     names = {m["name"] for m in front["model-index"][0]["results"][0]["metrics"]}
     assert {"SRCC", "PLCC"} <= names
-    for section in ("## Intended use", "## How to load and score", "## Training recipe", "## Evaluation protocol",
-                    "## Limitations"):
+    for section in (
+        "## Intended use",
+        "## How to load and score",
+        "## Training recipe",
+        "## Evaluation protocol",
+        "## Limitations",
+    ):
         assert section in text

@@ -11,10 +11,9 @@ import textwrap
 from http.client import HTTPConnection
 from urllib.parse import urlsplit
 
+import huggingface_hub
 import pytest
 from hub_server import HubEndpoint, HubServer, _patch_hub_settings, git_blob_sha1, hub_endpoint  # noqa: F401
-
-import huggingface_hub
 from huggingface_hub import constants, hf_hub_download, snapshot_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
@@ -22,6 +21,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+
 
 # Requests the clients make that the server answers with a plain 404 on purpose.
 EXPECTED_UNKNOWN = {("GET", "/api/agent-harnesses")}

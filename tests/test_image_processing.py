@@ -11,15 +11,16 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from conftest import HIDE_PACKAGE
 from huggingface_hub.errors import StrictDataclassFieldValidationError
 from PIL import Image
 from transformers import AutoImageProcessor
-from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling, SizeDict
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
 
 import mpiqe_hf
-from conftest import HIDE_PACKAGE
 from mpiqe_hf.image_processing_mpiqe import MPIQEImageProcessor, enlarged_size, grid_crop_positions, grid_layout
 from mpiqe_hf.image_utils_mpiqe import load_image
+
 
 CROP = 224
 
@@ -581,8 +582,9 @@ def test_saved_processor_loads_as_remote_code_without_the_package(tmp_path):
     )
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
-    out = subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     np.testing.assert_array_equal(np.load(tmp_path / "child.npy"), processor(str(image))["pixel_values"])
     assert f"ERROR Cannot load image file '{tmp_path / 'missing.png'}': no such file" in out.stdout

@@ -8,6 +8,7 @@ import pytest
 
 from mpiqe_hf.metrics import compute_metrics, fit_logistic, krcc, logistic_4, plcc, rmse, srcc
 
+
 PRED = [1.0, 2.0, 3.0, 4.0, 5.0]
 TARGET = [2.0, 1.0, 4.0, 3.0, 5.0]
 

@@ -1,14 +1,14 @@
 import logging
-import os
 import re
 
 import pytest
 import torch
+from conftest import MPIQEModelTester, clip_tokenizer
 from safetensors.torch import load_file
 from transformers import CLIPModel, PreTrainedModel
 
-from conftest import MPIQEModelTester, clip_tokenizer
 from mpiqe_hf import MPIQEConfig, MPIQEModel
+
 
 TRAINABLE_PREFIXES = (
     "visual_prompts",
@@ -186,7 +186,11 @@ def test_paper_variants_build_and_train(overrides):
     assert (out.distortion_logits is None) == (not model.config.use_distortion_prompts)
     assert (out.scene_loss is None) == (not model.config.use_scene_prompts)
     num_queries = (9 if model.config.use_scene_prompts else 0) + (11 if model.config.use_distortion_prompts else 0)
-    assert model.get_text_features().prepared_queries.shape == (1, num_queries, model.config.clip_config.projection_dim)
+    assert model.get_text_features().prepared_queries.shape == (
+        1,
+        num_queries,
+        model.config.clip_config.projection_dim,
+    )
     if model.config.visual_prompt_depth == 0:
         assert model.visual_prompts is None
     else:
@@ -316,8 +320,13 @@ def test_weights_that_do_not_fit_the_config_are_refused(tester, tmp_path, caplog
     with pytest.raises(ValueError, match="scene_prompt_learner.context: not used"):
         MPIQEModel.from_pretrained(tmp_path, use_scene_prompts=False)
     with pytest.raises(ValueError, match="clip_config.*missing from the checkpoint"):
-        MPIQEModel.from_pretrained(None, config=tester.config(), state_dict={
-            name: tensor for name, tensor in tester.model().state_dict().items() if "text_projection" not in name})
+        MPIQEModel.from_pretrained(
+            None,
+            config=tester.config(),
+            state_dict={
+                name: tensor for name, tensor in tester.model().state_dict().items() if "text_projection" not in name
+            },
+        )
     # a checkpoint that fits loads without a warning
     warnings = logging.Handler(level=logging.WARNING)
     warnings.emit = lambda record: pytest.fail(f"transformers warned: {record.getMessage()[:200]}")
@@ -340,7 +349,14 @@ def test_a_model_of_another_type_is_refused_naming_it(tester, tmp_path):
     from transformers import ViTConfig, ViTForImageClassification
 
     ViTForImageClassification(
-        ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37, image_size=30, patch_size=6)
+        ViTConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            intermediate_size=37,
+            image_size=30,
+            patch_size=6,
+        )
     ).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="model_type='vit'.*not an MP-IQE model"):
         MPIQEModel.from_pretrained(tmp_path)
@@ -374,7 +390,7 @@ def test_activation_checkpointing_recomputes_the_vision_layers(tester):
         # transformers checkpoints the layers' `forward`, so hooks on the layer itself run once; its first norm runs
         # again when backward recomputes the layer (torch stops recomputing once it has the tensors it needs)
         for layer in model.clip.vision_model.encoder.layers:
-            layer.layer_norm1.register_forward_hook(lambda *args: calls.append(1))
+            layer.layer_norm1.register_forward_hook(lambda *args, calls=calls: calls.append(1))
         out = model(tester.pixel_values(), mos=torch.tensor([0.3, 0.6]))
         in_forward = len(calls)
         out.loss.backward()
@@ -409,8 +425,13 @@ def test_a_model_from_clip_loads_in_bfloat16_throughout(tester, tmp_path):
     # the towers would stay float32 under dtype=bfloat16 beside bfloat16 projections
     from mpiqe_hf.testing_utils import save_tiny_clip
 
-    model = MPIQEModel.from_clip(save_tiny_clip(tmp_path / "clip", seed=7), visual_prompt_depth=2, window_size=3,
-                                 decoder_heads=4, decoder_intermediate_size=37)
+    model = MPIQEModel.from_clip(
+        save_tiny_clip(tmp_path / "clip", seed=7),
+        visual_prompt_depth=2,
+        window_size=3,
+        decoder_heads=4,
+        decoder_intermediate_size=37,
+    )
     model.save_pretrained(tmp_path / "mpiqe")
     loaded = MPIQEModel.from_pretrained(tmp_path / "mpiqe", dtype=torch.bfloat16).eval()
     assert {param.dtype for param in loaded.clip.parameters()} == {torch.bfloat16}

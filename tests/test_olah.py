@@ -10,16 +10,18 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from conftest import HIDE_PACKAGE, MPIQEModelTester, clip_tokenizer
 from PIL import Image
 
-from conftest import HIDE_PACKAGE, MPIQEModelTester, clip_tokenizer
 from mpiqe_hf import MPIQEImageProcessor, MPIQEModel
 from mpiqe_hf.publishing import write_repository
+
 
 if shutil.which("olah-cli", path=os.path.dirname(sys.executable)) is None:
     pytest.skip("olah is not installed (pip install olah)", allow_module_level=True)
 
 from olah_server import OlahMirror  # noqa: E402
+
 
 # Downloads through the package of this checkout: full and adapter-only checkpoints, and the registered pipeline.
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,8 +88,9 @@ def mirror(tmp_path_factory):
         write_repository(full, root / "full", image_processor=processor)
         server.add_repo("test/mpiqe-full", root / "full")
 
-        adapter = MPIQEModel.from_clip(str(clip_dir), visual_prompt_depth=2, window_size=3, decoder_heads=4,
-                                       decoder_intermediate_size=37).eval()
+        adapter = MPIQEModel.from_clip(
+            str(clip_dir), visual_prompt_depth=2, window_size=3, decoder_heads=4, decoder_intermediate_size=37
+        ).eval()
         with torch.no_grad():
             for name, param in adapter.named_parameters():
                 if param.requires_grad and not name.endswith("norm.weight"):
@@ -101,7 +104,11 @@ def mirror(tmp_path_factory):
 def _run(script, mirror_server, tmp_path, *args):
     out = subprocess.run(
         [sys.executable, "-I", "-c", script, *map(str, args)],
-        cwd=tmp_path, env=mirror_server.env(tmp_path / "hf-cache"), capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=mirror_server.env(tmp_path / "hf-cache"),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.split("SCORES", 1)[1])
@@ -115,8 +122,13 @@ def test_models_and_pipeline_download_from_olah(mirror, tmp_path, script):
     image_path = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(2).integers(0, 256, (45, 60, 3), dtype=np.uint8)).save(image_path)
 
-    scores = _run(WITH_PACKAGE if script == "with_package" else WITHOUT_PACKAGE, server, tmp_path,
-                  tmp_path / "crops.npy", image_path)
+    scores = _run(
+        WITH_PACKAGE if script == "with_package" else WITHOUT_PACKAGE,
+        server,
+        tmp_path,
+        tmp_path / "crops.npy",
+        image_path,
+    )
     with torch.no_grad():
         np.testing.assert_allclose(scores["full"], full(crops).score.numpy(), atol=1e-6)
         np.testing.assert_allclose(scores["adapter"], adapter(crops).score.numpy(), atol=1e-6)

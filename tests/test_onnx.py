@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+
 pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 
@@ -101,4 +102,6 @@ def test_export_when_the_windows_do_not_divide_the_patch_grid(tmp_path):
     crops = MPIQEModelTester().pixel_values(seed=8, batch_size=3, num_crops=2)
     with torch.no_grad():
         expected = model(crops).distortion_logits.numpy()
-    np.testing.assert_allclose(OnnxQualityScorer(tmp_path).run(crops.numpy())["distortion_logits"], expected, atol=1e-4)
+    np.testing.assert_allclose(
+        OnnxQualityScorer(tmp_path).run(crops.numpy())["distortion_logits"], expected, atol=1e-4
+    )

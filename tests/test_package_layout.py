@@ -5,9 +5,16 @@ import ast
 import re
 from pathlib import Path
 
+
 PACKAGE = Path(__file__).resolve().parent.parent / "mpiqe_hf"
-MODEL_FILES = {"configuration_mpiqe", "modeling_mpiqe", "image_processing_mpiqe", "image_utils_mpiqe",
-               "pipeline_mpiqe", "quality_map_mpiqe"}
+MODEL_FILES = {
+    "configuration_mpiqe",
+    "modeling_mpiqe",
+    "image_processing_mpiqe",
+    "image_utils_mpiqe",
+    "pipeline_mpiqe",
+    "quality_map_mpiqe",
+}
 
 
 def _module_name(path: Path) -> str:
@@ -49,7 +56,7 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         state[name] = "open"
         for target in sorted(graph[name]):
             if state.get(target) == "open":
-                return path[path.index(target):] + [target]
+                return path[path.index(target) :] + [target]
             if target not in state:
                 cycle = visit(target, [*path, target])
                 if cycle:

@@ -9,6 +9,7 @@ from transformers import pipeline
 from mpiqe_hf import PIPELINE_TASK, ImageQualityAssessmentPipeline, MPIQEImageProcessor, load_image
 from mpiqe_hf.pipeline_mpiqe import quality_level_index, quality_level_weights
 
+
 KEYS = {"score", "quality", "scene", "distortion"}
 
 
@@ -54,7 +55,9 @@ def test_inputs_batching_and_native_scale(checkpoint, images):
     # the same as the model
     processor = MPIQEImageProcessor.from_pretrained(checkpoint)
     with torch.no_grad():
-        expected = scorer.model.to_native_scale(scorer.model(processor(pil, return_tensors="pt")["pixel_values"]).score)
+        expected = scorer.model.to_native_scale(
+            scorer.model(processor(pil, return_tensors="pt")["pixel_values"]).score
+        )
     assert [item["score"] for item in batched] == pytest.approx(expected.tolist(), rel=1e-6, abs=1e-5)
 
 
@@ -103,7 +106,9 @@ def test_url_inputs_go_through_transformers_loader(checkpoint, images, monkeypat
     assert from_url["score"] == pytest.approx(scorer(images[0])["score"], abs=1e-6)
 
 
-@pytest.mark.parametrize("score, level", [(-0.3, 0), (0.0, 0), (0.19, 0), (0.2, 1), (0.5, 2), (0.79, 3), (0.8, 4), (1.0, 4), (7.0, 4)])
+@pytest.mark.parametrize(
+    "score, level", [(-0.3, 0), (0.0, 0), (0.19, 0), (0.2, 1), (0.5, 2), (0.79, 3), (0.8, 4), (1.0, 4), (7.0, 4)]
+)
 def test_quality_bands(score, level):
     assert quality_level_index(score, 5) == level
     weights = quality_level_weights(score, 5)
@@ -128,7 +133,14 @@ def test_a_model_that_is_not_mpiqe_is_refused_naming_its_type(tmp_path):
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
     ViTForImageClassification(
-        ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37, image_size=30, patch_size=6)
+        ViTConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            intermediate_size=37,
+            image_size=30,
+            patch_size=6,
+        )
     ).save_pretrained(tmp_path)
     ViTImageProcessor(size={"height": 30, "width": 30}).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="needs an MP-IQE model.*model_type='vit'"):
@@ -148,10 +160,17 @@ def test_a_bad_item_raises_naming_it_or_gets_an_error_entry(checkpoint, images, 
     good = scorer([images[0], images[1]])
     for batch_size in (1, 2, 3):
         entries = scorer(inputs, errors="return", batch_size=batch_size)
-        assert entries[1] == {"score": None, "quality": None, "scene": None, "distortion": None,
-                              "error": entries[1]["error"]}
+        assert entries[1] == {
+            "score": None,
+            "quality": None,
+            "scene": None,
+            "distortion": None,
+            "error": entries[1]["error"],
+        }
         assert "input 1: Cannot load image file" in entries[1]["error"]
-        assert [entries[0]["score"], entries[2]["score"]] == pytest.approx([g["score"] for g in good], rel=1e-6, abs=1e-5)
+        assert [entries[0]["score"], entries[2]["score"]] == pytest.approx(
+            [g["score"] for g in good], rel=1e-6, abs=1e-5
+        )
         assert entries[0]["error"] is None and entries[0]["quality"] == good[0]["quality"]
     assert scorer(inputs, errors="return", output_format="classification")[1] == {"error": entries[1]["error"]}
     with pytest.raises(ValueError, match="`errors` must be one of"):

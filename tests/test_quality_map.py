@@ -59,7 +59,9 @@ def test_window_weights_are_those_of_the_distortion_alignment(tester):
         tokens = model.encode_image(pixel_values.flatten(0, 1))
         features = model.get_text_features().distortion_features
         weights, similarity = distortion_window_weights(
-            model.clip.visual_projection(tokens[:, 1:]), features, model.config.window_size,
+            model.clip.visual_projection(tokens[:, 1:]),
+            features,
+            model.config.window_size,
             model.config.distortion_window_temperature,
         )
         logits = model(pixel_values).distortion_logits
@@ -98,13 +100,17 @@ def test_crops_are_placed_back_where_the_processor_cut_them():
     # two 30-px crops of a 30 x 50 image: columns 0..29 and 20..49 overlap on 20..29
     resized, positions = grid_crop_boxes(30, 50, 30, 30, 2)
     assert resized == (30, 50) and positions == [(0, 0), (0, 20)]
-    merged = _merge_crops(torch.stack([torch.full((5, 5), 1.0), torch.full((5, 5), 3.0)]), (30, 30), positions, resized, (30, 50))
+    merged = _merge_crops(
+        torch.stack([torch.full((5, 5), 1.0), torch.full((5, 5), 3.0)]), (30, 30), positions, resized, (30, 50)
+    )
     assert torch.allclose(merged[:, :20], torch.tensor(1 / 3))
     assert torch.allclose(merged[:, 20:30], torch.tensor(2 / 3))
     assert torch.allclose(merged[:, 30:], torch.tensor(1.0))
     # a 15 x 25 image is brought to 30 x 50 before cropping; its map comes back at 15 x 25
     assert grid_crop_boxes(15, 25, 30, 30, 2) == ((30, 50), positions)
-    small = _merge_crops(torch.stack([torch.full((5, 5), 1.0), torch.full((5, 5), 3.0)]), (30, 30), positions, (30, 50), (15, 25))
+    small = _merge_crops(
+        torch.stack([torch.full((5, 5), 1.0), torch.full((5, 5), 3.0)]), (30, 30), positions, (30, 50), (15, 25)
+    )
     assert small.shape == (15, 25) and torch.allclose(small[:, -5:], torch.tensor(1.0))
 
 
@@ -161,7 +167,9 @@ def test_overlays_are_saved_under_names_from_their_inputs(tmp_path):
     assert map_file_stem("../up/x.png") == "up__x"
     assert map_file_stem(17) == "17"
     image = Image.new("RGB", (40, 30))
-    paths = save_map_overlays(tmp_path / "maps", "shots/a.png", image, np.zeros((30, 40)), np.ones((30, 40)), title="3.1")
+    paths = save_map_overlays(
+        tmp_path / "maps", "shots/a.png", image, np.zeros((30, 40)), np.ones((30, 40)), title="3.1"
+    )
     assert [os.path.basename(path) for path in paths] == ["shots__a.quality_map.png", "shots__a.distortion_map.png"]
     assert all(Image.open(path).size[1] > 320 for path in paths)
     assert save_map_overlays(tmp_path / "maps", "b.png", image, np.zeros((30, 40)))[0].endswith("b.quality_map.png")

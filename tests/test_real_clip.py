@@ -12,12 +12,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import clip_tokenizer, save_tiny_clip
 from transformers import CLIPModel
 from transformers.utils import logging as transformers_logging
 
-from conftest import clip_tokenizer, save_tiny_clip
 from mpiqe_hf import MPIQEConfig, MPIQEModel
 from mpiqe_hf.testing_utils import hub_clip_config
+
 
 CONTEXT = "a photo of a"
 
@@ -155,7 +156,11 @@ def transformers_logs(caplog):
 def test_a_model_built_without_a_tokenizer_says_which_ids_it_uses(transformers_logs):
     caplog = transformers_logs
     config = MPIQEConfig(clip_config=hub_clip_config().to_dict(), visual_prompt_depth=2, window_size=3)
-    assert (config.prompt_bos_token_id, config.prompt_eos_token_id, config.prompt_pad_token_id) == (49406, 49407, 49407)
+    assert (config.prompt_bos_token_id, config.prompt_eos_token_id, config.prompt_pad_token_id) == (
+        49406,
+        49407,
+        49407,
+    )
     assert "[SOS] = 49406 and [EOS] = 49407" in caplog.text and "legacy ids 0 and 2" in caplog.text
     # Stored, so the saved config reloads with the same ids and without a word.
     caplog.clear()
@@ -185,8 +190,12 @@ def test_scene_logits_at_the_trained_logit_scale_are_clips_own_logits(hub_shaped
         expected = clip(pixel_values=pixel_values[:, 0], **encoded).logits_per_image
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
     # Losses stay finite at that sharpness.
-    out = model(pixel_values, mos=torch.tensor([0.2, 0.8]), scene_labels=torch.tensor([0, 3]),
-                distortion_labels=torch.tensor([1, 2]))
+    out = model(
+        pixel_values,
+        mos=torch.tensor([0.2, 0.8]),
+        scene_labels=torch.tensor([0, 3]),
+        distortion_labels=torch.tensor([1, 2]),
+    )
     assert torch.isfinite(out.loss)
 
 

@@ -12,9 +12,12 @@ from PIL import Image, ImageFilter
 from test_evaluate import evaluate_script
 from test_train import _load_script, tiny_args, train_script
 
+
 protocol = _load_script("run_protocol")
-KNOWN_WITH_DISK_OPTIONS = protocol.train_options(protocol.load_train_script()) | {"save_adapter_only",
-                                                                                   "checkpoints_total_limit"}
+KNOWN_WITH_DISK_OPTIONS = protocol.train_options(protocol.load_train_script()) | {
+    "save_adapter_only",
+    "checkpoints_total_limit",
+}
 
 
 def _option(command, name):
@@ -34,7 +37,7 @@ def test_table_1_dry_run_prints_its_costs_first_and_passes_the_disk_options(monk
     trains = [c for c in _commands(printed) if "train.py" in c]
     assert len(trains) == 60
     for command in trains:
-        options = shlex.split(command)[shlex.split(command).index(str(protocol.HERE / "train.py")) + 1:]
+        options = shlex.split(command)[shlex.split(command).index(str(protocol.HERE / "train.py")) + 1 :]
         assert options[:3] == ["--save_adapter_only", "--checkpoints_total_limit", "1"]
     assert all("--baselines" in c for c in _commands(printed) if "evaluate.py" in c)
     # the costs come before the first command
@@ -53,17 +56,35 @@ def test_table_1_dry_run_prints_its_costs_first_and_passes_the_disk_options(monk
 
 def test_costs_follow_the_runs_options_and_count_full_models_without_the_disk_options(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(protocol, "train_options", lambda script: set())
-    protocol.main(["--table", "5", "--liqe_root", "/data/IQA_Database", "--output_dir", str(tmp_path), "--dry_run",
-                   "--num_splits", "1", "--seconds_per_crop", "0.01", "--", "--num_train_epochs", "3",
-                   "--checkpointing_steps", "epoch"])
+    protocol.main(
+        [
+            "--table",
+            "5",
+            "--liqe_root",
+            "/data/IQA_Database",
+            "--output_dir",
+            str(tmp_path),
+            "--dry_run",
+            "--num_splits",
+            "1",
+            "--seconds_per_crop",
+            "0.01",
+            "--",
+            "--num_train_epochs",
+            "3",
+            "--checkpointing_steps",
+            "epoch",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "has no --save_adapter_only" in printed and "--save_adapter_only" not in "".join(_commands(printed))
     adapter, full = protocol.parameter_bytes(None, protocol.load_train_script())
     # 6 runs: 2 full models each and one checkpoint (full weights and Adam's two moments of the trained ones)
     assert f"disk: about {protocol._size(6 * (3 * full + 2 * adapter))}" in printed
     fractions = [0.2, 0.4, 0.6]
-    crops = sum(round(0.8 * protocol.DATASET_IMAGES[name] * f) * 8 * 3 for f in fractions
-                for name in ("live", "livec"))
+    crops = sum(
+        round(0.8 * protocol.DATASET_IMAGES[name] * f) * 8 * 3 for f in fractions for name in ("live", "livec")
+    )
     assert f"{crops / 1e6:.2f} M training crops" in printed
 
 
@@ -75,12 +96,14 @@ def test_a_bad_run_option_stops_before_anything_runs(tmp_path, capsys):
 
 def test_best_epochs_reports_median_and_mean_over_splits(tmp_path):
     folders = []
-    for k, history in enumerate([[(0, 0.5, 0.6), (1, 0.7, 0.65), (2, 0.6, 0.7)], [(0, 0.8, 0.9), (1, 0.75, 0.8)],
-                                 [(0, 0.2, 0.3)]]):
+    for k, history in enumerate(
+        [[(0, 0.5, 0.6), (1, 0.7, 0.65), (2, 0.6, 0.7)], [(0, 0.8, 0.9), (1, 0.75, 0.8)], [(0, 0.2, 0.3)]]
+    ):
         folder = tmp_path / f"split_{k + 1}"
         folder.mkdir()
-        (folder / "eval_history.json").write_text(json.dumps(
-            [{"epoch": e, "step": 10 * e, "srcc": srcc, "plcc": plcc} for e, srcc, plcc in history]))
+        (folder / "eval_history.json").write_text(
+            json.dumps([{"epoch": e, "step": 10 * e, "srcc": srcc, "plcc": plcc} for e, srcc, plcc in history])
+        )
         folders.append(folder)
     folders.append(tmp_path / "split_without_history")
     best = protocol.best_epochs(folders)
@@ -108,8 +131,7 @@ def write_standin_liqe(root, folder, prefix, mos_range, contents=6, levels=4, si
     (base_dir / "splits2" / f"{prefix}_all_clip.txt").write_text("".join(lines))
 
 
-def test_pilot_trains_the_four_recipes_on_both_datasets_beside_the_baselines(tiny_clip, tmp_path, monkeypatch,
-                                                                              capsys):
+def test_pilot_trains_the_four_recipes_on_both_datasets_beside_the_baselines(tiny_clip, tmp_path, monkeypatch, capsys):
     liqe = tmp_path / "IQA_Database"
     write_standin_liqe(liqe, "koniq-10k", "koniq10k", (1.0, 5.0), contents=5, levels=3)
     write_standin_liqe(liqe, "ChallengeDB_release", "clive", (0.0, 100.0), contents=5, levels=3)
@@ -121,24 +143,39 @@ def test_pilot_trains_the_four_recipes_on_both_datasets_beside_the_baselines(tin
         print("+", shlex.join(command), flush=True)
         script = next(i for i, part in enumerate(command) if part.endswith(("train.py", "evaluate.py")))
         ran.append(command[script:])
-        (train_script if command[script].endswith("train.py") else evaluate_script).main(command[script + 1:])
+        (train_script if command[script].endswith("train.py") else evaluate_script).main(command[script + 1 :])
 
     monkeypatch.setattr(protocol.Runner, "run", in_process)
     out = tmp_path / "runs"
-    text = protocol.main(["--pilot", "--liqe_root", str(liqe), "--output_dir", str(out), "--evaluate_args",
-                          "--dataloader_num_workers 0", "--", *tiny_args(tiny_clip, "ignored", "--num_train_epochs",
-                                                                           "2", steps=None)])
+    text = protocol.main(
+        [
+            "--pilot",
+            "--liqe_root",
+            str(liqe),
+            "--output_dir",
+            str(out),
+            "--evaluate_args",
+            "--dataloader_num_workers 0",
+            "--",
+            *tiny_args(tiny_clip, "ignored", "--num_train_epochs", "2", steps=None),
+        ]
+    )
     printed = capsys.readouterr().out
     assert printed.index("Before starting: 8 training run(s) to do") < printed.index("+ ")
     trains = [command for command in ran if command[0].endswith("train.py")]
     recipes = set()
     for command in trains:
         assert _option(command, "--split_index") == "1" and _option(command, "--split_protocol") == "paper"
-        recipes.add(tuple(_option(command, name) for name in ("--dataset_name", "--config_overrides",
-                                                              "--horizontal_flip")))
+        recipes.add(
+            tuple(_option(command, name) for name in ("--dataset_name", "--config_overrides", "--horizontal_flip"))
+        )
     # the user's --config_overrides (tiny_args') join the pilot's own instead of replacing them
-    assert recipes == {(name, f"score_loss_scale={scale},decoder_intermediate_size=64", flip)
-                       for name in ("koniq10k", "livec") for scale in (1, 10) for flip in ("True", "False")}
+    assert recipes == {
+        (name, f"score_loss_scale={scale},decoder_intermediate_size=64", flip)
+        for name in ("koniq10k", "livec")
+        for scale in (1, 10)
+        for flip in ("True", "False")
+    }
     # one table: each recipe beside CLIP-IQA and the linear probe on the same split, final and optimistic
     assert text.startswith("## Pilot: the paper preset on KonIQ-10k and LIVE Challenge")
     rows = [line for line in text.splitlines() if line.startswith("| ") and "score-loss scale" in line]

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import make_standin_clip  # noqa: E402
 
@@ -16,8 +17,23 @@ from mpiqe_hf.data import NO_LABEL, load_iqa_dataset, paper_splits  # noqa: E402
 def test_tokenizer_spells_captions_and_class_names_as_words():
     tokenizer = make_standin_clip.build_tokenizer()
     tokens = tokenizer.tokenize("A strongly blurry photo with jpeg2000 compression. Still life.")
-    assert tokens == ["a</w>", "strongly</w>", "blurry</w>", "photo</w>", "with</w>", "jpeg</w>", "2</w>", "0</w>",
-                      "0</w>", "0</w>", "compression</w>", ".</w>", "still</w>", "life</w>", ".</w>"]
+    assert tokens == [
+        "a</w>",
+        "strongly</w>",
+        "blurry</w>",
+        "photo</w>",
+        "with</w>",
+        "jpeg</w>",
+        "2</w>",
+        "0</w>",
+        "0</w>",
+        "0</w>",
+        "compression</w>",
+        ".</w>",
+        "still</w>",
+        "life</w>",
+        ".</w>",
+    ]
 
 
 @pytest.mark.slow

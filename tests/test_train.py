@@ -14,6 +14,8 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from conftest import MPIQEModelTester, save_tiny_clip
+from hub_server import hub_endpoint  # noqa: F401  (the fixture)
 from PIL import Image, ImageFilter
 from safetensors.torch import load_file
 
@@ -32,8 +34,6 @@ from mpiqe_hf.training import (
     transforms,
 )
 
-from conftest import MPIQEModelTester, save_tiny_clip
-from hub_server import hub_endpoint  # noqa: F401  (the fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,14 +74,22 @@ def tiny_args(tiny_clip, output_dir, *extra, steps=2, warmup_steps=1):
     the 512-wide image-text space of the Hub-shaped CLIP with a narrow feed-forward block (64 instead of 2,048), for
     speed; an `extra` `--config_overrides` replaces that one."""
     args = [
-        "--clip_model_name_or_path", tiny_clip,
-        "--config_overrides", "decoder_intermediate_size=64",
-        "--output_dir", str(output_dir),
-        "--per_device_train_batch_size", "4",
-        "--num_crops", "2",
-        "--dataloader_num_workers", "0",
-        "--learning_rate", "1e-3",
-        "--seed", "3",
+        "--clip_model_name_or_path",
+        tiny_clip,
+        "--config_overrides",
+        "decoder_intermediate_size=64",
+        "--output_dir",
+        str(output_dir),
+        "--per_device_train_batch_size",
+        "4",
+        "--num_crops",
+        "2",
+        "--dataloader_num_workers",
+        "0",
+        "--learning_rate",
+        "1e-3",
+        "--seed",
+        "3",
     ]
     if steps is not None:
         args += ["--max_train_steps", str(steps)]
@@ -99,16 +107,29 @@ def test_train_on_embedded_synthetic_saves_loadable_model(tiny_clip, synthetic_c
     out = tmp_path / "run"
     with caplog.at_level("INFO"):
         results = train_script.main(
-            tiny_args(tiny_clip, out, "--cache_dir", synthetic_cache, "--max_train_samples", "12",
-                      "--max_eval_samples", "8", "--checkpointing_steps", "epoch", warmup_steps=None)
+            tiny_args(
+                tiny_clip,
+                out,
+                "--cache_dir",
+                synthetic_cache,
+                "--max_train_samples",
+                "12",
+                "--max_eval_samples",
+                "8",
+                "--checkpointing_steps",
+                "epoch",
+                warmup_steps=None,
+            )
         )
     # 5 warm-up epochs of 6 steps would be 30 steps of a 2-step run: clamped to the paper's 5/30 of it
     assert "The warm-up (30 steps) is not shorter than the run (2 steps)" in caplog.text
     assert "Warm-up clamped to 0 steps" in caplog.text
     assert json.loads((out / "training_args.json").read_text())["num_warmup_steps"] == 0
     # the run says what it will cost before it starts
-    assert "12 images x 2 sample(s) = 24 samples an epoch (per_crop); 1 epoch(s) of 6 optimizer steps = 2 steps" \
+    assert (
+        "12 images x 2 sample(s) = 24 samples an epoch (per_crop); 1 epoch(s) of 6 optimizer steps = 2 steps"
         in caplog.text
+    )
     assert "4 samples (4 crops) a step" in caplog.text and "cost: about" in caplog.text
     assert "under-fits" not in caplog.text  # its own learning rate: no advice
     model = MPIQEModel.from_pretrained(out)
@@ -117,8 +138,19 @@ def test_train_on_embedded_synthetic_saves_loadable_model(tiny_clip, synthetic_c
     processor = MPIQEImageProcessor.from_pretrained(out)
     assert dict(processor.crop_size) == {"height": 30, "width": 30} and processor.num_crops == 2
     saved = json.loads((out / "all_results.json").read_text())
-    for key in ("srcc", "plcc", "plcc_logistic", "krcc", "rmse", "train_loss", "step", "best_srcc", "best_epoch",
-                "num_train_samples", "num_eval_samples"):
+    for key in (
+        "srcc",
+        "plcc",
+        "plcc_logistic",
+        "krcc",
+        "rmse",
+        "train_loss",
+        "step",
+        "best_srcc",
+        "best_epoch",
+        "num_train_samples",
+        "num_eval_samples",
+    ):
         assert key in saved, key
     assert saved["step"] == 2 and saved["num_train_samples"] == 12 and saved["num_eval_samples"] == 8
     assert saved["dataset"] == "synthetic" and saved["split_protocol"] == "paper"
@@ -133,8 +165,16 @@ def test_train_on_embedded_synthetic_saves_loadable_model(tiny_clip, synthetic_c
 def test_resume_from_checkpoint_continues_exactly(tiny_clip, synthetic_cache, tmp_path):
     # 12 images x 2 crops in batches of 8 crops = 3 steps per epoch: the run crosses an epoch boundary (and its
     # evaluation), and the checkpoint after step 2 is in the middle of epoch 0.
-    common = ["--cache_dir", synthetic_cache, "--max_train_samples", "12", "--max_eval_samples", "6",
-              "--per_device_train_batch_size", "8"]
+    common = [
+        "--cache_dir",
+        synthetic_cache,
+        "--max_train_samples",
+        "12",
+        "--max_eval_samples",
+        "6",
+        "--per_device_train_batch_size",
+        "8",
+    ]
     straight = tmp_path / "straight"
     train_script.main(tiny_args(tiny_clip, straight, *common, "--checkpointing_steps", "2", steps=4))
     resumed = tmp_path / "resumed"
@@ -144,8 +184,18 @@ def test_resume_from_checkpoint_continues_exactly(tiny_clip, synthetic_cache, tm
     assert state["completed_steps"] == 2 and state["epoch"] == 0 and state["batches_in_epoch"] == 2
     # the resumed run uses dataloader workers: crops and order must not depend on them
     train_script.main(
-        tiny_args(tiny_clip, resumed, *common, "--resume_from_checkpoint", "latest", "--dataloader_num_workers",
-                  "2", "--checkpointing_steps", "2", steps=4)
+        tiny_args(
+            tiny_clip,
+            resumed,
+            *common,
+            "--resume_from_checkpoint",
+            "latest",
+            "--dataloader_num_workers",
+            "2",
+            "--checkpointing_steps",
+            "2",
+            steps=4,
+        )
     )
     a, b = trainable_state(straight), trainable_state(resumed)
     before = load_file(straight / "step_2" / "model.safetensors")
@@ -165,22 +215,43 @@ def test_resume_from_checkpoint_continues_exactly(tiny_clip, synthetic_cache, tm
     assert resumed_results["step"] == straight_results["step"] == 4
     assert resumed_results["srcc"] == pytest.approx(straight_results["srcc"], abs=1e-6)
     # resuming the finished run from its last checkpoint trains nothing more
-    again = train_script.main(tiny_args(tiny_clip, straight, *common, "--resume_from_checkpoint", "latest",
-                                        "--checkpointing_steps", "1", steps=4))
+    again = train_script.main(
+        tiny_args(
+            tiny_clip, straight, *common, "--resume_from_checkpoint", "latest", "--checkpointing_steps", "1", steps=4
+        )
+    )
     assert again["step"] == 4 and sorted(p.name for p in straight.glob("step_*")) == ["step_2", "step_4"]
     after = trainable_state(straight)
     assert all(torch.equal(after[name], a[name]) for name in a)
 
 
-def test_adapter_only_checkpoints_resume_exactly_and_the_limit_keeps_the_newest(tiny_clip, synthetic_cache,
-                                                                               tmp_path):
-    common = ["--cache_dir", synthetic_cache, "--max_train_samples", "12", "--max_eval_samples", "6",
-              "--per_device_train_batch_size", "8"]
+def test_adapter_only_checkpoints_resume_exactly_and_the_limit_keeps_the_newest(tiny_clip, synthetic_cache, tmp_path):
+    common = [
+        "--cache_dir",
+        synthetic_cache,
+        "--max_train_samples",
+        "12",
+        "--max_eval_samples",
+        "6",
+        "--per_device_train_batch_size",
+        "8",
+    ]
     full = tmp_path / "full"
     train_script.main(tiny_args(tiny_clip, full, *common, "--checkpointing_steps", "2", steps=4))
     straight = tmp_path / "straight"
-    train_script.main(tiny_args(tiny_clip, straight, *common, "--save_adapter_only", "--checkpointing_steps", "1",
-                                "--checkpoints_total_limit", "2", steps=4))
+    train_script.main(
+        tiny_args(
+            tiny_clip,
+            straight,
+            *common,
+            "--save_adapter_only",
+            "--checkpointing_steps",
+            "1",
+            "--checkpoints_total_limit",
+            "2",
+            steps=4,
+        )
+    )
     # only the newest 2 of the 4 checkpoints are kept
     assert sorted(p.name for p in straight.glob("step_*")) == ["step_3", "step_4"]
     # a checkpoint holds the trained weights, the optimizer, scheduler and RNG states, not the frozen CLIP
@@ -202,21 +273,37 @@ def test_adapter_only_checkpoints_resume_exactly_and_the_limit_keeps_the_newest(
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     shutil.copytree(straight / "step_3", resumed / "step_3")
-    train_script.main(tiny_args(tiny_clip, resumed, *common, "--save_adapter_only", "--resume_from_checkpoint",
-                                "latest", steps=4))
+    train_script.main(
+        tiny_args(tiny_clip, resumed, *common, "--save_adapter_only", "--resume_from_checkpoint", "latest", steps=4)
+    )
     b = trainable_state(resumed)
     assert a.keys() == b.keys() and all(torch.allclose(a[name], b[name], atol=1e-6, rtol=0) for name in a)
     # an adapter needs a pretrained base CLIP to be loaded on
     with pytest.raises(ValueError, match="--save_adapter_only saves the model as an adapter of a pretrained base"):
-        train_script.main(tiny_args(tiny_clip, tmp_path / "random", *common, "--clip_config_name", "tiny",
-                                    "--save_adapter_only", steps=1))
+        train_script.main(
+            tiny_args(
+                tiny_clip, tmp_path / "random", *common, "--clip_config_name", "tiny", "--save_adapter_only", steps=1
+            )
+        )
 
 
 def test_gradient_accumulation_ends_each_epoch_on_a_step_and_resumes_exactly(tiny_clip, synthetic_cache, tmp_path):
     # 10 images x 2 crops in batches of at most 4 crops: 5 batches, rounded up to 6 for 2 accumulation steps (crops
     # spread 4, 4, 3, 3, 3, 3): 3 optimizer steps an epoch, 6 in 2 epochs
-    common = ["--cache_dir", synthetic_cache, "--max_train_samples", "10", "--max_eval_samples", "6",
-              "--gradient_accumulation_steps", "2", "--num_train_epochs", "2", "--checkpointing_steps", "1"]
+    common = [
+        "--cache_dir",
+        synthetic_cache,
+        "--max_train_samples",
+        "10",
+        "--max_eval_samples",
+        "6",
+        "--gradient_accumulation_steps",
+        "2",
+        "--num_train_epochs",
+        "2",
+        "--checkpointing_steps",
+        "1",
+    ]
     straight = tmp_path / "straight"
     results = train_script.main(tiny_args(tiny_clip, straight, *common, steps=None))
     assert results["steps_per_epoch"] == 3 and results["step"] == 6 and results["batches_per_process"] == [12]
@@ -234,8 +321,21 @@ def test_train_on_metadata_folders(tiny_clip, tmp_path):
     train_dir = write_blur_folder(tmp_path / "train", contents=3, seed=1)
     val_dir = write_blur_folder(tmp_path / "val", contents=2, seed=2)
     out = tmp_path / "run"
-    results = train_script.main(tiny_args(tiny_clip, out, "--train_dir", str(train_dir), "--validation_dir",
-                                          str(val_dir), "--mos_range", "1", "5", "--max_image_size", "36"))
+    results = train_script.main(
+        tiny_args(
+            tiny_clip,
+            out,
+            "--train_dir",
+            str(train_dir),
+            "--validation_dir",
+            str(val_dir),
+            "--mos_range",
+            "1",
+            "5",
+            "--max_image_size",
+            "36",
+        )
+    )
     assert results["split_protocol"] == "none" and results["num_train_samples"] == 12
     assert results["num_eval_samples"] == 8
     model = MPIQEModel.from_pretrained(out)
@@ -262,10 +362,24 @@ def test_bad_rows_name_file_and_line(tiny_clip, tmp_path, bad_row, field):
 def test_the_papers_learning_rate_on_a_narrow_clip_is_told_it_will_under_fit(synthetic_cache, tmp_path, caplog):
     narrow_clip = save_tiny_clip(tmp_path / "narrow_clip", projection_dim=32)
     with caplog.at_level("WARNING"):
-        train_script.main(tiny_args(narrow_clip, tmp_path / "run", "--cache_dir", synthetic_cache, "--max_train_samples",
-                                    "8", "--max_eval_samples", "4", "--learning_rate", "3e-5"))
-    assert "The paper's learning rate 3e-05 is set for ViT-B/16, whose image-text space is 512 wide; this CLIP's is " \
-           "32 wide" in caplog.text
+        train_script.main(
+            tiny_args(
+                narrow_clip,
+                tmp_path / "run",
+                "--cache_dir",
+                synthetic_cache,
+                "--max_train_samples",
+                "8",
+                "--max_eval_samples",
+                "4",
+                "--learning_rate",
+                "3e-5",
+            )
+        )
+    assert (
+        "The paper's learning rate 3e-05 is set for ViT-B/16, whose image-text space is 512 wide; this CLIP's is "
+        "32 wide" in caplog.text
+    )
     assert "Try --learning_rate 2e-3" in caplog.text  # 1e-3 at width 64, doubled at 32
 
 
@@ -278,7 +392,9 @@ def test_the_papers_learning_rate_at_vit_b16_width_gets_no_advice():
 
 def test_skip_bad_samples_reports_once_and_trains(tiny_clip, tmp_path, caplog):
     train_dir = write_blur_folder(
-        tmp_path / "train", contents=3, levels=3,
+        tmp_path / "train",
+        contents=3,
+        levels=3,
         bad_rows=[["images/missing.png", "3.0", "", "", "m"], ["images/broken.png", "2.0", "", "", "b"]],
     )
     (train_dir / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
@@ -304,8 +420,9 @@ def test_corrupt_image_at_decode_time_names_the_file(tmp_path):
     strict = iqa_split(ds, range(4), IQATransform(ds, processor, random_crops=False, **classes))
     with pytest.raises(ValueError, match=r"c1_l1\.png"):
         strict[3]
-    skipping = iqa_split(ds, range(4), IQATransform(ds, processor, random_crops=False, skip_bad_samples=True,
-                                                     **classes))
+    skipping = iqa_split(
+        ds, range(4), IQATransform(ds, processor, random_crops=False, skip_bad_samples=True, **classes)
+    )
     batch = collate_iqa_batch(skipping.__getitems__([0, 1, 2, 3]))
     assert batch["pixel_values"].shape == (3, 2, 3, 30, 30)
     assert batch["index"].tolist() == [0, 1, 2] and len(batch["skipped"]) == 1 and "c1_l1.png" in batch["skipped"][0]
@@ -347,16 +464,25 @@ def test_per_crop_samples_and_evaluate_model(tmp_path):
 
 def crop_stream(ds, indices, seed=5, visits=3, batch_size=4, buffer_size=8, workers=0, epoch=1, **transform_kwargs):
     config = MPIQEModelTester().config()
-    transform = IQATransform(ds, MPIQEImageProcessor(crop_size=30), random_crops=True, seed=seed, visits=visits,
-                             scene_classes=config.scene_classes, distortion_classes=config.distortion_classes,
-                             **transform_kwargs)
+    transform = IQATransform(
+        ds,
+        MPIQEImageProcessor(crop_size=30),
+        random_crops=True,
+        seed=seed,
+        visits=visits,
+        scene_classes=config.scene_classes,
+        distortion_classes=config.distortion_classes,
+        **transform_kwargs,
+    )
     transform.set_epoch(epoch)
     images = make_samples(indices).with_transform(transform)
     sampler = EpochShuffleSampler(len(images), seed=seed)
-    loader = torch.utils.data.DataLoader(images, sampler=sampler, batch_size=2, collate_fn=keep_samples,
-                                         num_workers=workers)
-    stream = ShuffledCropBatches(loader, sampler, visits=visits, batch_size=batch_size, buffer_size=buffer_size,
-                                 seed=seed)
+    loader = torch.utils.data.DataLoader(
+        images, sampler=sampler, batch_size=2, collate_fn=keep_samples, num_workers=workers
+    )
+    stream = ShuffledCropBatches(
+        loader, sampler, visits=visits, batch_size=batch_size, buffer_size=buffer_size, seed=seed
+    )
     stream.set_epoch(epoch)
     return stream
 
@@ -376,8 +502,15 @@ def test_shuffled_crop_batches_decode_each_image_once_and_hold_every_visit_once(
     assert all(b["pixel_values"].shape == (4, 1, 3, 30, 30) and b["skipped"] == [] for b in batches)
     # each crop is the per-visit sample's crop (same seed, same flip), and each (image, visit) comes exactly once
     config = MPIQEModelTester().config()
-    per_visit = IQATransform(ds, MPIQEImageProcessor(crop_size=30), random_crops=True, seed=5, horizontal_flip=True,
-                             scene_classes=config.scene_classes, distortion_classes=config.distortion_classes)
+    per_visit = IQATransform(
+        ds,
+        MPIQEImageProcessor(crop_size=30),
+        random_crops=True,
+        seed=5,
+        horizontal_flip=True,
+        scene_classes=config.scene_classes,
+        distortion_classes=config.distortion_classes,
+    )
     per_visit.set_epoch(1)
     samples = iqa_split(ds, indices, per_visit, visits=3)
     expected = {}
@@ -428,10 +561,27 @@ def test_shuffled_crop_batches_options_and_bad_images(tmp_path):
 def test_steps_per_epoch_count_crops(tiny_clip, synthetic_cache, tmp_path, crop_sampling, steps_per_epoch):
     # 6 images x 2 crops in batches of 5 crops: ceil(12 / 5) = 3 steps an epoch; per image: ceil(6 / 5) = 2
     out = tmp_path / "run"
-    results = train_script.main(tiny_args(
-        tiny_clip, out, "--cache_dir", synthetic_cache, "--max_train_samples", "6", "--max_eval_samples", "4",
-        "--crop_sampling", crop_sampling, "--num_train_epochs", "1", "--per_device_train_batch_size", "5",
-        "--checkpointing_steps", "1", steps=None))
+    results = train_script.main(
+        tiny_args(
+            tiny_clip,
+            out,
+            "--cache_dir",
+            synthetic_cache,
+            "--max_train_samples",
+            "6",
+            "--max_eval_samples",
+            "4",
+            "--crop_sampling",
+            crop_sampling,
+            "--num_train_epochs",
+            "1",
+            "--per_device_train_batch_size",
+            "5",
+            "--checkpointing_steps",
+            "1",
+            steps=None,
+        )
+    )
     assert results["step"] == steps_per_epoch
     assert sorted(p.name for p in out.glob("step_*")) == sorted(f"step_{k}" for k in range(1, steps_per_epoch + 1))
     for term in ("train_loss", "train_scene_loss", "train_distortion_loss", "train_score_loss"):
@@ -443,12 +593,34 @@ def test_steps_per_epoch_count_crops(tiny_clip, synthetic_cache, tmp_path, crop_
 def test_accelerate_launch_subprocess(tiny_clip, synthetic_cache, tmp_path):
     out = tmp_path / "launched"
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "1",
+        "--cpu",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
         str(ROOT / "examples" / "train.py"),
-        *tiny_args(tiny_clip, out, "--cache_dir", synthetic_cache, "--max_train_samples", "8",
-                   "--max_eval_samples", "6", "--checkpointing_steps", "1", "--with_tracking",
-                   "--report_to", "tensorboard"),
+        *tiny_args(
+            tiny_clip,
+            out,
+            "--cache_dir",
+            synthetic_cache,
+            "--max_train_samples",
+            "8",
+            "--max_eval_samples",
+            "6",
+            "--checkpointing_steps",
+            "1",
+            "--with_tracking",
+            "--report_to",
+            "tensorboard",
+        ),
     ]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     completed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -494,9 +666,20 @@ def test_undecodable_image_during_training_is_dropped_and_counted(tiny_clip, tmp
     train_dir = write_blur_folder(tmp_path / "train", contents=3, levels=3, seed=1)
     val_dir = write_blur_folder(tmp_path / "val", contents=1, levels=3, seed=2)
     (train_dir / "images" / "c1_l1.png").write_bytes(b"garbage")  # found only when decoded: verification is off
-    results = train_script.main(tiny_args(
-        tiny_clip, tmp_path / "run", "--train_dir", str(train_dir), "--validation_dir", str(val_dir),
-        "--no_verify_images", "--num_train_epochs", "1", steps=None))
+    results = train_script.main(
+        tiny_args(
+            tiny_clip,
+            tmp_path / "run",
+            "--train_dir",
+            str(train_dir),
+            "--validation_dir",
+            str(val_dir),
+            "--no_verify_images",
+            "--num_train_epochs",
+            "1",
+            steps=None,
+        )
+    )
     # 9 images x 2 crops = 18 samples, the bad image's 2 visits dropped
     assert results["dropped_samples"] == 2 and all("c1_l1.png" in e for e in results["dropped_sample_errors"])
     assert results["step"] == results["steps_per_epoch"] == 5
@@ -505,16 +688,39 @@ def test_undecodable_image_during_training_is_dropped_and_counted(tiny_clip, tmp
 def test_too_few_validation_images_are_refused_before_training(tiny_clip, synthetic_cache, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(ValueError, match="validation split has 2 image"):
-        train_script.main(tiny_args(tiny_clip, out, "--cache_dir", synthetic_cache, "--max_train_samples", "8",
-                                    "--max_eval_samples", "2", steps=1))
+        train_script.main(
+            tiny_args(
+                tiny_clip,
+                out,
+                "--cache_dir",
+                synthetic_cache,
+                "--max_train_samples",
+                "8",
+                "--max_eval_samples",
+                "2",
+                steps=1,
+            )
+        )
     assert not out.exists()  # nothing trained, nothing written
 
 
 def test_fine_tune_a_trained_model_and_config_overrides(tiny_clip, synthetic_cache, tmp_path):
     source = tmp_path / "source"
-    train_script.main(tiny_args(tiny_clip, source, "--cache_dir", synthetic_cache, "--max_train_samples", "8",
-                                "--max_eval_samples", "4", "--config_overrides", "text_prompt_length=3,"
-                                "score_loss_weight=0.25", steps=1))
+    train_script.main(
+        tiny_args(
+            tiny_clip,
+            source,
+            "--cache_dir",
+            synthetic_cache,
+            "--max_train_samples",
+            "8",
+            "--max_eval_samples",
+            "4",
+            "--config_overrides",
+            "text_prompt_length=3,score_loss_weight=0.25",
+            steps=1,
+        )
+    )
     trained = MPIQEModel.from_pretrained(source)
     assert trained.config.text_prompt_length == 3 and trained.config.score_loss_weight == 0.25
     with pytest.raises(ValueError, match="no_such_field"):
@@ -522,8 +728,22 @@ def test_fine_tune_a_trained_model_and_config_overrides(tiny_clip, synthetic_cac
     # fine-tune on a folder scored 0..100: the trained prompts are the start, the score range is the new data's
     folder = write_blur_folder(tmp_path / "mine", contents=3, seed=4)
     out = tmp_path / "tuned"
-    train_script.main(tiny_args(tiny_clip, out, "--model_name_or_path", str(source), "--train_dir", str(folder),
-                                "--mos_range", "0", "100", "--learning_rate", "0", steps=1))
+    train_script.main(
+        tiny_args(
+            tiny_clip,
+            out,
+            "--model_name_or_path",
+            str(source),
+            "--train_dir",
+            str(folder),
+            "--mos_range",
+            "0",
+            "100",
+            "--learning_rate",
+            "0",
+            steps=1,
+        )
+    )
     tuned = MPIQEModel.from_pretrained(out)
     assert (tuned.config.mos_min, tuned.config.mos_max) == (0.0, 100.0) and tuned.config.text_prompt_length == 3
     before, after = trainable_state(source), trainable_state(out)
@@ -573,7 +793,9 @@ def test_gradient_checkpointing_gives_the_same_gradients():
             for module in model.modules():
                 if getattr(module, "gradient_checkpointing", False):
                     inner = module._gradient_checkpointing_func
-                    module._gradient_checkpointing_func = lambda *a, inner=inner, **k: calls.append(1) or inner(*a, **k)
+                    module._gradient_checkpointing_func = lambda *a, inner=inner, **k: (
+                        calls.append(1) or inner(*a, **k)
+                    )
         model(pixel_values=pixel_values, mos=mos).loss.backward()
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -586,13 +808,33 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 def test_two_cpu_processes_with_torchrun(tiny_clip, synthetic_cache, tmp_path):
     """torchrun starts two processes; Accelerate runs them as one MULTI_CPU job over gloo."""
-    common = ["--cache_dir", synthetic_cache, "--max_train_samples", "12", "--max_eval_samples", "6",
-              "--per_device_train_batch_size", "3", "--num_train_epochs", "1", "--checkpointing_steps", "1"]
+    common = [
+        "--cache_dir",
+        synthetic_cache,
+        "--max_train_samples",
+        "12",
+        "--max_eval_samples",
+        "6",
+        "--per_device_train_batch_size",
+        "3",
+        "--num_train_epochs",
+        "1",
+        "--checkpointing_steps",
+        "1",
+    ]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
 
     def launch(out, *extra):
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                   str(ROOT / "examples" / "train.py"), *tiny_args(tiny_clip, out, *common, *extra, steps=None)]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(ROOT / "examples" / "train.py"),
+            *tiny_args(tiny_clip, out, *common, *extra, steps=None),
+        ]
         completed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
         assert completed.returncode == 0, completed.stderr[-3000:]
         return completed.stdout + completed.stderr
@@ -607,8 +849,10 @@ def test_two_cpu_processes_with_torchrun(tiny_clip, synthetic_cache, tmp_path):
     for k in range(1, 5):
         checkpoint = straight / f"step_{k}"
         assert len(list(checkpoint.glob("model*.safetensors"))) == 1
-        assert sorted(p.name for p in checkpoint.glob("random_states_*")) == ["random_states_0.pkl",
-                                                                              "random_states_1.pkl"]
+        assert sorted(p.name for p in checkpoint.glob("random_states_*")) == [
+            "random_states_0.pkl",
+            "random_states_1.pkl",
+        ]
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     shutil.copytree(straight / "step_2", resumed / "step_2")
@@ -621,9 +865,22 @@ def test_two_cpu_processes_with_torchrun(tiny_clip, synthetic_cache, tmp_path):
 
 def test_push_to_hub_uploads_the_model_with_its_results(hub_endpoint, tiny_clip, synthetic_cache, tmp_path):
     out = tmp_path / "run"
-    results = train_script.main(tiny_args(tiny_clip, out, "--cache_dir", synthetic_cache, "--max_train_samples", "8",
-                                          "--max_eval_samples", "6", "--push_to_hub", "--hub_model_id",
-                                          "user/mp-iqe-trained", steps=1))
+    results = train_script.main(
+        tiny_args(
+            tiny_clip,
+            out,
+            "--cache_dir",
+            synthetic_cache,
+            "--max_train_samples",
+            "8",
+            "--max_eval_samples",
+            "6",
+            "--push_to_hub",
+            "--hub_model_id",
+            "user/mp-iqe-trained",
+            steps=1,
+        )
+    )
     files = hub_endpoint.files("user/mp-iqe-trained")
     # the full checkpoint, as save_pretrained writes it (push_to_hub's default)
     assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "handler.py"} <= set(files)
@@ -634,5 +891,7 @@ def test_push_to_hub_uploads_the_model_with_its_results(hub_endpoint, tiny_clip,
     metrics = {m["name"]: m["value"] for m in card["model-index"][0]["results"][0]["metrics"]}
     assert metrics["SRCC"] == round(results["srcc"], 4) and metrics["PLCC"] == round(results["plcc"], 4)
     # the card says how this run was trained, beside the paper's recipe
-    assert ("This checkpoint's run: Adam, learning rate 0.001, 1 epoch(s) = 1 optimizer steps of 4 crops, per-crop "
-            "samples; it departs from the paper's recipe in: learning rate, epochs.") in files["README.md"].decode()
+    assert (
+        "This checkpoint's run: Adam, learning rate 0.001, 1 epoch(s) = 1 optimizer steps of 4 crops, per-crop "
+        "samples; it departs from the paper's recipe in: learning rate, epochs."
+    ) in files["README.md"].decode()

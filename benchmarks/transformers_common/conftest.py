@@ -21,14 +21,30 @@ import tempfile
 
 import pytest
 
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 COMMON_SUITES = ("test_modeling_common.py", "test_configuration_common.py", "test_image_processing_common.py")
 STAND_INS = ("exporters", "generation", "utils")
 collect_ignore = list(STAND_INS) + ["fetch_hub_objects_for_ci.py"]
 #: The markers the suites use (transformers declares them in its own pytest configuration).
-MARKERS = ("accelerate_tests", "flash_attn_test", "flash_attn_3_test", "flash_attn_4_test", "is_agent_test",
-           "is_expert_parallel_test", "is_fsdp_test", "is_pipeline_test", "is_staging_test", "is_tensor_parallel_test",
-           "is_training_test", "order", "torch_compile_test", "generate", "all_flash_attn_test", "bitsandbytes")
+MARKERS = (
+    "accelerate_tests",
+    "flash_attn_test",
+    "flash_attn_3_test",
+    "flash_attn_4_test",
+    "is_agent_test",
+    "is_expert_parallel_test",
+    "is_fsdp_test",
+    "is_pipeline_test",
+    "is_staging_test",
+    "is_tensor_parallel_test",
+    "is_training_test",
+    "order",
+    "torch_compile_test",
+    "generate",
+    "all_flash_attn_test",
+    "bitsandbytes",
+)
 
 
 def pytest_configure(config):

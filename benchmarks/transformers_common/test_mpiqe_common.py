@@ -12,6 +12,7 @@ from tf_common.test_modeling_common import ModelTesterMixin, floats_tensor
 from mpiqe_hf import MPIQEConfig, MPIQEImageProcessor, MPIQEModel
 from mpiqe_hf.testing_utils import tiny_clip_config
 
+
 NO_TEXT_INPUT = "MP-IQE takes only pixel_values: no input_ids, token embeddings to resize or attention masks"
 NO_ATTENTION_OUTPUTS = "MP-IQE returns scores and logits, not hidden states or attention weights"
 
@@ -36,8 +37,13 @@ class MPIQECommonModelTester:
         # the common tests want under 1M parameters: a 32-wide image-text space and a 1000-token vocabulary
         clip_config.projection_dim = 32
         clip_config.text_config.vocab_size = 1000
-        return MPIQEConfig(clip_config=clip_config.to_dict(), visual_prompt_depth=layers, window_size=3, decoder_heads=4,
-                           decoder_intermediate_size=37)
+        return MPIQEConfig(
+            clip_config=clip_config.to_dict(),
+            visual_prompt_depth=layers,
+            window_size=3,
+            decoder_heads=4,
+            decoder_intermediate_size=37,
+        )
 
     def prepare_config_and_inputs_for_common(self):
         pixel_values = floats_tensor(

@@ -14,4 +14,5 @@ from .inputs import collect_files
 from .scoring import ScoreBatch, TorchScorer
 from .writers import RESULT_COLUMNS
 
+
 __all__ = ["main", "build_parser", "collect_files", "EXIT_STATUS_HELP", "RESULT_COLUMNS", "ScoreBatch", "TorchScorer"]

@@ -6,12 +6,14 @@ import argparse
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from .errors import UsageError
 from .scoring import BACKENDS, DTYPES
 from .writers import FORMATS, RESULT_COLUMNS
+
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 EXIT_PIPE_CLOSED = 141  # what a shell reports for a process that SIGPIPE ended
@@ -299,8 +301,9 @@ class _Run:
         state = PartialState(cpu=device.type == "cpu")
         if state.num_processes > 1 and device.type == "cuda":
             if device.index is not None:
-                raise UsageError(f"--device {args.device}: with several processes each one takes its own GPU; "
-                                 "pass --device cuda")
+                raise UsageError(
+                    f"--device {args.device}: with several processes each one takes its own GPU; pass --device cuda"
+                )
             device = state.device
         return device, dtype, dtype_reason, state
 
@@ -346,8 +349,10 @@ class _Run:
         if processor is None:
             processor = MPIQEImageProcessor.default_for(scorer.config)
             size = processor.crop_size["height"]
-            _say(f"{args.model} has no preprocessor_config.json; using the default image processor ({size} x {size} "
-                 "crops)")
+            _say(
+                f"{args.model} has no preprocessor_config.json; using the default image processor ({size} x {size} "
+                "crops)"
+            )
 
         before = self._scored_before(output, state)
         num_workers = self._default_workers(state) if args.num_workers is None else args.num_workers

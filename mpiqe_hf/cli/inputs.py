@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 
 from .. import load_image
 from .errors import UsageError
+
 
 _GLOB_CHARS = set("*?[")
 _SAVE_TO_DISK_MARKERS = ("state.json", "dataset_dict.json")
@@ -165,7 +167,7 @@ class LoadedBatch:
     pixel_values: torch.Tensor | None = None  # (len(keys), num_crops, 3, height, width)
     failures: list[tuple[Any, str]] = field(default_factory=list)  # (key, message)
 
-    def pin_memory(self) -> "LoadedBatch":
+    def pin_memory(self) -> LoadedBatch:
         """Called by the DataLoader with `pin_memory=True` (CUDA), so that the copy to the GPU can overlap."""
         if self.pixel_values is not None:
             self.pixel_values = self.pixel_values.pin_memory()

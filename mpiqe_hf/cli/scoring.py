@@ -13,39 +13,15 @@ plugs in by implementing the same two members and being returned by [`build_scor
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
-from ..pipeline_mpiqe import quality_result
+from ..score_batch import ScoreBatch
 from .errors import UsageError
+
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 BACKENDS = ("torch", "onnx")
-
-
-@dataclass
-class ScoreBatch:
-    """Scores of a batch, as float32 numpy arrays."""
-
-    score: np.ndarray  # (batch_size,): on the training dataset's MOS scale
-    normalized_score: np.ndarray  # (batch_size,): the model's [0, 1] score
-    scene_logits: np.ndarray | None  # (batch_size, num_scene_classes), None without scene prompts
-    distortion_logits: np.ndarray | None  # (batch_size, num_distortion_classes), None without distortion prompts
-
-    def results(self, config) -> list[dict]:
-        """Each image's `{"score", "quality", "scene", "distortion", "normalized_score"}` (see `quality_result`)."""
-        return [
-            quality_result(
-                config,
-                self.normalized_score[index],
-                self.score[index],
-                None if self.scene_logits is None else self.scene_logits[index],
-                None if self.distortion_logits is None else self.distortion_logits[index],
-            )
-            for index in range(len(self.score))
-        ]
 
 
 def _to_numpy(tensor: torch.Tensor | None) -> np.ndarray | None:

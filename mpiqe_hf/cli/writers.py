@@ -13,10 +13,12 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, TextIO
+from typing import Any, TextIO
 
 from .errors import UsageError
+
 
 #: Columns after the key column (`path`, the `--id-column`, or `index`), in order.
 RESULT_COLUMNS = ("score", "quality", "scene", "distortion", "normalized_score", "status", "error")

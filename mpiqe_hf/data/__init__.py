@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 import datasets
 
@@ -44,17 +43,17 @@ from .synthetic import build_synthetic, load_synthetic, pseudo_mos
 
 
 def load_iqa_dataset(
-    name_or_path: Optional[str] = "synthetic",
+    name_or_path: str | None = "synthetic",
     data_dir=None,
     label_file=None,
-    split: Optional[str] = None,
+    split: str | None = None,
     cache_dir=None,
     skip_bad_samples: bool = False,
     seed: int = 0,
     *,
     check_files: bool = True,
     verify_images: bool = False,
-    num_proc: Optional[int] = None,
+    num_proc: int | None = None,
     mos_range=None,
     higher_is_better: bool = True,
     image_column: str = "image",
@@ -85,8 +84,12 @@ def load_iqa_dataset(
     if canonical == "synthetic":
         _no_split(split, canonical)
         return load_synthetic(
-            cache_dir, seed, include_references=kwargs.pop("include_references", True),
-            skip_bad_samples=skip_bad_samples, verify_images=verify_images, num_proc=num_proc,
+            cache_dir,
+            seed,
+            include_references=kwargs.pop("include_references", True),
+            skip_bad_samples=skip_bad_samples,
+            verify_images=verify_images,
+            num_proc=num_proc,
         )
     if canonical is not None:
         _no_split(split, canonical)
@@ -94,24 +97,48 @@ def load_iqa_dataset(
             if kwargs:
                 raise ValueError(f"Unexpected arguments for the LIQE loader: {sorted(kwargs)}")
             return load_liqe_dataset(
-                canonical, label_file, data_dir, check_files=check_files, verify_images=verify_images,
-                skip_bad_samples=skip_bad_samples, num_proc=num_proc,
+                canonical,
+                label_file,
+                data_dir,
+                check_files=check_files,
+                verify_images=verify_images,
+                skip_bad_samples=skip_bad_samples,
+                num_proc=num_proc,
             )
         return load_official_dataset(
-            canonical, data_dir, check_files=check_files, verify_images=verify_images,
-            skip_bad_samples=skip_bad_samples, num_proc=num_proc, **kwargs,
+            canonical,
+            data_dir,
+            check_files=check_files,
+            verify_images=verify_images,
+            skip_bad_samples=skip_bad_samples,
+            num_proc=num_proc,
+            **kwargs,
         )
     path = Path(name_or_path)
     if path.is_dir() and (path / METADATA_FILE).is_file():
         _no_split(split, str(path))
         return load_metadata_folder(
-            path, mos_range=mos_range, higher_is_better=higher_is_better, check_files=check_files,
-            verify_images=verify_images, skip_bad_samples=skip_bad_samples, num_proc=num_proc,
+            path,
+            mos_range=mos_range,
+            higher_is_better=higher_is_better,
+            check_files=check_files,
+            verify_images=verify_images,
+            skip_bad_samples=skip_bad_samples,
+            num_proc=num_proc,
         )
     return load_hub_dataset(
-        name_or_path, split=split, cache_dir=cache_dir, image_column=image_column, mos_column=mos_column,
-        mos_range=mos_range, higher_is_better=higher_is_better, check_files=check_files, verify_images=verify_images,
-        skip_bad_samples=skip_bad_samples, num_proc=num_proc, **kwargs,
+        name_or_path,
+        split=split,
+        cache_dir=cache_dir,
+        image_column=image_column,
+        mos_column=mos_column,
+        mos_range=mos_range,
+        higher_is_better=higher_is_better,
+        check_files=check_files,
+        verify_images=verify_images,
+        skip_bad_samples=skip_bad_samples,
+        num_proc=num_proc,
+        **kwargs,
     )
 
 

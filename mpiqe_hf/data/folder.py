@@ -7,12 +7,12 @@ import csv
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
 
 import datasets
 
 from .specs import DatasetSpec, IQADatasetInfo, with_iqa_info
 from .validation import finalize_dataset, resolve_mos_range
+
 
 METADATA_FILE = "metadata.csv"
 REQUIRED_COLUMNS = ("file_name", "mos")
@@ -41,14 +41,14 @@ def load_metadata_folder(
     *,
     mos_range=None,
     higher_is_better: bool = True,
-    name: Optional[str] = None,
-    spec: Optional[DatasetSpec] = None,
+    name: str | None = None,
+    spec: DatasetSpec | None = None,
     check_files: bool = True,
     verify_images: bool = False,
     skip_bad_samples: bool = False,
-    num_proc: Optional[int] = None,
+    num_proc: int | None = None,
     source: str = "folder",
-    seed: Optional[int] = None,
+    seed: int | None = None,
 ) -> datasets.Dataset:
     """Load a folder holding `metadata.csv` (`file_name`, `mos`, optional `scene`, `distortion`, `content_id`).
 
@@ -96,13 +96,20 @@ def load_metadata_folder(
         seed=seed,
     )
     return finalize_dataset(
-        raw, info, source=str(meta_path), root=folder, mos_range=mos_range, check_files=check_files,
-        verify_images=verify_images, skip_bad_samples=skip_bad_samples, num_proc=num_proc,
+        raw,
+        info,
+        source=str(meta_path),
+        root=folder,
+        mos_range=mos_range,
+        check_files=check_files,
+        verify_images=verify_images,
+        skip_bad_samples=skip_bad_samples,
+        num_proc=num_proc,
         description=spec.description if spec else "",
     )
 
 
-def _saved_dataset_kind(path: Path) -> Optional[str]:
+def _saved_dataset_kind(path: Path) -> str | None:
     if not path.is_dir():
         return None
     if (path / "dataset_dict.json").is_file():
@@ -112,7 +119,7 @@ def _saved_dataset_kind(path: Path) -> Optional[str]:
     return None
 
 
-def _saved_iqa_info(folder: Path) -> Optional[IQADatasetInfo]:
+def _saved_iqa_info(folder: Path) -> IQADatasetInfo | None:
     """The facts a `save_to_disk` of an IQA dataset wrote into its `dataset_info.json`, or None."""
     try:
         values = json.loads((folder / "dataset_info.json").read_text(encoding="utf-8")).get("iqa")
@@ -124,7 +131,7 @@ def _saved_iqa_info(folder: Path) -> Optional[IQADatasetInfo]:
 def load_hub_dataset(
     name_or_path,
     *,
-    split: Optional[str] = None,
+    split: str | None = None,
     cache_dir=None,
     image_column: str = "image",
     mos_column: str = "mos",
@@ -133,7 +140,7 @@ def load_hub_dataset(
     check_files: bool = True,
     verify_images: bool = False,
     skip_bad_samples: bool = False,
-    num_proc: Optional[int] = None,
+    num_proc: int | None = None,
     **load_kwargs,
 ) -> datasets.Dataset:
     """Any dataset with an image column and a MOS column: a `save_to_disk` folder or `datasets.load_dataset(name)`.
@@ -166,9 +173,16 @@ def load_hub_dataset(
     if saved is not None and mos_range is None:
         return with_iqa_info(loaded, saved)
     return convert_dataset(
-        loaded, source=source, image_column=image_column, mos_column=mos_column, mos_range=mos_range,
-        higher_is_better=higher_is_better, check_files=check_files, verify_images=verify_images,
-        skip_bad_samples=skip_bad_samples, num_proc=num_proc,
+        loaded,
+        source=source,
+        image_column=image_column,
+        mos_column=mos_column,
+        mos_range=mos_range,
+        higher_is_better=higher_is_better,
+        check_files=check_files,
+        verify_images=verify_images,
+        skip_bad_samples=skip_bad_samples,
+        num_proc=num_proc,
     )
 
 
@@ -183,14 +197,18 @@ def convert_dataset(
     check_files: bool = True,
     verify_images: bool = False,
     skip_bad_samples: bool = False,
-    num_proc: Optional[int] = None,
+    num_proc: int | None = None,
 ) -> datasets.Dataset:
     """Turn a `datasets.Dataset` with image and MOS columns into the library's column layout."""
     for column in (image_column, mos_column):
         if column not in ds.column_names:
             raise ValueError(f"{source}, line 1, field '{column}': required column missing (found {ds.column_names}).")
     mos_range = resolve_mos_range(mos_range, source)
-    keep = [c for c in ("scene", "distortion", "content_id") if c in ds.column_names and c not in (image_column, mos_column)]
+    keep = [
+        c
+        for c in ("scene", "distortion", "content_id")
+        if c in ds.column_names and c not in (image_column, mos_column)
+    ]
     raw = ds.select_columns([image_column, mos_column, *keep])
     raw = raw.rename_columns({k: v for k, v in {image_column: "image", mos_column: "mos"}.items() if k != v})
     if not isinstance(raw.features["image"], datasets.Image):
@@ -208,6 +226,14 @@ def convert_dataset(
     content_repeats = "content_id" in keep and len(raw.unique("content_id")) < len(raw)
     info = replace(info, split_protocol="by_content" if content_repeats else "by_image")
     return finalize_dataset(
-        raw, info, source=source, root=None, mos_range=mos_range, check_files=check_files,
-        verify_images=verify_images, skip_bad_samples=skip_bad_samples, num_proc=num_proc, path_field=image_column,
+        raw,
+        info,
+        source=source,
+        root=None,
+        mos_range=mos_range,
+        check_files=check_files,
+        verify_images=verify_images,
+        skip_bad_samples=skip_bad_samples,
+        num_proc=num_proc,
+        path_field=image_column,
     )

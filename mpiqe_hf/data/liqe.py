@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Union
 
 import datasets
 
 from .specs import BadSample, DatasetSpec, IQADatasetInfo, get_dataset_spec, iqa_info
 from .validation import finalize_dataset
 
+
 LIQE_CLIP_COLUMNS = 6  # path, MOS, distortion, scene1, scene2, scene3
 LIQE_MOS_COLUMNS = 3  # path, MOS, std (the `<db>_all.txt` files)
 SPLIT_NAMES = ("train", "val", "test")
 
 
-def content_id_from_path(db: str, rel_path: str, live_refs: Optional[dict] = None) -> str:
+def content_id_from_path(db: str, rel_path: str, live_refs: dict | None = None) -> str:
     """Reference-content id of an image path of a LIQE label file.
 
     KADID `images/I02_01_03.png` -> `I02`; CSIQ `dst_imgs/awgn/shroom.AWGN.1.png` -> `shroom`; LIVE
@@ -33,7 +33,7 @@ def content_id_from_path(db: str, rel_path: str, live_refs: Optional[dict] = Non
     return rel_path
 
 
-def resolve_liqe_label_file(label_file: Union[str, os.PathLike], spec: Optional[DatasetSpec]) -> list[Path]:
+def resolve_liqe_label_file(label_file: str | os.PathLike, spec: DatasetSpec | None) -> list[Path]:
     """A label file, or a LIQE database folder (or its `splits2/`) -> the file(s) that list every image.
 
     For folders: `splits2/<db>_all_clip.txt` when present, else the union of `splits2/1/<db>_{train,val,test}_clip.txt`
@@ -63,8 +63,16 @@ def resolve_liqe_label_file(label_file: Union[str, os.PathLike], spec: Optional[
 
 def _split_liqe_lines(batch, indices, *, file, expected, db, live_refs):
     """Batched `map` over the lines of a label file: its fields, or the column count found when it is wrong."""
-    out = {"image": [], "mos": [], "distortion": [], "scene": [], "content_id": [], "source_line": [],
-           "source_file": [], "columns": []}
+    out = {
+        "image": [],
+        "mos": [],
+        "distortion": [],
+        "scene": [],
+        "content_id": [],
+        "source_line": [],
+        "source_file": [],
+        "columns": [],
+    }
     for index, text in zip(indices, batch["text"]):
         fields = text.rstrip("\r").split("\t") if text.strip() else []
         ok = len(fields) == expected
@@ -80,21 +88,30 @@ def _split_liqe_lines(batch, indices, *, file, expected, db, live_refs):
     return out
 
 
-def read_liqe_file(label_file, db: Optional[str] = None, live_refs: Optional[dict] = None):
+def read_liqe_file(label_file, db: str | None = None, live_refs: dict | None = None):
     """The rows of a LIQE label file as a raw `datasets.Dataset` (see `validation.py`), plus the lines whose column
     count is wrong as [`BadSample`]s. Read with `datasets.load_dataset("text")`: row `i` is line `i + 1`."""
     label_file = Path(label_file)
     expected = LIQE_MOS_COLUMNS if label_file.name.endswith("_all.txt") else LIQE_CLIP_COLUMNS
     lines = datasets.load_dataset("text", data_files=str(label_file), split="train")
     rows = lines.map(
-        _split_liqe_lines, batched=True, with_indices=True, remove_columns=["text"],
+        _split_liqe_lines,
+        batched=True,
+        with_indices=True,
+        remove_columns=["text"],
         fn_kwargs=dict(file=label_file, expected=expected, db=db, live_refs=live_refs),
-        features=datasets.Features({
-            "image": datasets.Value("string"), "mos": datasets.Value("string"),
-            "distortion": datasets.Value("string"), "scene": datasets.List(datasets.Value("string")),
-            "content_id": datasets.Value("string"), "source_line": datasets.Value("int64"),
-            "source_file": datasets.Value("string"), "columns": datasets.Value("int64"),
-        }),
+        features=datasets.Features(
+            {
+                "image": datasets.Value("string"),
+                "mos": datasets.Value("string"),
+                "distortion": datasets.Value("string"),
+                "scene": datasets.List(datasets.Value("string")),
+                "content_id": datasets.Value("string"),
+                "source_line": datasets.Value("int64"),
+                "source_file": datasets.Value("string"),
+                "columns": datasets.Value("int64"),
+            }
+        ),
         desc="Reading label file",
     )
     wrong = rows.filter(lambda b: [c not in (0, expected) for c in b["columns"]], batched=True)
@@ -114,7 +131,7 @@ def load_liqe_dataset(
     check_files: bool = True,
     verify_images: bool = False,
     skip_bad_samples: bool = False,
-    num_proc: Optional[int] = None,
+    num_proc: int | None = None,
 ) -> datasets.Dataset:
     """Load a dataset from LIQE label files; image paths are resolved against `data_dir` (the dataset root)."""
     spec = get_dataset_spec(name)
@@ -146,8 +163,14 @@ def load_liqe_dataset(
         unknown = [i for i, rel in enumerate(paths) if rel is not None and rel.replace("\\", "/") not in live_refs]
         for i in unknown:
             row = raw[i]
-            problems.append(BadSample(row["source_file"], row["source_line"], "path",
-                                      f"{row['image']} is not an image of the LIVE release (no reference name)"))
+            problems.append(
+                BadSample(
+                    row["source_file"],
+                    row["source_line"],
+                    "path",
+                    f"{row['image']} is not an image of the LIVE release (no reference name)",
+                )
+            )
         if unknown:
             raw = raw.select(sorted(set(range(len(raw))) - set(unknown)))
     info = IQADatasetInfo.from_spec(
@@ -158,13 +181,22 @@ def load_liqe_dataset(
         live_references_found=bool(live_refs) if spec.name == "live" else None,
     )
     return finalize_dataset(
-        raw, info, source=", ".join(str(f) for f in files), root=root, mos_range=(spec.mos_min, spec.mos_max),
-        check_files=check_files, verify_images=verify_images, skip_bad_samples=skip_bad_samples, num_proc=num_proc,
-        earlier_problems=problems, description=spec.description, path_field="path",
+        raw,
+        info,
+        source=", ".join(str(f) for f in files),
+        root=root,
+        mos_range=(spec.mos_min, spec.mos_max),
+        check_files=check_files,
+        verify_images=verify_images,
+        skip_bad_samples=skip_bad_samples,
+        num_proc=num_proc,
+        earlier_problems=problems,
+        description=spec.description,
+        path_field="path",
     )
 
 
-def _image_keys(ds: datasets.Dataset, data_dir: Optional[str]) -> list[str]:
+def _image_keys(ds: datasets.Dataset, data_dir: str | None) -> list[str]:
     paths = [item["path"] for item in ds.cast_column("image", datasets.Image(decode=False))["image"]]
     keys = []
     for p in paths:
@@ -217,7 +249,7 @@ def _split_folder(label_dir_or_db, k: int, info: IQADatasetInfo) -> tuple[Path, 
     return folder, prefix
 
 
-def liqe_splits(label_dir_or_db, k: int = 1, dataset: Optional[datasets.Dataset] = None) -> dict:
+def liqe_splits(label_dir_or_db, k: int = 1, dataset: datasets.Dataset | None = None) -> dict:
     """Indices into `dataset` of LIQE's split number `k` (1..10): `{"train": [...], "val": [...], "test": [...]}`.
 
     `label_dir_or_db` is the LIQE database folder (holding `splits2/`), `splits2/` itself, `splits2/<k>`, or a dataset
@@ -251,4 +283,3 @@ def liqe_splits(label_dir_or_db, k: int = 1, dataset: Optional[datasets.Dataset]
             indices.append(index[rel])
         out[split] = indices
     return out
-

@@ -21,20 +21,40 @@ import os
 import re
 from pathlib import Path
 
-import numpy as np
-
 import datasets
+import numpy as np
 
 from .specs import BadSample, IQADatasetInfo, get_dataset_spec, map_distortion
 from .validation import finalize_dataset
 
+
 # KADID-10k distortion index -> LIQE's fine-grained name (checked against LIQE's kadid10k label files).
 KADID_DISTORTIONS = {
-    1: "gaussian blur", 2: "lens", 3: "motion", 4: "diffusion", 5: "shifting", 6: "color quantization",
-    7: "oversaturation", 8: "desaturation", 9: "jpeg2000 compression", 10: "jpeg compression", 11: "white noise",
-    12: "white with color", 13: "impulse", 14: "multiplicative", 15: "white noise with denoise", 16: "brighten",
-    17: "darken", 18: "shifting the mean", 19: "jitter", 20: "noneccentricity patch", 21: "pixelate",
-    22: "quantization", 23: "color blocking", 24: "sharpness", 25: "contrast",
+    1: "gaussian blur",
+    2: "lens",
+    3: "motion",
+    4: "diffusion",
+    5: "shifting",
+    6: "color quantization",
+    7: "oversaturation",
+    8: "desaturation",
+    9: "jpeg2000 compression",
+    10: "jpeg compression",
+    11: "white noise",
+    12: "white with color",
+    13: "impulse",
+    14: "multiplicative",
+    15: "white noise with denoise",
+    16: "brighten",
+    17: "darken",
+    18: "shifting the mean",
+    19: "jitter",
+    20: "noneccentricity patch",
+    21: "pixelate",
+    22: "quantization",
+    23: "color blocking",
+    24: "sharpness",
+    25: "contrast",
 }
 
 # LIVE release 2: folders in the order of dmos.mat / refnames_all.mat, their sizes and distortion names.
@@ -82,7 +102,9 @@ def _loadmat(path: Path, key_options):
     for key in key_options:
         if key in content:
             return content[key]
-    raise ValueError(f"{path}: no variable {' or '.join(key_options)} (found {sorted(k for k in content if not k.startswith('__'))})")
+    raise ValueError(
+        f"{path}: no variable {' or '.join(key_options)} (found {sorted(k for k in content if not k.startswith('__'))})"
+    )
 
 
 def _mat_strings(array) -> list[str]:
@@ -304,7 +326,9 @@ def _bid(root: Path, out, options):
         try:
             import openpyxl
         except ImportError:
-            raise ValueError(f"Reading {table} needs openpyxl (`pip install openpyxl`), or export it as CSV.") from None
+            raise ValueError(
+                f"Reading {table} needs openpyxl (`pip install openpyxl`), or export it as CSV."
+            ) from None
         book = openpyxl.load_workbook(str(table), read_only=True, data_only=True)
         raw_rows = [list(r) for r in book.active.iter_rows(values_only=True)]
         book.close()
@@ -392,8 +416,16 @@ def load_official_dataset(
         score_file=str(Path(source_file).resolve()),
     )
     return finalize_dataset(
-        rows.dataset(), info, source=str(source_file), root=root, mos_range=(spec.mos_min, spec.mos_max),
-        check_files=check_files, verify_images=verify_images, skip_bad_samples=skip_bad_samples, num_proc=num_proc,
-        earlier_problems=rows.problems, description=spec.description,
+        rows.dataset(),
+        info,
+        source=str(source_file),
+        root=root,
+        mos_range=(spec.mos_min, spec.mos_max),
+        check_files=check_files,
+        verify_images=verify_images,
+        skip_bad_samples=skip_bad_samples,
+        num_proc=num_proc,
+        earlier_problems=rows.problems,
+        description=spec.description,
         path_field="image",
     )

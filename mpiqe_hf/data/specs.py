@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import datasets
 
@@ -31,10 +31,10 @@ class DatasetSpec:
     score_loss_weight: float = 0.5
     batch_size: int = 64
     synthetic: bool = False
-    liqe_folder: Optional[str] = None
-    liqe_prefix: Optional[str] = None
+    liqe_folder: str | None = None
+    liqe_prefix: str | None = None
     description: str = ""
-    max_image_size: Optional[int] = None
+    max_image_size: int | None = None
 
     def normalize(self, mos: float) -> float:
         return normalize_mos(mos, self.mos_min, self.mos_max, self.higher_is_better)
@@ -42,48 +42,111 @@ class DatasetSpec:
 
 IQA_DATASETS = {
     "koniq10k": DatasetSpec(
-        "koniq10k", 1.0, 5.0, True, 0.5, 64, False, "koniq-10k", "koniq10k",
+        "koniq10k",
+        1.0,
+        5.0,
+        True,
+        0.5,
+        64,
+        False,
+        "koniq-10k",
+        "koniq10k",
         "KonIQ-10k (Hosu et al. 2020), authentic distortions, MOS on the 1-5 ACR scale.",
         # DEIQT (IQA/build.py) resizes KonIQ's 1024x768 images to 512x384 for training and testing.
         max_image_size=512,
     ),
     "kadid10k": DatasetSpec(
-        "kadid10k", 1.0, 5.0, True, 0.5, 64, True, "kadid10k", "kadid10k",
+        "kadid10k",
+        1.0,
+        5.0,
+        True,
+        0.5,
+        64,
+        True,
+        "kadid10k",
+        "kadid10k",
         "KADID-10k (Lin et al. 2019), 81 references x 25 distortions x 5 levels, (D)MOS on 1-5, higher is better.",
     ),
     "live": DatasetSpec(
-        "live", 0.0, 120.0, False, 0.1, 32, True, "databaserelease2", "live",
+        "live",
+        0.0,
+        120.0,
+        False,
+        0.1,
+        32,
+        True,
+        "databaserelease2",
+        "live",
         "LIVE IQA release 2 (Sheikh et al. 2006), 29 references, 779 distorted images, DMOS (lower is better).",
     ),
     "csiq": DatasetSpec(
-        "csiq", 0.0, 1.0, True, 0.1, 32, True, "CSIQ", "csiq",
+        "csiq",
+        0.0,
+        1.0,
+        True,
+        0.1,
+        32,
+        True,
+        "CSIQ",
+        "csiq",
         "CSIQ (Larson and Chandler 2010), 30 references, 866 distorted images, stored as 1 - DMOS in [0, 1].",
     ),
     "livec": DatasetSpec(
-        "livec", 0.0, 100.0, True, 0.5, 64, False, "ChallengeDB_release", "clive",
+        "livec",
+        0.0,
+        100.0,
+        True,
+        0.5,
+        64,
+        False,
+        "ChallengeDB_release",
+        "clive",
         "LIVE In the Wild Image Quality Challenge (Ghadiyaram and Bovik 2015/2016), 1162 images, MOS 0-100.",
     ),
     "bid": DatasetSpec(
-        "bid", 0.0, 5.0, True, 0.5, 32, False, "BID", "bid",
+        "bid",
+        0.0,
+        5.0,
+        True,
+        0.5,
+        32,
+        False,
+        "BID",
+        "bid",
         "BID blurred image database (Ciancio et al. 2011), 586 images, MOS 0-5.",
         # LIQE (utils.py, AdaptiveResize(768)) shrinks images whose shorter side exceeds 768 px, which among the
         # paper's datasets only BID's are: a 4:3 frame becomes 1024x768.
         max_image_size=1024,
     ),
     "synthetic": DatasetSpec(
-        "synthetic", 1.0, 5.0, True, 0.5, 64, True, None, None,
+        "synthetic",
+        1.0,
+        5.0,
+        True,
+        0.5,
+        64,
+        True,
+        None,
+        None,
         "Embedded synthetic set: bundled photos x 11 distortion families x 5 levels, pseudo-MOS on 1-5.",
     ),
 }
 
 DATASET_ALIASES = {
-    "koniq": "koniq10k", "koniq-10k": "koniq10k", "kadid": "kadid10k", "kadid-10k": "kadid10k",
-    "clive": "livec", "live_challenge": "livec", "livechallenge": "livec", "live-c": "livec",
-    "databaserelease2": "live", "live2": "live",
+    "koniq": "koniq10k",
+    "koniq-10k": "koniq10k",
+    "kadid": "kadid10k",
+    "kadid-10k": "kadid10k",
+    "clive": "livec",
+    "live_challenge": "livec",
+    "livechallenge": "livec",
+    "live-c": "livec",
+    "databaserelease2": "live",
+    "live2": "live",
 }
 
 
-def canonical_dataset_name(name: str) -> Optional[str]:
+def canonical_dataset_name(name: str) -> str | None:
     key = name.strip().lower()
     key = DATASET_ALIASES.get(key, key)
     return key if key in IQA_DATASETS else None
@@ -97,7 +160,7 @@ def get_dataset_spec(name: str) -> DatasetSpec:
     return IQA_DATASETS[key]
 
 
-def default_max_image_size(name_or_path: Optional[str]) -> Optional[int]:
+def default_max_image_size(name_or_path: str | None) -> int | None:
     """The [`DatasetSpec.max_image_size`] of a named dataset (None: the synthetic set), or None for anything else.
 
     A folder is never taken for a named dataset, even when it is called `bid`: the rule of `load_iqa_dataset`.
@@ -162,7 +225,7 @@ for _name in DISTORTION_CLASSES:
 _SCENE_SET = set(SCENE_CLASSES)
 
 
-def map_scene(name: str) -> Optional[str]:
+def map_scene(name: str) -> str | None:
     """A scene name (tolerating `still-life`, `Still Life`, `other`) -> one of `SCENE_CLASSES`, or None."""
     key = name.strip().lower().replace("-", "_").replace(" ", "_")
     if key == "other":
@@ -170,11 +233,10 @@ def map_scene(name: str) -> Optional[str]:
     return key if key in _SCENE_SET else None
 
 
-def map_distortion(name: str) -> Optional[str]:
+def map_distortion(name: str) -> str | None:
     """A distortion class or LIQE fine-grained name -> one of `DISTORTION_CLASSES`, or None if unknown."""
     key = " ".join(name.strip().lower().replace("_", " ").split())
     return FINE_TO_DISTORTION.get(key)
-
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -248,13 +310,13 @@ class IQADatasetInfo:
     source: str
     split_protocol: str = "by_image"
     mos_range_from_data: bool = False
-    score_loss_weight: Optional[float] = None
-    batch_size: Optional[int] = None
-    data_dir: Optional[str] = None
+    score_loss_weight: float | None = None
+    batch_size: int | None = None
+    data_dir: str | None = None
     label_files: tuple = ()
-    score_file: Optional[str] = None
-    seed: Optional[int] = None
-    live_references_found: Optional[bool] = None
+    score_file: str | None = None
+    seed: int | None = None
+    live_references_found: bool | None = None
     skipped: tuple = ()
 
     def __post_init__(self):
@@ -271,7 +333,7 @@ class IQADatasetInfo:
         return MOSRange(self.mos_min, self.mos_max, self.higher_is_better)
 
     @classmethod
-    def from_spec(cls, spec: "DatasetSpec", source: str, **fields) -> "IQADatasetInfo":
+    def from_spec(cls, spec: DatasetSpec, source: str, **fields) -> IQADatasetInfo:
         """The facts of a named dataset (range, direction, split protocol, the paper's λ2 and batch) plus `fields`."""
         return cls(
             name=spec.name,
@@ -286,7 +348,7 @@ class IQADatasetInfo:
         )
 
     @classmethod
-    def from_dict(cls, values: dict) -> "IQADatasetInfo":
+    def from_dict(cls, values: dict) -> IQADatasetInfo:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 
@@ -302,7 +364,7 @@ class IQADatasetInfoCarrier(datasets.DatasetInfo):
     `DatasetInfo`: re-attach the facts with [`with_iqa_info`].
     """
 
-    iqa: Optional[IQADatasetInfo] = None
+    iqa: IQADatasetInfo | None = None
 
     def __post_init__(self):
         super().__post_init__()

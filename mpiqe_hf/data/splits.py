@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -30,7 +30,7 @@ def paper_splits(
     num_repetitions: int = 10,
     train_fraction: float = 0.8,
     seed: int = 0,
-    by_content: Optional[bool] = None,
+    by_content: bool | None = None,
 ) -> list[tuple[list[int], list[int]]]:
     """`num_repetitions` random `(train_indices, test_indices)` splits (the paper: 10 x 80/20, median reported).
 

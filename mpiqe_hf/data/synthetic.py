@@ -21,6 +21,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 from ..configuration_mpiqe import DISTORTION_CLASSES
 
+
 SYNTHETIC_VERSION = "v1"
 SHORT_SIDE = 256
 NUM_LEVELS = 5
@@ -200,7 +201,11 @@ def build_synthetic(cache_dir=None, seed: int = 0, include_references: bool = Tr
 
 
 def load_synthetic(
-    cache_dir=None, seed: int = 0, include_references: bool = True, skip_bad_samples=False, verify_images=False,
+    cache_dir=None,
+    seed: int = 0,
+    include_references: bool = True,
+    skip_bad_samples=False,
+    verify_images=False,
     num_proc=None,
 ):
     from .folder import load_metadata_folder
@@ -208,6 +213,12 @@ def load_synthetic(
 
     folder = build_synthetic(cache_dir, seed, include_references)
     return load_metadata_folder(
-        folder, spec=get_dataset_spec("synthetic"), name="synthetic", source="synthetic",
-        skip_bad_samples=skip_bad_samples, verify_images=verify_images, num_proc=num_proc, seed=seed,
+        folder,
+        spec=get_dataset_spec("synthetic"),
+        name="synthetic",
+        source="synthetic",
+        skip_bad_samples=skip_bad_samples,
+        verify_images=verify_images,
+        num_proc=num_proc,
+        seed=seed,
     )

@@ -18,9 +18,9 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional, Sequence
 
 import datasets
 import numpy as np
@@ -48,7 +48,7 @@ def record_problem(problems: list, field: str, reason: str):
     problems.append({"field": field, "reason": reason})
 
 
-def resolve_image_path(name, root: Optional[Path]):
+def resolve_image_path(name, root: Path | None):
     """`(absolute path, None)` or `(None, reason)`: `name` relative to `root` must stay inside it."""
     if name is None or str(name).strip() == "":
         return None, "empty file name"
@@ -63,7 +63,7 @@ def resolve_image_path(name, root: Optional[Path]):
     return path, None
 
 
-def parse_mos(value, mos_range) -> tuple[Optional[float], Optional[str]]:
+def parse_mos(value, mos_range) -> tuple[float | None, str | None]:
     if value is None or (isinstance(value, str) and value.strip() == ""):
         return None, "missing MOS (empty or NaN)"
     try:
@@ -82,7 +82,7 @@ def parse_mos(value, mos_range) -> tuple[Optional[float], Optional[str]]:
     return mos, None
 
 
-def parse_scenes(value, scene_names) -> tuple[list, Optional[str]]:
+def parse_scenes(value, scene_names) -> tuple[list, str | None]:
     if value is None:
         return [], None
     if isinstance(value, str):
@@ -102,7 +102,7 @@ def parse_scenes(value, scene_names) -> tuple[list, Optional[str]]:
     return out, None
 
 
-def parse_distortion(value, distortion_names) -> tuple[int, Optional[str]]:
+def parse_distortion(value, distortion_names) -> tuple[int, str | None]:
     if isinstance(value, int) and distortion_names:
         value = distortion_names[value] if value >= 0 else None
     if value is None or str(value).strip().lower() in EMPTY_DISTORTIONS:
@@ -242,9 +242,14 @@ def _parse_rows(raw, *, root, mos_range, check_files, verify_images, num_proc, p
         _check_rows,
         batched=True,
         fn_kwargs=dict(
-            root=None if root is None else str(Path(root).resolve()), mos_range=mos_range, check_files=check_files,
-            verify_images=verify_images, image_is_path=image_is_path, scene_names=scene_names,
-            distortion_names=distortion_names, path_field=path_field,
+            root=None if root is None else str(Path(root).resolve()),
+            mos_range=mos_range,
+            check_files=check_files,
+            verify_images=verify_images,
+            image_is_path=image_is_path,
+            scene_names=scene_names,
+            distortion_names=distortion_names,
+            path_field=path_field,
         ),
         remove_columns=[c for c in raw.column_names if c not in ("source_file", "source_line", "image")],
         features=parsed_features,
@@ -294,12 +299,12 @@ def finalize_dataset(
     info: IQADatasetInfo,
     *,
     source: str,
-    root: Optional[Path] = None,
-    mos_range: Optional[tuple] = None,
+    root: Path | None = None,
+    mos_range: tuple | None = None,
     check_files: bool = True,
     verify_images: bool = False,
     skip_bad_samples: bool = False,
-    num_proc: Optional[int] = None,
+    num_proc: int | None = None,
     earlier_problems: Sequence[BadSample] = (),
     description: str = "",
     path_field: str = "file_name",
@@ -312,8 +317,15 @@ def finalize_dataset(
     even read into the raw table (wrong column count, ...); they are reported with the others. `path_field` names
     the image-path column of the source in messages.
     """
-    parsed, image_is_path = _parse_rows(raw, root=root, mos_range=mos_range, check_files=check_files,
-                                        verify_images=verify_images, num_proc=num_proc, path_field=path_field)
+    parsed, image_is_path = _parse_rows(
+        raw,
+        root=root,
+        mos_range=mos_range,
+        check_files=check_files,
+        verify_images=verify_images,
+        num_proc=num_proc,
+        path_field=path_field,
+    )
     files = parsed.data.column("source_file").to_pylist()
     lines = parsed.data.column("source_line").to_numpy()
     bad_rows = pc.list_value_length(parsed.data.column("problems")).to_numpy(zero_copy_only=False) > 0
@@ -331,8 +343,7 @@ def finalize_dataset(
     if bad and not skip_bad_samples:
         raise ValueError(
             f"{num_bad} bad sample(s) in {source} (pass skip_bad_samples=True, or --skip_bad_samples to the "
-            "scripts, to leave them out):\n"
-            + format_problems(bad)
+            "scripts, to leave them out):\n" + format_problems(bad)
         )
     if bad:
         message = f"Skipped {num_bad} bad sample(s) while loading {source}:\n" + format_problems(bad)
@@ -346,15 +357,16 @@ def finalize_dataset(
         raise ValueError(f"{source}: no valid rows.")
     features = iqa_features()
     out = parsed.map(
-        _normalize_batch, batched=True, fn_kwargs=dict(lo=info.mos_min, hi=info.mos_max,
-                                                       higher_is_better=info.higher_is_better),
+        _normalize_batch,
+        batched=True,
+        fn_kwargs=dict(lo=info.mos_min, hi=info.mos_max, higher_is_better=info.higher_is_better),
         desc="Normalising MOS",
     )
     out = out.select_columns(list(features)).cast(features)
     return with_iqa_info(out, replace(info, skipped=tuple(bad)), description)
 
 
-def resolve_mos_range(mos_range, source) -> Optional[tuple[float, float]]:
+def resolve_mos_range(mos_range, source) -> tuple[float, float] | None:
     if mos_range is None:
         return None
     lo, hi = float(mos_range[0]), float(mos_range[1])

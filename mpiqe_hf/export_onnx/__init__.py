@@ -14,4 +14,5 @@ The export folder also holds the model's `config.json` (class names, quality lev
 from .exporter import ONNX_FILE, QUANTIZED_ONNX_FILE, export_onnx, quantize_onnx
 from .runtime import OnnxQualityScorer
 
+
 __all__ = ["export_onnx", "quantize_onnx", "OnnxQualityScorer", "ONNX_FILE", "QUANTIZED_ONNX_FILE"]

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+
 ONNX_FILE = "model.onnx"
 QUANTIZED_ONNX_FILE = "model_int8.onnx"
 _INPUT_NAME = "pixel_values"
@@ -71,7 +72,7 @@ def export_onnx(model, output_dir, image_processor=None, opset: int = 17, quanti
     os.makedirs(output_dir, exist_ok=True)
     crop_size = model.config.clip_config.vision_config.image_size
     if image_processor is None:
-        image_processor = MPIQEImageProcessor(crop_size=crop_size)
+        image_processor = MPIQEImageProcessor.default_for(model.config)
     if model.dtype != torch.float32:
         model = copy.deepcopy(model).float()
     model.eval()

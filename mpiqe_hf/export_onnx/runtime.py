@@ -44,7 +44,7 @@ class OnnxQualityScorer:
 
     def score_batch(self, pixel_values):
         """The [`ScoreBatch`] of crops `(batch_size, num_crops, 3, crop_size, crop_size)` (numpy or a CPU tensor)."""
-        from ..cli.scoring import ScoreBatch
+        from ..score_batch import ScoreBatch
 
         outputs = self.run(pixel_values)
         return ScoreBatch(

@@ -36,6 +36,7 @@ from .samples import EpochShuffleSampler, ShuffledCropBatches, iqa_split, make_s
 from .splits import SplitPlan, label_coverage, load_source, load_split_sources, plan_split
 from .transforms import IGNORE_INDEX, IQATransform, LabelEncoder, collate_iqa_batch, derived_seed, keep_samples
 
+
 __all__ = [
     "DataArguments",
     "SPLIT_PROTOCOLS",

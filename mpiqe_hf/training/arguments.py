@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Optional
 
 from ..data.specs import default_max_image_size
+
 
 SPLIT_PROTOCOLS = ("paper", "liqe", "none")
 
@@ -15,43 +15,92 @@ SPLIT_PROTOCOLS = ("paper", "liqe", "none")
 class DataArguments:
     """Where the images and scores come from and which split is used; `training_args.json` records them."""
 
-    dataset_name: Optional[str] = field(default=None, metadata={"help": (
-        "Built-in name (koniq10k, kadid10k, live, csiq, livec, bid, synthetic), a folder with metadata.csv, a "
-        "save_to_disk folder or a Hub dataset. Default: synthetic (the embedded set).")})
-    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset configuration."})
-    dataset_split: Optional[str] = field(default=None, metadata={"help": "Split of a Hub dataset (e.g. train)."})
-    data_dir: Optional[str] = field(default=None, metadata={"help": "Image root of a built-in dataset."})
-    label_file: Optional[str] = field(default=None, metadata={"help": (
-        "A LIQE label file (*_clip.txt) or LIQE database folder: LIQE's MOS, scene and distortion labels. It does "
-        "not change the split; --split_protocol liqe selects LIQE's splits2/<k>.")})
-    train_dir: Optional[str] = field(default=None, metadata={"help": "Folder with metadata.csv and training images."})
-    validation_dir: Optional[str] = field(default=None, metadata={"help": "Folder with metadata.csv for validation."})
-    cache_dir: Optional[str] = field(default=None, metadata={"help": "Cache of the synthetic set and Hub downloads."})
-    split_protocol: Optional[str] = field(default=None, metadata={"choices": list(SPLIT_PROTOCOLS), "help": (
-        "paper (default): the paper's random 80/20 split, 10 repetitions (content-disjoint for synthetic datasets); "
-        "liqe: LIQE's splits2/<k> 70/10/20 train/val/test (needs --label_file); none: train on all of --train_dir, "
-        "validate on --validation_dir (the default when --validation_dir is given).")})
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Built-in name (koniq10k, kadid10k, live, csiq, livec, bid, synthetic), a folder with metadata.csv, a "
+                "save_to_disk folder or a Hub dataset. Default: synthetic (the embedded set)."
+            )
+        },
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
+    dataset_split: str | None = field(default=None, metadata={"help": "Split of a Hub dataset (e.g. train)."})
+    data_dir: str | None = field(default=None, metadata={"help": "Image root of a built-in dataset."})
+    label_file: str | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "A LIQE label file (*_clip.txt) or LIQE database folder: LIQE's MOS, scene and distortion labels. It does "
+                "not change the split; --split_protocol liqe selects LIQE's splits2/<k>."
+            )
+        },
+    )
+    train_dir: str | None = field(default=None, metadata={"help": "Folder with metadata.csv and training images."})
+    validation_dir: str | None = field(default=None, metadata={"help": "Folder with metadata.csv for validation."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Cache of the synthetic set and Hub downloads."})
+    split_protocol: str | None = field(
+        default=None,
+        metadata={
+            "choices": list(SPLIT_PROTOCOLS),
+            "help": (
+                "paper (default): the paper's random 80/20 split, 10 repetitions (content-disjoint for synthetic datasets); "
+                "liqe: LIQE's splits2/<k> 70/10/20 train/val/test (needs --label_file); none: train on all of --train_dir, "
+                "validate on --validation_dir (the default when --validation_dir is given)."
+            ),
+        },
+    )
     split_index: int = field(default=1, metadata={"help": "Which of the 10 splits (1..10)."})
     split_seed: int = field(default=0, metadata={"help": "Seed of the paper splits (see paper_splits)."})
-    split_by_image: bool = field(default=False, metadata={"help": (
-        "Paper splits at random over images even for synthetic datasets, whose splits are otherwise disjoint by "
-        "reference content.")})
-    train_fraction: float = field(default=1.0, metadata={"help": (
-        "Use this fraction of the training part (0.2/0.4/0.6: Table 5's data-efficiency study).")})
-    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the training part."})
-    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the evaluated part."})
-    mos_range: Optional[list[float]] = field(default=None, metadata={"help": (
-        "LO HI: native MOS range of --train_dir/--validation_dir folders (default: from the data).")})
+    split_by_image: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "Paper splits at random over images even for synthetic datasets, whose splits are otherwise disjoint by "
+                "reference content."
+            )
+        },
+    )
+    train_fraction: float = field(
+        default=1.0,
+        metadata={"help": ("Use this fraction of the training part (0.2/0.4/0.6: Table 5's data-efficiency study).")},
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training part."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluated part."})
+    mos_range: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": ("LO HI: native MOS range of --train_dir/--validation_dir folders (default: from the data).")
+        },
+    )
     lower_is_better: bool = field(default=False, metadata={"help": "Folder MOS are DMOS (lower = better)."})
-    skip_bad_samples: bool = field(default=False, metadata={"help": (
-        "Leave out bad rows (missing or undecodable images, bad MOS, unknown labels), report them and go on.")})
-    verify_images: bool = field(default=True, metadata={"help": (
-        "Decode every image once before starting, so that all bad files are reported together (--no_verify_images "
-        "to skip). An image that still fails later is dropped with a warning and counted.")})
-    max_image_size: Optional[int] = field(default=None, metadata={"help": (
-        "Downscale images whose longer side exceeds this (px) before cropping, in training and evaluation. Default: "
-        "the dataset's, as the authors' code does (KonIQ-10k 512 as DEIQT's 512x384, BID 1024 as LIQE's shorter "
-        "side of 768; others keep their pixels). 0: never downscale.")})
+    skip_bad_samples: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "Leave out bad rows (missing or undecodable images, bad MOS, unknown labels), report them and go on."
+            )
+        },
+    )
+    verify_images: bool = field(
+        default=True,
+        metadata={
+            "help": (
+                "Decode every image once before starting, so that all bad files are reported together (--no_verify_images "
+                "to skip). An image that still fails later is dropped with a warning and counted."
+            )
+        },
+    )
+    max_image_size: int | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Downscale images whose longer side exceeds this (px) before cropping, in training and evaluation. Default: "
+                "the dataset's, as the authors' code does (KonIQ-10k 512 as DEIQT's 512x384, BID 1024 as LIQE's shorter "
+                "side of 768; others keep their pixels). 0: never downscale."
+            )
+        },
+    )
     dataloader_num_workers: int = field(default=min(4, os.cpu_count() or 1))
 
     def __post_init__(self):
@@ -67,7 +116,7 @@ class DataArguments:
             raise ValueError(f"--max_image_size must be a number of pixels or 0 (never), got {self.max_image_size}.")
 
     @property
-    def resolved_max_image_size(self) -> Optional[int]:
+    def resolved_max_image_size(self) -> int | None:
         """The longer-side bound (px) the transforms get, None for native pixels: `max_image_size` when given (0 is
         None), else the named dataset's default (`DatasetSpec.max_image_size`), else None (folders, Hub datasets)."""
         if self.max_image_size is not None:

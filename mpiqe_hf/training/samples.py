@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import datasets
 import numpy as np
@@ -82,12 +82,22 @@ class ShuffledCropBatches:
     crop of an image that failed to decode).
     """
 
-    def __init__(self, image_loader, sampler: EpochShuffleSampler, visits: int, batch_size: int,
-                 buffer_size: Optional[int] = None, seed: int = 0, process_index: int = 0,
-                 batches_multiple_of: int = 1):
+    def __init__(
+        self,
+        image_loader,
+        sampler: EpochShuffleSampler,
+        visits: int,
+        batch_size: int,
+        buffer_size: int | None = None,
+        seed: int = 0,
+        process_index: int = 0,
+        batches_multiple_of: int = 1,
+    ):
         if batch_size < 1 or visits < 1 or batches_multiple_of < 1:
-            raise ValueError(f"batch_size ({batch_size}), visits ({visits}) and batches_multiple_of "
-                             f"({batches_multiple_of}) must be positive.")
+            raise ValueError(
+                f"batch_size ({batch_size}), visits ({visits}) and batches_multiple_of "
+                f"({batches_multiple_of}) must be positive."
+            )
         buffer_size = 8 * batch_size if buffer_size is None else int(buffer_size)
         if buffer_size < batch_size:
             raise ValueError(f"The shuffle buffer ({buffer_size} crops) must hold at least a batch ({batch_size}).")
@@ -120,8 +130,10 @@ class ShuffledCropBatches:
         count = math.ceil(total / self.batch_size)
         count = self.batches_multiple_of * math.ceil(count / self.batches_multiple_of)
         if count > total:
-            raise ValueError(f"{total} crops cannot fill {count} batches: fewer crops per process than "
-                             f"{self.batches_multiple_of} gradient accumulation steps.")
+            raise ValueError(
+                f"{total} crops cannot fill {count} batches: fewer crops per process than "
+                f"{self.batches_multiple_of} gradient accumulation steps."
+            )
         # Even sizes: rounding the count up to the accumulation steps never leaves a batch nearly empty.
         batch_sizes = [len(part) for part in np.array_split(np.arange(total), count)]
         rng = np.random.default_rng([self.seed & 0xFFFFFFFF, self.epoch, self.process_index, 0xB0FFE2])
@@ -168,8 +180,10 @@ class ShuffledCropBatches:
                 arrived += 1
                 samples = next(images, None)
                 if samples is None or len(samples) < lengths.get(arrived, 0):
-                    raise ValueError("The image loader yielded other batches than its sampler listed: its sampler "
-                                     "must give the same order every time it is iterated in an epoch.")
+                    raise ValueError(
+                        "The image loader yielded other batches than its sampler listed: its sampler "
+                        "must give the same order every time it is iterated in an epoch."
+                    )
                 for position, sample in enumerate(samples):
                     pixel_values = sample["pixel_values"]
                     for visit in range(self.visits):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 import datasets
 import numpy as np
@@ -27,8 +27,8 @@ class SplitPlan:
     train_idx: list
     eval_ds: datasets.Dataset
     eval_idx: list
-    test_ds: Optional[datasets.Dataset] = None
-    test_idx: Optional[list] = None
+    test_ds: datasets.Dataset | None = None
+    test_idx: list | None = None
 
     @property
     def held_out(self):
@@ -38,10 +38,13 @@ class SplitPlan:
         return self.eval_ds, self.eval_idx, "validation" if self.protocol == "none" else "held-out 20 %"
 
 
-def load_source(name, data_args: DataArguments, verify_images: Optional[bool] = None, **extra):
+def load_source(name, data_args: DataArguments, verify_images: bool | None = None, **extra):
     """`load_iqa_dataset` with the options of `data_args` (folder options only for metadata.csv folders)."""
-    kwargs = dict(cache_dir=data_args.cache_dir, skip_bad_samples=data_args.skip_bad_samples,
-                  verify_images=data_args.verify_images if verify_images is None else verify_images)
+    kwargs = dict(
+        cache_dir=data_args.cache_dir,
+        skip_bad_samples=data_args.skip_bad_samples,
+        verify_images=data_args.verify_images if verify_images is None else verify_images,
+    )
     if name is not None and os.path.isdir(name) and os.path.isfile(os.path.join(name, "metadata.csv")):
         kwargs.update(mos_range=data_args.mos_range, higher_is_better=not data_args.lower_is_better)
     else:
@@ -71,7 +74,7 @@ def _liqe_parts(data_args: DataArguments, name: str, dataset):
     return liqe_splits(source, data_args.split_index, dataset=dataset)
 
 
-def load_split_sources(data_args: DataArguments, verify_images: Optional[bool] = None):
+def load_split_sources(data_args: DataArguments, verify_images: bool | None = None):
     """`(dataset, validation dataset or None)`: the data `plan_split` splits (load once, split many times)."""
     name = data_args.train_dir or data_args.dataset_name or "synthetic"
     validation = None
@@ -103,8 +106,11 @@ def plan_split(data_args: DataArguments, seed: int = 0, loaded=None) -> SplitPla
             raise ValueError("--validation_dir is only used with --split_protocol none; drop one of them.")
         by_content = not data_args.split_by_image and splits_by_content(train_ds)
         train_idx, eval_idx = paper_splits(train_ds, seed=data_args.split_seed, by_content=by_content)[k - 1]
-        description = (f"paper: random 80/20 split {k} of 10 of {name} (seed {data_args.split_seed}, "
-                       + ("by content" if by_content else "by image") + ")")
+        description = (
+            f"paper: random 80/20 split {k} of 10 of {name} (seed {data_args.split_seed}, "
+            + ("by content" if by_content else "by image")
+            + ")"
+        )
     else:
         raise ValueError(f"Unknown split protocol {protocol!r}; choose from {SPLIT_PROTOCOLS}.")
     if data_args.train_fraction < 1.0:
@@ -121,7 +127,8 @@ def label_coverage(dataset: datasets.Dataset, indices: Sequence[int]) -> dict:
     """How many rows of `indices` carry a scene label and a distortion label: `{"scene": n, "distortion": m}`."""
     columns = dataset.select_columns(["scene", "distortion"]).select(list(indices))
     encoder = LabelEncoder(dataset.features, [], [])
-    scene = sum(any(encoder._name(v, encoder.scene_names) is not None for v in scenes or [])
-                for scenes in columns["scene"])
+    scene = sum(
+        any(encoder._name(v, encoder.scene_names) is not None for v in scenes or []) for scenes in columns["scene"]
+    )
     distortion = sum(encoder._name(v, encoder.distortion_names) is not None for v in columns["distortion"])
     return {"scene": int(scene), "distortion": int(distortion)}

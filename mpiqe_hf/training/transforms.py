@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import datasets
 import numpy as np
@@ -12,6 +12,7 @@ from PIL import Image
 
 from ..image_processing_mpiqe import MPIQEImageProcessor, downscaled_size
 from ..image_utils_mpiqe import load_image
+
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class IQATransform:
         seed: int = 0,
         horizontal_flip: bool = False,
         skip_bad_samples: bool = False,
-        visits: Optional[int] = None,
+        visits: int | None = None,
     ):
         if visits is not None and (visits < 1 or not random_crops or crops_per_sample != 1):
             raise ValueError(f"visits={visits} needs random_crops=True, crops_per_sample=1 and visits >= 1.")
