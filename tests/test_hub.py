@@ -349,9 +349,12 @@ def test_adapter_repo_through_auto_model_and_pipeline_without_the_package(
     Image.new("RGB", (45, 33), (120, 40, 200)).save(image)
     script = HIDE_PACKAGE + textwrap.dedent(
         f"""
-        import json, torch
+        import importlib.util, json, torch
         if {peft_site!r}:
             sys.path.insert(0, {peft_site!r})
+        else:  # peft may be installed beside transformers: this child does not see it
+            find_spec = importlib.util.find_spec
+            importlib.util.find_spec = lambda name, *a, **k: None if name.split(".")[0] == "peft" else find_spec(name, *a, **k)
         from transformers import AutoModel, pipeline
         from transformers.utils import is_peft_available
         assert is_peft_available() == bool({peft_site!r})
