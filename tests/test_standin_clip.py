@@ -61,3 +61,38 @@ def test_procedural_dataset_loads_and_splits_by_content(tmp_path):
     assert {dataset[i]["content_id"] for i in train}.isdisjoint({dataset[i]["content_id"] for i in test})
     pristine = [row for row in dataset if row["distortion"] == NO_LABEL]
     assert len(pristine) == 2 and all(row["mos_normalized"] == 1.0 for row in pristine)
+
+
+def test_the_shipped_stand_in_trains_offline_and_says_it_is_not_clip(tmp_path, monkeypatch):
+    """`--clip_model_name_or_path mpiqe-standin-clip` finds the stand-in in the package (no download), `from_clip`
+    warns that it is not CLIP, and the model card says so instead of naming a base model."""
+    from transformers import CLIPModel
+    from transformers.utils import logging as transformers_logging
+
+    from mpiqe_hf.model_card import build_model_card
+    from mpiqe_hf.model_sources import STANDIN_CLIP_NAME, is_standin_clip, resolve_clip_source, standin_clip_path
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = resolve_clip_source(STANDIN_CLIP_NAME)
+    assert folder == standin_clip_path() and Path(folder, "model.safetensors").is_file()
+    assert resolve_clip_source("openai/clip-vit-base-patch16") == "openai/clip-vit-base-patch16"
+    assert "NOT CLIP" in CLIPModel.from_pretrained(folder).config.stand_in_notice
+
+    warned = []
+    handler = type("Collect", (transformers_logging.logging.Handler,), {"emit": lambda self, r: warned.append(r)})()
+    logger = transformers_logging.get_logger("mpiqe_hf.modeling_mpiqe")
+    logger.addHandler(handler)
+    try:
+        model = MPIQEModel.from_clip(folder, visual_prompt_depth=4)
+    finally:
+        logger.removeHandler(handler)
+    assert any("stand-in, NOT CLIP" in record.getMessage() for record in warned)
+    # its own tokenizer's special ids frame the prompts
+    assert (model.config.prompt_bos_token_id, model.config.prompt_eos_token_id) == (279, 280)
+    assert is_standin_clip(model.config.base_model_name_or_path) and not is_standin_clip(
+        "openai/clip-vit-base-patch16"
+    )
+
+    card = str(build_model_card(model.config, repo_id="user/mp-iqe-standin"))
+    assert "stand-in, NOT CLIP" in card and "the stand-in CLIP shipped with mpiqe_hf (not CLIP)" in card
+    assert "base_model:" not in card.split("---")[1]
