@@ -38,13 +38,11 @@ from mpiqe_hf.data import dataset_mos_range, iqa_info, skipped_samples
 from mpiqe_hf.metrics import MIN_ITEMS
 from mpiqe_hf.model_sources import (
     STANDIN_CLIP_NAME,
-    STANDIN_CLIP_NOTICE,
     ModelSourceUnavailable,
     check_model_source,
-    is_standin_clip,
     resolve_clip_source,
 )
-from mpiqe_hf.testing_utils import tiny_clip_config
+from mpiqe_hf.testing_utils import hub_clip_config
 from mpiqe_hf.training import (
     DataArguments,
     EpochShuffleSampler,
@@ -318,7 +316,7 @@ def build_model(model_args: ModelArguments, mos_range, score_loss_weight) -> MPI
             setattr(model.config, key, value)
         return model
     if model_args.clip_config_name == "tiny":
-        clip_config = tiny_clip_config()
+        clip_config = hub_clip_config()
     elif model_args.clip_config_name is not None:
         clip_config = CLIPConfig.from_pretrained(model_args.clip_config_name)
     else:
@@ -1071,8 +1069,6 @@ def main(argv=None):
     check_sources(model_args)
     per_crop = model_args.crop_sampling == "per_crop"
     accelerator = make_accelerator(args, per_crop)
-    if model_args.model_name_or_path is None and is_standin_clip(model_args.clip_model_name_or_path):
-        logger.warning(f"The CLIP of this run is {STANDIN_CLIP_NOTICE}.")
     ampere = accelerator.device.type == "cuda" and torch.cuda.get_device_capability(accelerator.device)[0] >= 8
     if args.tf32 and ampere:
         torch.backends.cuda.matmul.allow_tf32 = True

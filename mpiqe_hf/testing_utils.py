@@ -171,25 +171,14 @@ def hub_clip_config(
     )
 
 
-def tiny_clip_config(
-    vision_layers: int = 2,
-    text_layers: int = 2,
-    image_size: int = 30,
-    patch_size: int = 2,
-    projection_dim: int = HUB_PROJECTION_DIM,
-) -> CLIPConfig:
-    """The suite's default CLIP: [`hub_clip_config`] at its small widths."""
-    return hub_clip_config(vision_layers, text_layers, image_size, patch_size, projection_dim=projection_dim)
-
-
 def save_tiny_clip(
     directory: str | os.PathLike, seed: int = 7, logit_scale: float | None = None, **config_kwargs
 ) -> str:
-    """Writes a random `CLIPModel` of [`tiny_clip_config`] (`config_kwargs` go to it) and CLIP's real tokenizer to
+    """Writes a random `CLIPModel` of [`hub_clip_config`] (`config_kwargs` go to it) and CLIP's real tokenizer to
     `directory`, usable as `--clip_model_name_or_path`; `logit_scale` sets the log of the logit scale (the trained
     checkpoint's is ln 100). Returns the directory."""
     torch.manual_seed(seed)
-    clip = CLIPModel(tiny_clip_config(**config_kwargs))
+    clip = CLIPModel(hub_clip_config(**config_kwargs))
     if logit_scale is not None:
         with torch.no_grad():
             clip.logit_scale.fill_(logit_scale)
@@ -198,4 +187,4 @@ def save_tiny_clip(
     return os.fspath(directory)
 
 
-__all__ = ["clip_tokenizer", "clip_bpe_tokenizer_files", "hub_clip_config", "tiny_clip_config", "save_tiny_clip"]
+__all__ = ["clip_tokenizer", "clip_bpe_tokenizer_files", "hub_clip_config", "save_tiny_clip"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mpiqe_hf import MPIQEConfig, MPIQEModel
-from mpiqe_hf.testing_utils import clip_tokenizer, save_tiny_clip, tiny_clip_config  # noqa: F401 (re-exported)
+from mpiqe_hf.testing_utils import clip_tokenizer, hub_clip_config, save_tiny_clip  # noqa: F401 (re-exported)
 
 
 # Tests that run model files in a child process without the package start the child's script with this: it drops
@@ -31,7 +31,7 @@ HIDE_PACKAGE = textwrap.dedent(
 
 
 class MPIQEModelTester:
-    """Builds tiny MP-IQE configs and inputs on the Hub-shaped CLIP of `tiny_clip_config`: towers 32 wide, the 512-wide
+    """Builds tiny MP-IQE configs and inputs on the Hub-shaped CLIP of `hub_clip_config`: towers 32 wide, the 512-wide
     image-text space, image 30, patch 2 (a 15 x 15 patch grid)."""
 
     def __init__(self, vision_layers=2, text_layers=2, image_size=30, patch_size=2, batch_size=2, num_crops=3):
@@ -43,7 +43,7 @@ class MPIQEModelTester:
         self.num_crops = num_crops
 
     def clip_config(self):
-        return tiny_clip_config(self.vision_layers, self.text_layers, self.image_size, self.patch_size)
+        return hub_clip_config(self.vision_layers, self.text_layers, self.image_size, self.patch_size)
 
     def config(self, **overrides):
         settings = dict(

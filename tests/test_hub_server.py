@@ -287,10 +287,10 @@ def tiny_clip():
     import torch
     from transformers import CLIPModel
 
-    from mpiqe_hf.testing_utils import tiny_clip_config
+    from mpiqe_hf.testing_utils import hub_clip_config
 
     torch.manual_seed(0)
-    return CLIPModel(tiny_clip_config()).eval()
+    return CLIPModel(hub_clip_config()).eval()
 
 
 def _weights_digest(state_dict) -> str:

@@ -10,7 +10,7 @@ from tf_common.test_image_processing_common import ImageProcessingTester, ImageP
 from tf_common.test_modeling_common import ModelTesterMixin, floats_tensor
 
 from mpiqe_hf import MPIQEConfig, MPIQEImageProcessor, MPIQEModel
-from mpiqe_hf.testing_utils import tiny_clip_config
+from mpiqe_hf.testing_utils import hub_clip_config
 
 
 NO_TEXT_INPUT = "MP-IQE takes only pixel_values: no input_ids, token embeddings to resize or attention masks"
@@ -33,7 +33,7 @@ class MPIQECommonModelTester:
 
     def get_config(self):
         layers = self.num_hidden_layers
-        clip_config = tiny_clip_config(layers, layers, self.image_size, self.patch_size)
+        clip_config = hub_clip_config(layers, layers, self.image_size, self.patch_size)
         # the common tests want under 1M parameters: a 32-wide image-text space and a 1000-token vocabulary
         clip_config.projection_dim = 32
         clip_config.text_config.vocab_size = 1000
