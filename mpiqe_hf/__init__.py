@@ -13,6 +13,7 @@ from .pipeline_mpiqe import (
     register_pipeline,
 )
 from .publishing import push_to_hub, save_adapter
+from .scorer import MPIQEScorer
 
 
 __version__ = "0.1.0"
@@ -54,6 +55,7 @@ __all__ = [
     "MPIQETextFeatures",
     "ImageQualityAssessmentPipeline",
     "MPIQEImageClassificationPipeline",
+    "MPIQEScorer",
     "PIPELINE_TASK",
     "save_adapter",
     "push_to_hub",
