@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import numpy as np
@@ -57,13 +57,14 @@ class MPIQEScorer:
     Datasets: called on a dict batch, the scorer reads the images of `image_column` (decoded arrays, a 4-D array,
     encoded bytes, paths, PIL images or `{"bytes", "path"}` dicts), scores them and adds `score_column` (float32) and,
     with `return_labels=True`, the `quality`, `scene` and `distortion` columns (strings; `None` for a model without
-    those prompts). A plain `dict` (Ray Data's batch format) is returned with the new columns added, as
-    `map_batches` keeps only the columns returned; any other mapping (`datasets`' `LazyBatch`) gets back only the new
-    columns, which `datasets.Dataset.map` adds to its rows, so that it does not encode the decoded images again.
+    those prompts), and returns the batch (`map_batches` keeps only the columns returned). `datasets` writes back
+    every column a function has read, encoding decoded images again (JPEGs are compressed again): cast the image
+    column to `datasets.Image(decode=False)` first, so that the scorer decodes the bytes and the column stays as it
+    was.
 
     ```python
     ds.map_batches(MPIQEScorer, fn_constructor_kwargs={"model": "org/mp-iqe-koniq"}, concurrency=2, batch_size=16)
-    dataset.map(MPIQEScorer("org/mp-iqe-koniq"), batched=True, batch_size=16)
+    dataset.cast_column("image", Image(decode=False)).map(MPIQEScorer("org/mp-iqe-koniq"), batched=True)
     ```
 
     Args:
@@ -149,7 +150,7 @@ class MPIQEScorer:
     def dtype(self) -> torch.dtype:
         return self.model.dtype
 
-    def __call__(self, images: Any, as_loss: bool = False) -> torch.Tensor | dict:
+    def __call__(self, images: Any, as_loss: bool = False) -> torch.Tensor | Mapping:
         """
         Scores `images` (see the class docstring for the accepted inputs).
 
@@ -161,7 +162,7 @@ class MPIQEScorer:
 
         Returns:
             `torch.FloatTensor` of shape `(batch_size,)` on the model's device, on the native MOS scale; for a dict
-            batch, the batch with the new columns (see the class docstring).
+            batch, the same batch with the new columns (see the class docstring).
         """
         if isinstance(images, Mapping):
             return self._score_batch(images)
@@ -252,7 +253,7 @@ class MPIQEScorer:
     def _native_score(self, output) -> torch.Tensor:
         return self.model.to_native_scale(output.score.float())
 
-    def _score_batch(self, batch: Mapping) -> dict:
+    def _score_batch(self, batch: MutableMapping) -> MutableMapping:
         if self.image_column not in batch:
             raise ValueError(
                 f"the batch has no image column {self.image_column!r} (its columns: {', '.join(map(str, batch))}): "
@@ -277,7 +278,5 @@ class MPIQEScorer:
             ]
             for key in LABEL_COLUMNS:
                 columns[key] = np.array([result[key] for result in results], dtype=object)
-        if isinstance(batch, dict):
-            batch.update(columns)
-            return batch
-        return columns
+        batch.update(columns)
+        return batch
