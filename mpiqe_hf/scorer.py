@@ -104,6 +104,8 @@ class MPIQEScorer:
         score_column: str = "score",
         return_labels: bool = False,
     ):
+        if num_crops is not None and (isinstance(num_crops, bool) or not isinstance(num_crops, int) or num_crops < 1):
+            raise ValueError(f"num_crops must be a positive int, got {num_crops!r}")
         if isinstance(model, (str, os.PathLike)):
             source = os.fspath(model)
             kwargs = {} if dtype is None else {"dtype": dtype}
@@ -119,8 +121,6 @@ class MPIQEScorer:
             raise TypeError(
                 f"model must be an MPIQEModel, a local folder or a Hub repo id, got {type(model).__name__}"
             )
-        if num_crops is not None and (isinstance(num_crops, bool) or not isinstance(num_crops, int) or num_crops < 1):
-            raise ValueError(f"num_crops must be a positive int, got {num_crops!r}")
         if device is not None:
             model.to(device)
         self.model = model.eval().requires_grad_(False)
@@ -164,8 +164,6 @@ class MPIQEScorer:
             `torch.FloatTensor` of shape `(batch_size,)` on the model's device, on the native MOS scale; for a dict
             batch, the same batch with the new columns (see the class docstring).
         """
-        if isinstance(images, Mapping):
-            return self._score_batch(images)
         if isinstance(images, torch.Tensor):
             if as_loss:
                 context = torch.enable_grad()
@@ -180,6 +178,8 @@ class MPIQEScorer:
                 f"as_loss=True needs the pixels as a float tensor (batch_size, 3, height, width), got "
                 f"{type(images).__name__}: load the images into such a tensor"
             )
+        if isinstance(images, Mapping):
+            return self._score_batch(images)
         with torch.no_grad():
             return self._native_score(self._forward(self._processed(images)))
 

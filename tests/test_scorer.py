@@ -163,6 +163,10 @@ def test_bad_inputs_raise_one_clear_error(scorer, images):
         scorer({"id": np.arange(1), "picture": np.array(images[:1])})
     with pytest.raises(TypeError, match="MPIQEModel, a local folder or a Hub repo id"):
         MPIQEScorer(42)
+    with pytest.raises(ValueError, match="num_crops must be a positive int, got 0"):
+        MPIQEScorer("/nonexistent/model", num_crops=0)
+    with pytest.raises(ValueError, match="as_loss=True needs the pixels as a float tensor.*got dict"):
+        scorer({"image": np.array(images[:1])}, as_loss=True)
 
 
 def test_datasets_map_batched(checkpoint, images):
