@@ -327,28 +327,38 @@ class _Run:
 
     # -- set-up ----------------------------------------------------------------------------------------------------
 
-    def _inputs(self) -> _Inputs:
+    def _inputs(self, state) -> _Inputs:
         args = self.args
         if args.dataset is None:
             from .inputs import collect_files, read_path_list
 
             files, problems = collect_files(args.paths, recursive=args.recursive) if args.paths else ([], [])
-            for argument, reason in problems:
-                _say(f"{argument}: {reason}")
             if args.paths_from is not None:
                 files = files + read_path_list(args.paths_from)
             # Rows are keyed on absolute paths, so that `imgs/`, `./imgs/` and `/abs/imgs` resume each other.
             files = list(dict.fromkeys(os.path.abspath(path) for path in files))
+            named = [f"{argument}: {reason}" for argument, reason in problems]
             if not files:
-                raise UsageError("no image files to score")
+                raise UsageError("; ".join([*named, "no image files to score: give image files, folders or globs"]))
+            for line in named:
+                _say(line)
             protected = {os.path.realpath(path) for path in files}
             if args.paths_from not in (None, "-"):
                 protected.add(os.path.realpath(args.paths_from))
             return _Inputs(keys=files, sources=files, problems=len(problems), protected=protected)
 
+        from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
         from .inputs import ColumnView, load_input_dataset, prepare_dataset_columns
 
-        dataset = load_input_dataset(args.dataset, args.dataset_config, args.split, args.streaming, args.revision)
+        bars_were_on = not are_progress_bars_disabled()
+        if not self._show_progress(state):
+            disable_progress_bars()  # "Generating train split" and the downloads
+        try:
+            dataset = load_input_dataset(args.dataset, args.dataset_config, args.split, args.streaming, args.revision)
+        finally:
+            if bars_were_on:
+                enable_progress_bars()
         dataset = prepare_dataset_columns(dataset, args.dataset, args.image_column, args.id_column)
         protected = _dataset_files(args.dataset)
         if args.streaming:
@@ -504,7 +514,7 @@ class _Run:
             check_model_source(args.model, "the model", revision=args.revision)
         except ModelSourceUnavailable as err:
             raise UsageError(str(err)) from None
-        inputs = self._inputs()
+        inputs = self._inputs(state)
         output = self._output(state, inputs, dtype)
         maps = self._check_map_folder(inputs, output)
 
