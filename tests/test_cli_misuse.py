@@ -16,6 +16,7 @@ from mpiqe_hf import MPIQEImageProcessor
 from mpiqe_hf.cli import main
 from mpiqe_hf.cli import scoring as cli_scoring
 from mpiqe_hf.cli import writers as cli_writers
+from mpiqe_hf.cli.command import map_paths
 
 
 FAST = ["--dtype", "float32", "--num-workers", "0", "--no-progress"]
@@ -67,7 +68,10 @@ def base(tmp_path_factory):
 @pytest.fixture
 def workspace(base, tmp_path):
     folder = tmp_path / "w"
-    shutil.copytree(base, folder, symlinks=True)
+    models = ("model", "other-model")  # read only: linked, not copied
+    shutil.copytree(base, folder, symlinks=True, ignore=lambda root, names: models if root == str(base) else ())
+    for name in models:
+        os.symlink(base / name, folder / name)
     own = folder / "own.csv"  # the copy's rows and sidecar name the copy's paths
     own.write_text(own.read_text().replace(str(base), str(folder)))
     sidecar = folder / "own.csv.mpiqe.json"
@@ -420,6 +424,8 @@ def test_misuse_is_one_line_with_its_status_and_changes_no_file(
         code = main(argv)
     except SystemExit as exit_info:  # argparse's own usage errors
         code = exit_info.code
+    while HELD:
+        HELD.pop().close()
     err = capsys.readouterr().err
     assert code == status, err
     assert fragment in err
@@ -446,12 +452,18 @@ def test_imgs_dot_imgs_and_the_absolute_path_resume_each_other(workspace, capsys
     assert decoded == [] and (workspace / "own.csv").read_text() == rows_before
 
 
-def test_map_names_keep_the_extension_and_the_sub_folder(workspace, capsys):
-    maps = workspace / "maps"
-    assert main([str(workspace / "imgs"), "-m", str(workspace / "model"), "--save-maps", str(maps), *FAST]) == 0
-    written = sorted(os.path.relpath(os.path.join(r, f), maps) for r, _, files in os.walk(maps) for f in files)
-    names = ("a.jpg", "a.png", "sub/a.jpg")
-    assert written == sorted(f"{name}.{kind}_map.png" for name in names for kind in ("quality", "distortion"))
+def test_map_names_keep_the_extension_and_the_sub_folder():
+    keys = ["/p/imgs/a.jpg", "/p/imgs/a.png", "/p/imgs/sub/a.jpg"]
+    assert map_paths("maps", keys, from_files=True) == {
+        key: (f"maps/{name}.quality_map.png", f"maps/{name}.distortion_map.png")
+        for key, name in zip(keys, ["a.jpg", "a.png", "sub/a.jpg"])
+    }
+    ids = map_paths("maps", ["x/y", "x_y", 7], from_files=False)
+    assert [quality for quality, _ in ids.values()] == [
+        "maps/x%2Fy.quality_map.png",
+        "maps/x_y.quality_map.png",
+        "maps/7.quality_map.png",
+    ]
 
 
 def test_the_sidecar_names_the_tool_the_model_and_the_settings(workspace):
