@@ -395,7 +395,7 @@ CASES = [
     ),
     # models and devices
     ("model-missing", lambda w, m: [str(w / "imgs"), "-m", str(w / "no-model")], 2, "no such folder"),
-    ("model-without-type", lambda w, m: [str(w / "imgs"), "-m", str(w / "config-only")], 2, "MP-IQE"),
+    ("model-without-type", lambda w, m: [str(w / "imgs"), "-m", str(w / "config-only")], 2, "names no model_type"),
     ("model-pickled", lambda w, m: [str(w / "imgs"), "-m", str(w / "pickled")], 2, "--allow-pickle"),
     ("model-onnx-export-with-torch", lambda w, m: [str(w / "imgs"), "-m", str(w / "exported")], 2, "--backend onnx"),
     (

@@ -14,6 +14,7 @@ plugs in by implementing the same two members and being returned by [`build_scor
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 
 import numpy as np
@@ -86,10 +87,24 @@ def load_model(name: str, revision: str | None, allow_pickle: bool):
     its weights."""
     from ..modeling_mpiqe import MPIQEModel
 
+    if _config_without_model_type(name):
+        raise UsageError(
+            f"cannot load the model {name!r}: its config.json names no model_type, so it is no MP-IQE checkpoint "
+            "(model_type 'mpiqe'); pass a folder written by MPIQEModel.save_pretrained or train.py, or a Hub id"
+        )
     try:
         return MPIQEModel.from_pretrained(name, revision=revision, allow_pickle=allow_pickle)
     except (OSError, ValueError, RuntimeError) as err:
         raise UsageError(f"cannot load the model {name!r}: {_first_line(err)}{_way_out(name, allow_pickle)}") from err
+
+
+def _config_without_model_type(name: str) -> bool:
+    try:
+        with open(os.path.join(name, "config.json"), encoding="utf-8") as handle:
+            config = json.load(handle)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False  # from_pretrained says what is wrong with it
+    return isinstance(config, dict) and "model_type" not in config
 
 
 def _way_out(name: str, allow_pickle: bool) -> str:
