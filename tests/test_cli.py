@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -78,8 +79,8 @@ def many_images(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference_rows(tiny_checkpoint, many_images, tmp_path_factory):
-    """A single-process float32 run over `many_images`: key -> row."""
+def reference_output(tiny_checkpoint, many_images, tmp_path_factory):
+    """A single-process float32 run over `many_images` into a JSONL file (and its sidecar)."""
     target = tmp_path_factory.mktemp("reference") / "scores.jsonl"
     code = main(
         [
@@ -97,7 +98,13 @@ def reference_rows(tiny_checkpoint, many_images, tmp_path_factory):
         ]
     )
     assert code == 0
-    return {row["path"]: row for row in _read_rows(target)}
+    return target
+
+
+@pytest.fixture(scope="module")
+def reference_rows(reference_output):
+    """The rows of `reference_output`: key -> row."""
+    return {row["path"]: row for row in _read_rows(reference_output)}
 
 
 def _run(capsys, argv):
@@ -274,9 +281,14 @@ def test_an_existing_output_is_refused_in_one_line_overwritten_or_resumed(
     assert len(err.strip().splitlines()) == 1 and "--resume" in err and "--overwrite" in err
     assert decoded == []
 
-    code, _, err = _run(capsys, [*argv, "--resume"])  # other columns: no way to resume it
-    assert code == 2 and "columns" in err and target.read_text() == previous
+    for flag in ("--resume", "--overwrite"):  # not this tool's file: neither resumed nor replaced
+        code, _, err = _run(capsys, [*argv, flag])
+        assert code == 2 and "not written by mpiqe-score" in err and target.read_text() == previous
+    target.unlink()
 
+    assert _run(capsys, argv)[0] == 0
+    code, _, err = _run(capsys, argv)
+    assert code == 2 and "already holds results" in err
     assert _run(capsys, [*argv, "--overwrite"])[0] == 0
     full = target.read_text()
     assert [row["path"] for row in _read_rows(target)] == list(reference_rows)
@@ -450,7 +462,7 @@ def test_a_reader_that_closes_standard_output_ends_the_run_quietly(tiny_checkpoi
 
 
 def test_torchrun_two_processes_resume_shards_and_match_one_process(
-    tiny_checkpoint, many_images, reference_rows, tmp_path, watched_env
+    tiny_checkpoint, many_images, reference_output, reference_rows, tmp_path, watched_env
 ):
     """A 2-process run resuming an interrupted one: the output rows plus a shard's part file left behind are kept,
     the other images are each opened by exactly one process, and the merged output equals one process's scores."""
@@ -463,6 +475,7 @@ def test_torchrun_two_processes_resume_shards_and_match_one_process(
         for name in names[12:15]:
             handle.write(json.dumps(reference_rows[name]) + "\n")
         handle.write('{"path": "cut short')  # a process killed mid-write
+    shutil.copy(f"{reference_output}.mpiqe.json", f"{target}.mpiqe.json")  # the same settings
     command = [
         sys.executable,
         "-m",
@@ -582,29 +595,26 @@ def test_save_to_disk_folder_and_streaming(capsys, tiny_checkpoint, image_datase
     assert len(decoded) == 8
 
     target = tmp_path / "streamed.jsonl"
-    half = [f"p-{i}" for i in range(4)]
-    with open(target, "w") as handle:
-        for row in rows[:4]:
-            handle.write(json.dumps({"photo_id": f"p-{row['index']}", **{k: row[k] for k in RESULT_COLUMNS}}) + "\n")
-    code, _, err = _run(
-        capsys,
-        [
-            "--dataset",
-            str(folder),
-            "--streaming",
-            "--id-column",
-            "photo_id",
-            "-m",
-            tiny_checkpoint,
-            "-o",
-            str(target),
-            "--resume",
-            "--dtype",
-            "float32",
-            "--num-workers",
-            "0",
-        ],
-    )
+    streamed_argv = [
+        "--dataset",
+        str(folder),
+        "--streaming",
+        "--id-column",
+        "photo_id",
+        "-m",
+        tiny_checkpoint,
+        "-o",
+        str(target),
+        "--dtype",
+        "float32",
+        "--num-workers",
+        "0",
+    ]
+    assert _run(capsys, streamed_argv)[0] == 1
+    with open(target) as handle:  # as a run stopped after 4 rows leaves it
+        half = [json.loads(line)["photo_id"] for line in handle][:4]
+    target.write_text("".join(target.read_text().splitlines(keepends=True)[:4]))
+    code, _, err = _run(capsys, [*streamed_argv, "--resume"])
     assert code == 1, err  # the corrupt row, kept or new
     streamed = _read_rows(target)
     assert sorted(row["photo_id"] for row in streamed) == [f"p-{i}" for i in range(8)]

@@ -77,19 +77,20 @@ def test_save_maps_writes_an_overlay_per_image(checkpoint, tmp_path):
         ]
     )
     assert status == 0
-    names = sorted(os.listdir(maps))
-    stems = sorted({name.split(".")[0] for name in names})
-    assert len(stems) == 3 and len(names) == 6  # Grad-CAM and distortion windows for each image
-    assert all(name.endswith((".quality_map.png", ".distortion_map.png")) for name in names)
+    names = sorted(
+        os.path.relpath(os.path.join(root, name), maps) for root, _, files in os.walk(maps) for name in files
+    )
+    # Grad-CAM and distortion windows for each image, named after its path below photos/, extension kept
+    assert names == [
+        f"{path}.{kind}_map.png" for path in ("a.png", "c.png", "sub/b.png") for kind in ("distortion", "quality")
+    ]
     model = MPIQEModel.from_pretrained(checkpoint / "model")
     processor = MPIQEImageProcessor.from_pretrained(checkpoint / "model")
     image = Image.open(checkpoint / "photos" / "sub" / "b.png").convert("RGB")
     expected = model.quality_map(processor(image, return_tensors="pt")["pixel_values"], [(64, 30)])
     from mpiqe_hf.visualization import render_overlay
 
-    written = [name for name in names if "sub__b" in name and name.endswith(".quality_map.png")]
-    assert len(written) == 1
-    overlay = np.asarray(Image.open(maps / written[0]).convert("RGB"), dtype=int)
+    overlay = np.asarray(Image.open(maps / "sub" / "b.png.quality_map.png").convert("RGB"), dtype=int)
     score = float(_rows(tmp_path / "s.csv")[str(checkpoint / "photos" / "sub" / "b.png")]["score"])
     reference = np.asarray(render_overlay(image, expected.gradcam_maps[0], title=None), dtype=int)
     assert overlay.shape[1] == reference.shape[1]  # same layout: the image, then the colour bar

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import glob
+import json
 import os
 import signal
 import sys
+import traceback
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from PIL import Image
 
 from .errors import UsageError
 from .scoring import BACKENDS, DTYPES
@@ -17,12 +23,15 @@ from .writers import FORMATS, RESULT_COLUMNS
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 EXIT_PIPE_CLOSED = 141  # what a shell reports for a process that SIGPIPE ended
+EXIT_BUG = 70  # EX_SOFTWARE of sysexits.h
 
 EXIT_STATUS_HELP = (
     "Exit status: 0 every input scored; 1 some inputs failed (their rows say why, status 'error') and the others "
     "are scored; 2 usage error (bad arguments, unavailable device, existing output without --resume/--overwrite, "
-    "model or dataset that cannot be used); 130 interrupted by Ctrl-C, 143 by SIGTERM (the rows scored so far are "
-    "kept: finish with --resume); 141 the reader of standard output closed it (as `| head` does)."
+    "an output that is not mpiqe-score's own or was scored with other settings, an output another run is writing, "
+    "an output or --save-maps folder that cannot be written, model or dataset that cannot be used); 130 interrupted "
+    "by Ctrl-C, 143 by SIGTERM (the rows scored so far are kept: finish with --resume); 141 the reader of standard "
+    "output closed it (as `| head` does); 70 a bug in mpiqe-score (a traceback, and where to report it)."
 )
 
 
@@ -174,10 +183,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_arguments(parser, args)
     previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        return _Run(args).execute()
+        with warnings.catch_warnings():
+            # Pillow still decodes images up to twice its pixel limit, warning on each: the row is the answer.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return _Run(args).execute()
     except UsageError as err:
         _say(str(err))
         return EXIT_USAGE
+    except KeyboardInterrupt:  # before the scoring loop, which says how many rows it kept
+        _say("interrupted before any row was written")
+        return EXIT_INTERRUPTED
+    except Terminated:
+        _say("terminated before any row was written")
+        return EXIT_TERMINATED
+    except Exception:
+        traceback.print_exc()
+        _say(
+            "this is a bug in mpiqe-score, not a problem with your inputs: please report it to the mpiqe_hf "
+            "maintainers with the command line and the traceback above"
+        )
+        return EXIT_BUG
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
 
@@ -187,21 +212,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 @dataclass
 class _Inputs:
-    """What to score: `sources[i]` keyed `keys[i]`, or the rows of a streamed dataset (`stream`)."""
+    """What to score: `sources[i]` keyed `keys[i]`, or the rows of a streamed dataset (`stream`); `protected` holds
+    the real paths of the files read, which nothing of this run may write to."""
 
     keys: Sequence[Any] = ()
     sources: Sequence[Any] = ()
     stream: Any = None
     problems: int = 0
+    protected: set[str] = field(default_factory=set)
 
 
 class _MapWriter:
-    """`--save-maps`: the quality-map overlays of each scored image (decoded again for the overlay)."""
+    """`--save-maps`: the quality-map overlays of each scored image (decoded again for the overlay), at the paths
+    of [`map_paths`]."""
 
-    def __init__(self, folder: str, scorer, inputs: _Inputs, max_image_size: int | None):
+    def __init__(self, paths: dict[str, tuple[str, str]], scorer, inputs: _Inputs, max_image_size: int | None):
         import torch
 
-        self.folder = folder
+        self.paths = paths
         self.scorer = scorer
         self.max_image_size = max_image_size
         with torch.no_grad():  # not in inference mode: the maps take gradients through these
@@ -211,7 +239,7 @@ class _MapWriter:
 
     def __call__(self, keys, pixel_values, rows) -> None:
         from ..image_utils_mpiqe import load_image
-        from ..visualization import save_map_overlays
+        from ..visualization import render_overlay
 
         for key, crops, row in zip(keys, pixel_values, rows):
             image = load_image(self.sources[self.positions[str(key)]])
@@ -221,60 +249,200 @@ class _MapWriter:
                 text_features=self.text_features,
                 max_image_size=self.max_image_size,
             )
-            distortion_map = maps.distortion_maps[0].float() if maps.distortion_maps is not None else None
             title = f"{row['score']:.3f} ({row['quality']})"
-            save_map_overlays(self.folder, key, image, maps.gradcam_maps[0].float(), distortion_map, title=title)
+            quality_path, distortion_path = self.paths[str(key)]
+            os.makedirs(os.path.dirname(quality_path), exist_ok=True)
+            render_overlay(image, maps.gradcam_maps[0].float(), title=title).save(quality_path)
+            if maps.distortion_maps is not None:
+                overlay = render_overlay(
+                    image, maps.distortion_maps[0].float(), title=title, label="distortion windows"
+                )
+                overlay.save(distortion_path)
+
+
+def map_paths(folder: str, keys: Sequence[Any], from_files: bool) -> dict[str, tuple[str, str]]:
+    """
+    `str(key) -> (quality map, distortion map)` paths in `folder`. An image file's maps keep its path below the
+    folder the inputs share and its extension (`a/x.jpg` -> `a/x.jpg.quality_map.png`), so that neither `x.jpg`
+    and `x.png` nor two sub-folders' `x.jpg` share a name; a dataset id is percent-encoded into one file name.
+    """
+    from urllib.parse import quote
+
+    if from_files:
+        root = os.path.commonpath([os.path.dirname(key) for key in keys])
+        names = {key: os.path.relpath(key, root) for key in keys}
+    else:
+        names = {str(key): quote(str(key), safe="") for key in keys}
+    return {
+        key: (os.path.join(folder, f"{name}.quality_map.png"), os.path.join(folder, f"{name}.distortion_map.png"))
+        for key, name in names.items()
+    }
+
+
+def _check_unique_ids(keys: Sequence[Any], column: str, dataset: str) -> None:
+    rows: dict[str, list[int]] = {}
+    for row, key in enumerate(keys):
+        rows.setdefault(str(key), []).append(row)
+    repeated = [(key, where) for key, where in rows.items() if len(where) > 1]
+    if repeated:
+        key, where = repeated[0]
+        more = f"; {len(repeated) - 1} other id(s) repeat too" if len(repeated) > 1 else ""
+        raise UsageError(
+            f"--id-column {column}: the id {key!r} is on rows {', '.join(map(str, where[:5]))} of {dataset}{more}; "
+            "each id keys one output row, so they must be unique: choose another --id-column, or leave it out to "
+            "key rows on the row number"
+        )
+
+
+def _dataset_files(name: str) -> set[str]:
+    """The real paths of the local files a `--dataset` reads (none for a Hub id)."""
+    if os.path.isdir(name):
+        return {os.path.realpath(os.path.join(root, file)) for root, _, files in os.walk(name) for file in files}
+    if name.endswith(".parquet"):
+        return {os.path.realpath(path) for path in glob.glob(name)}
+    return set()
+
+
+def _on_main(state, check) -> None:
+    """Runs `check` in the main process only; a `UsageError` it raises is raised in every process."""
+    message = None
+    if state.is_main_process:
+        try:
+            check()
+        except UsageError as err:
+            message = str(err)
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        message = broadcast_object_list([message])[0]
+    if message is not None:
+        raise UsageError(message)
 
 
 class _Run:
     def __init__(self, args: argparse.Namespace):
         self.args = args
+        self.lock = None  # the output's lock, held by the main process while it runs
+        self.record = None  # the sidecar of an existing output
 
     # -- set-up ----------------------------------------------------------------------------------------------------
 
-    def _inputs(self) -> _Inputs:
+    def _inputs(self, state) -> _Inputs:
         args = self.args
         if args.dataset is None:
             from .inputs import collect_files, read_path_list
 
             files, problems = collect_files(args.paths, recursive=args.recursive) if args.paths else ([], [])
-            for argument, reason in problems:
-                _say(f"{argument}: {reason}")
             if args.paths_from is not None:
-                files = list(dict.fromkeys(files + read_path_list(args.paths_from)))  # each path once, in order
+                files = files + read_path_list(args.paths_from)
+            # Rows are keyed on absolute paths, so that `imgs/`, `./imgs/` and `/abs/imgs` resume each other.
+            files = list(dict.fromkeys(os.path.abspath(path) for path in files))
+            named = [f"{argument}: {reason}" for argument, reason in problems]
             if not files:
-                raise UsageError("no image files to score")
-            return _Inputs(keys=files, sources=files, problems=len(problems))
+                raise UsageError("; ".join([*named, "no image files to score: give image files, folders or globs"]))
+            for line in named:
+                _say(line)
+            protected = {os.path.realpath(path) for path in files}
+            if args.paths_from not in (None, "-"):
+                protected.add(os.path.realpath(args.paths_from))
+            return _Inputs(keys=files, sources=files, problems=len(problems), protected=protected)
+
+        from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
         from .inputs import ColumnView, load_input_dataset, prepare_dataset_columns
 
-        dataset = load_input_dataset(args.dataset, args.dataset_config, args.split, args.streaming, args.revision)
+        bars_were_on = not are_progress_bars_disabled()
+        if not self._show_progress(state):
+            disable_progress_bars()  # "Generating train split" and the downloads
+        try:
+            dataset = load_input_dataset(args.dataset, args.dataset_config, args.split, args.streaming, args.revision)
+        finally:
+            if bars_were_on:
+                enable_progress_bars()
         dataset = prepare_dataset_columns(dataset, args.dataset, args.image_column, args.id_column)
+        protected = _dataset_files(args.dataset)
         if args.streaming:
-            return _Inputs(stream=dataset)
+            return _Inputs(stream=dataset, protected=protected)
         keys = dataset[args.id_column] if args.id_column else range(len(dataset))
-        return _Inputs(keys=keys, sources=ColumnView(dataset, args.image_column))
+        if args.id_column:
+            _check_unique_ids(keys, args.id_column, args.dataset)
+        return _Inputs(keys=keys, sources=ColumnView(dataset, args.image_column), protected=protected)
 
     def _key_column(self) -> str:
         args = self.args
         return "path" if args.dataset is None else (args.id_column or "index")
 
-    def _output(self, world_size: int):
+    def _settings(self, output, dtype, processor=None, scorer=None) -> dict:
+        """What the output's sidecar records and `--resume` compares: the model and every setting that changes a
+        score (the processor's and the model's only once they are loaded)."""
+        args = self.args
+        settings = {
+            "model": os.path.abspath(args.model) if os.path.isdir(args.model) else args.model,
+            "revision": args.revision,
+            "backend": args.backend,
+            # the exported graph computes in float32 whatever --dtype says
+            "dtype": "float32" if args.backend == "onnx" else str(dtype).replace("torch.", ""),
+            "format": output.format,
+            "key_column": self._key_column(),
+        }
+        if processor is not None:
+            settings["num_crops"] = args.num_crops or processor.num_crops
+            settings["processor"] = processor.to_dict()
+            settings["weights_sha256"] = scorer.weights_sha256
+        return json.loads(json.dumps(settings, default=str))  # as the sidecar gives it back: lists, not tuples
+
+    def _output(self, state, inputs: _Inputs, dtype):
+        """The `--output`, checked before the model loads: its folder, that it is no input, that it is this tool's
+        own, that no other run writes it (the main process takes its lock), and the settings known so far."""
         from .writers import ScoreOutput, format_from_extension
 
         args = self.args
         if args.output is None:
-            if world_size > 1:
+            if state.num_processes > 1:
                 raise UsageError("several processes write one file: pass --output")
             return None
         fmt = args.format or format_from_extension(args.output)
         output = ScoreOutput(args.output, fmt, [self._key_column(), *RESULT_COLUMNS])
-        if output.has_results() and not (args.resume or args.overwrite):
-            raise UsageError(
-                f"{output.describe_existing()} already holds results; pass --resume to score only the images not in "
-                "it, or --overwrite to replace it"
-            )
+        output.check_folder()
+        for path in (output.path, output.sidecar_path, output.lock_path):
+            if os.path.realpath(path) in inputs.protected:
+                raise UsageError(
+                    f"--output {args.output}: {path} is one of the inputs ({os.path.realpath(path)}); it is left "
+                    "untouched: choose another --output"
+                )
+
+        def claim() -> None:
+            self.lock = output.lock()
+            self.record = output.check_ownership()
+            if output.has_results() and not (args.resume or args.overwrite):
+                raise UsageError(
+                    f"{output.describe_existing()} already holds results; pass --resume to score only the images not "
+                    "in it, or --overwrite to replace it"
+                )
+            if args.resume and self.record is not None and output.has_results():
+                output.check_settings(self.record, self._settings(output, dtype))
+
+        _on_main(state, claim)
         return output
+
+    def _check_map_folder(self, inputs: _Inputs, output) -> dict[str, tuple[str, str]] | None:
+        """`--save-maps`: the folder can take files (made if missing) and no map would replace an input."""
+        from .writers import check_writable_folder
+
+        args = self.args
+        if args.save_maps is None:
+            return None
+        paths = map_paths(args.save_maps, inputs.keys, from_files=args.dataset is None)
+        taken = inputs.protected | ({os.path.realpath(output.path)} if output is not None else set())
+        for key, pair in paths.items():
+            for path in pair:
+                if os.path.realpath(path) in taken:
+                    raise UsageError(
+                        f"--save-maps {args.save_maps}: the map of {key} would replace {path}, which this run reads "
+                        "or writes; choose another --save-maps folder"
+                    )
+        check_writable_folder(os.path.abspath(args.save_maps), f"--save-maps {args.save_maps}", create=True)
+        return paths
 
     def _show_progress(self, state) -> bool:
         """Progress bars (ours and transformers' weight loading): `--progress`/`--no-progress`, else on a terminal."""
@@ -307,20 +475,35 @@ class _Run:
             device = state.device
         return device, dtype, dtype_reason, state
 
-    def _scored_before(self, output, state):
+    def _scored_before(self, output, state, settings):
         """What an earlier run left in the output (nothing with --overwrite, which removes it), read once its parts
-        are folded in."""
+        are folded in; the sidecar is written before any row."""
         from .writers import ScoredSoFar
 
-        if output is not None and state.is_main_process:
-            if self.args.overwrite:
+        if output is None:
+            return ScoredSoFar(set(), 0)
+        args = self.args
+
+        def prepare() -> None:
+            if args.resume and self.record is not None and output.has_results():
+                output.check_settings(self.record, settings)
+            if args.overwrite:
                 output.remove()
             else:
                 output.recover()
-        state.wait_for_everyone()
-        return output.scored_so_far() if output is not None else ScoredSoFar(set(), 0)
+            output.write_sidecar(settings)
+
+        _on_main(state, prepare)
+        return output.scored_so_far()
 
     def execute(self) -> int:
+        try:
+            return self._execute()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _execute(self) -> int:
         from .. import MPIQEImageProcessor
         from ..model_sources import ModelSourceUnavailable, check_model_source
         from .scoring import build_scorer, load_processor
@@ -331,8 +514,9 @@ class _Run:
             check_model_source(args.model, "the model", revision=args.revision)
         except ModelSourceUnavailable as err:
             raise UsageError(str(err)) from None
-        output = self._output(state.num_processes)
-        inputs = self._inputs()
+        inputs = self._inputs(state)
+        output = self._output(state, inputs, dtype)
+        maps = self._check_map_folder(inputs, output)
 
         from transformers.utils import logging as transformers_logging
 
@@ -354,7 +538,8 @@ class _Run:
                 "crops)"
             )
 
-        before = self._scored_before(output, state)
+        settings = self._settings(output, dtype, processor, scorer) if output is not None else None
+        before = self._scored_before(output, state, settings)
         num_workers = self._default_workers(state) if args.num_workers is None else args.num_workers
         loader, total = self._loader(inputs, before.keys, processor, state, num_workers, device)
         runtime = f"{device} in {str(dtype).replace('torch.', '')} ({dtype_reason})"
@@ -368,10 +553,11 @@ class _Run:
 
         writer = self._writer(output, state, scorer.config)
         map_writer = None
-        if args.save_maps is not None:
-            map_writer = _MapWriter(args.save_maps, scorer, inputs, processor.max_image_size)
+        if maps is not None:
+            map_writer = _MapWriter(maps, scorer, inputs, processor.max_image_size)
         counts = {"scored": 0, "failed": 0}
         status = EXIT_OK
+        failure = None
         try:
             self._score(loader, scorer, writer, total, state, counts, map_writer)
         except KeyboardInterrupt:
@@ -382,10 +568,23 @@ class _Run:
             # The reader has what it wanted (`| head`): stop quietly; what is still buffered goes nowhere.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return EXIT_PIPE_CLOSED
+        except OSError as err:  # a full disk, a folder made read-only or removed during the run
+            failure = err
         finally:
-            writer.close()
-            if output is not None and state.num_processes == 1:
-                output.fold_parts()
+            try:
+                writer.close()
+                if output is not None and state.num_processes == 1:
+                    output.fold_parts()
+            except OSError as err:
+                failure = failure or err
+        if failure is not None:
+            where = f" {args.output}" if args.output else ""
+            raise UsageError(
+                f"cannot write{where}: {failure.strerror or failure}"
+                + (f" ({failure.filename})" if failure.filename else "")
+                + f" after {counts['scored'] + counts['failed']} new row(s); the rows written are kept: fix that and "
+                "run the same command with --resume"
+            )
         return self._finish(status, output, state, counts, before, inputs)
 
     def _finish(self, status, output, state, counts, before, inputs) -> int:

@@ -119,6 +119,7 @@ def load_input_dataset(name: str, config_name: str | None, split: str | None, st
                 raise UsageError(f"--dataset {name}: no such Parquet file")
             loaded = datasets.load_dataset("parquet", data_files=files, streaming=streaming)
         else:
+            _check_hub_dataset(name, revision)
             loaded = datasets.load_dataset(name, config_name, streaming=streaming, revision=revision)
     except UsageError:
         raise
@@ -135,6 +136,36 @@ def load_input_dataset(name: str, config_name: str | None, split: str | None, st
             raise UsageError(f"--dataset {name}: {wanted}; its splits: {', '.join(splits)}")
         loaded = loaded[split]
     return loaded
+
+
+def _check_hub_dataset(name: str, revision: str | None) -> None:
+    """
+    Fails in seconds, naming the way out, when the Hub cannot answer for the dataset `name`: `datasets` would retry
+    for half a minute before saying so. Offline (HF_HUB_OFFLINE), `datasets` reads its cache without asking.
+    """
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+
+    if constants.HF_HUB_OFFLINE:
+        return
+    try:
+        HfApi().dataset_info(name, revision=revision, timeout=10)
+    except HFValidationError:
+        raise UsageError(
+            f"--dataset {name}: no such folder or Parquet file, nor a Hub dataset id; pass a save_to_disk folder, "
+            "Parquet files (a path or glob ending in .parquet) or a Hub id such as org/name"
+        ) from None
+    except (RepositoryNotFoundError, GatedRepoError) as err:
+        raise UsageError(
+            f"--dataset {name}: the Hub refuses it ({type(err).__name__}: {str(err).splitlines()[0]}); check the id, "
+            "or log in with `hf auth login` for a private or gated dataset"
+        ) from None
+    except Exception as err:  # no network: httpx errors, timeouts, proxies
+        raise UsageError(
+            f"--dataset {name}: the Hub at {constants.ENDPOINT} cannot be reached ({type(err).__name__}: "
+            f"{str(err).strip().splitlines()[0] if str(err).strip() else 'no answer'}); if the dataset is in the "
+            "local cache, run with HF_HUB_OFFLINE=1, or pass a local save_to_disk folder or Parquet files"
+        ) from None
 
 
 def prepare_dataset_columns(dataset, name: str, image_column: str, id_column: str | None):

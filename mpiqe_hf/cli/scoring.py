@@ -13,6 +13,10 @@ plugs in by implementing the same two members and being returned by [`build_scor
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+
 import numpy as np
 import torch
 
@@ -32,6 +36,7 @@ class TorchScorer:
     """An [`MPIQEModel`] on `device` in `dtype`; its text features are computed once, here."""
 
     def __init__(self, model, device: torch.device, dtype: torch.dtype):
+        self.weights_sha256 = _state_sha256(model)  # before the cast: the same weights in any dtype
         self.model = model.to(device=device, dtype=dtype).eval()
         for name in model._keep_in_fp32_modules_strict:  # the score head: see `MPIQEPreTrainedModel`
             self.model.get_submodule(name).float()
@@ -64,9 +69,16 @@ def build_scorer(backend: str, model_name: str, revision: str | None, allow_pick
         try:
             from ..export_onnx import OnnxQualityScorer
 
-            return OnnxQualityScorer(model_name)
+            scorer = OnnxQualityScorer(model_name)
         except (ImportError, OSError, ValueError) as err:
             raise UsageError(f"--backend onnx: {_first_line(err)}") from err
+        from ..export_onnx.exporter import ONNX_FILE
+
+        # the graph and any external-data file beside it, which the scorer reads
+        scorer.weights_sha256 = _files_sha256(
+            os.path.join(model_name, name) for name in sorted(os.listdir(model_name)) if name.startswith(ONNX_FILE)
+        )
+        return scorer
     raise UsageError(f"--backend {backend}: unknown backend; choose from {', '.join(BACKENDS)}")
 
 
@@ -75,10 +87,53 @@ def load_model(name: str, revision: str | None, allow_pickle: bool):
     its weights."""
     from ..modeling_mpiqe import MPIQEModel
 
+    if _config_without_model_type(name):
+        raise UsageError(
+            f"cannot load the model {name!r}: its config.json names no model_type, so it is no MP-IQE checkpoint "
+            "(model_type 'mpiqe'); pass a folder written by MPIQEModel.save_pretrained or train.py, or a Hub id"
+        )
     try:
         return MPIQEModel.from_pretrained(name, revision=revision, allow_pickle=allow_pickle)
     except (OSError, ValueError, RuntimeError) as err:
-        raise UsageError(f"cannot load the model {name!r}: {_first_line(err)}") from err
+        raise UsageError(f"cannot load the model {name!r}: {_first_line(err)}{_way_out(name, allow_pickle)}") from err
+
+
+def _config_without_model_type(name: str) -> bool:
+    try:
+        with open(os.path.join(name, "config.json"), encoding="utf-8") as handle:
+            config = json.load(handle)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False  # from_pretrained says what is wrong with it
+    return isinstance(config, dict) and "model_type" not in config
+
+
+def _way_out(name: str, allow_pickle: bool) -> str:
+    """What to pass instead, for a local folder whose weights this backend does not read."""
+    if not os.path.isdir(name):
+        return ""
+    files = os.listdir(name)
+    if not allow_pickle and any(file.endswith((".bin", ".pt", ".pth")) for file in files):
+        return " (its weights are pickles: pass --allow-pickle if you trust where they come from)"
+    if any(file.endswith(".onnx") for file in files):
+        return " (it is an ONNX export: pass --backend onnx)"
+    return ""
+
+
+def _state_sha256(model) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _files_sha256(paths) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def load_processor(name: str, revision: str | None):

@@ -3,11 +3,17 @@ Where `mpiqe-score` puts its rows: streamed to stdout, appended to a CSV/JSONL o
 appended to a per-process JSONL part file (`<output>.part-<rank>.jsonl`) that is folded into the output at the end
 (several processes, or Parquet, which cannot be appended to). Every write is flushed, so an interrupted or killed
 run keeps every row it scored; `--resume` reads the output and any part files left behind, and skips their keys.
+
+An output is changed only once it is known to be this tool's own: its sidecar `<output>.mpiqe.json` names the tool
+and the settings its scores were made with (the model and the ones that change scores), so that CSV, JSONL and
+Parquet stay plain files other tools read. While a run writes, it holds an exclusive lock on `<output>.mpiqe.lock`.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
+import fcntl
 import glob
 import json
 import os
@@ -25,6 +31,9 @@ RESULT_COLUMNS = ("score", "quality", "scene", "distortion", "normalized_score",
 FORMATS = ("csv", "jsonl", "parquet")
 _EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 _PARQUET_CHUNK_ROWS = 8192
+TOOL = "mpiqe-score"
+SIDECAR_SUFFIX = ".mpiqe.json"
+LOCK_SUFFIX = ".mpiqe.lock"
 
 
 def format_from_extension(path: str) -> str:
@@ -196,6 +205,86 @@ class ScoreOutput:
             if os.path.exists(path):
                 os.remove(path)
 
+    # -- the folder, the sidecar and the lock ------------------------------------------------------------------------
+
+    @property
+    def sidecar_path(self) -> str:
+        return self.path + SIDECAR_SUFFIX
+
+    @property
+    def lock_path(self) -> str:
+        return self.path + LOCK_SUFFIX
+
+    def check_folder(self) -> None:
+        """The output can be created where it is meant to go (checked before the model loads)."""
+        check_writable_folder(os.path.dirname(os.path.abspath(self.path)), f"--output {self.path}", create=False)
+        if os.path.exists(self.path) and not os.path.isfile(self.path):
+            raise UsageError(f"--output {self.path} is not a regular file; choose a file name")
+        if os.path.exists(self.path) and not os.access(self.path, os.W_OK):
+            raise UsageError(f"--output {self.path} is read-only; choose another --output")
+
+    def read_sidecar(self) -> dict | None:
+        """The record of the run that wrote the output, or `None` when there is none."""
+        if not os.path.exists(self.sidecar_path):
+            return None
+        try:
+            with open(self.sidecar_path, encoding="utf-8") as handle:
+                record = json.load(handle)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise UsageError(
+                f"{self.sidecar_path} cannot be read ({err}); {self.path} is left untouched: move both away or "
+                "choose another --output"
+            ) from err
+        if not isinstance(record, dict) or record.get("tool") != TOOL or not isinstance(record.get("settings"), dict):
+            raise UsageError(
+                f"{self.sidecar_path} was not written by {TOOL}; {self.path} is left untouched: move both away or "
+                "choose another --output"
+            )
+        return record
+
+    def check_ownership(self) -> dict | None:
+        """
+        The sidecar's record when the output holds results; refuses an output that is not this tool's own (no
+        sidecar), unless it is empty, which nothing can be lost from.
+        """
+        record = self.read_sidecar()
+        if record is None and self.has_results() and (self.parts() or os.path.getsize(self.path) > 0):
+            raise UsageError(
+                f"{self.describe_existing()} was not written by {TOOL} (there is no {self.sidecar_path} beside it), "
+                "so it is left untouched, --resume and --overwrite included: choose another --output, or move it "
+                "away yourself"
+            )
+        return record
+
+    def check_settings(self, record: dict, settings: dict) -> None:
+        """Refuses to resume an output whose rows were scored with other `settings` (only the keys given count)."""
+        recorded = record["settings"]
+        changed = [key for key in settings if recorded.get(key) != settings[key]]
+        if changed:
+            differences = "; ".join(
+                f"{key} {_brief(recorded.get(key))} there, {_brief(settings[key])} now" for key in changed
+            )
+            raise UsageError(
+                f"--resume: the rows in {self.path} were scored with other settings ({differences}; see "
+                f"{self.sidecar_path}); run with the same settings, or --overwrite to replace them, or choose another "
+                "--output"
+            )
+
+    def write_sidecar(self, settings: dict) -> None:
+        """Records the tool and `settings` before any row is written (renamed into place: never half-written)."""
+        from .. import __version__
+
+        record = {"tool": TOOL, "version": __version__, "settings": settings}
+        temporary = f"{self.sidecar_path}.tmp-{os.getpid()}"
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(record, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        os.replace(temporary, self.sidecar_path)
+
+    def lock(self) -> OutputLock:
+        """Takes the lock of this output, or refuses in one line when another run holds it."""
+        return OutputLock(self.lock_path, self.path)
+
     # -- reading ---------------------------------------------------------------------------------------------------
 
     def _check_columns(self, found: list[str]) -> None:
@@ -346,6 +435,72 @@ class ScoreOutput:
                 writer.close()
             if os.path.exists(temporary):
                 os.remove(temporary)
+
+
+class OutputLock:
+    """
+    An exclusive `flock` on `<output>.mpiqe.lock`, which holds the pid of its owner and is removed on release. The
+    lock file is unlinked while still locked, so a run that opened it just before checks, once it holds the lock, that
+    the file it locked is still the one at that path.
+    """
+
+    def __init__(self, lock_path: str, output_path: str):
+        self.path = lock_path
+        self.fd = None
+        while self.fd is None:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    os.close(fd)
+                    raise
+                owner = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+                os.close(fd)
+                raise UsageError(
+                    f"--output {output_path} is being written by another {TOOL} run (pid {owner}, lock "
+                    f"{lock_path}); wait for it to end, or choose another --output"
+                ) from None
+            try:
+                same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                self.fd = fd
+            else:
+                os.close(fd)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.remove(self.path)
+            os.close(self.fd)
+            self.fd = None
+
+
+def check_writable_folder(folder: str, what: str, create: bool) -> None:
+    """
+    One line naming `what` when `folder` cannot take new files: missing (or, with `create`, has no existing parent
+    that could hold it), not a folder, or not writable. With `create`, a missing folder is made.
+    """
+    existing = folder
+    while not os.path.exists(existing):
+        parent = os.path.dirname(existing)
+        if not create or parent == existing:
+            raise UsageError(f"{what}: the folder {folder} does not exist; create it first or choose another")
+        existing = parent
+    if not os.path.isdir(existing):
+        raise UsageError(f"{what}: {existing} is a file, not a folder; choose another")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{what}: cannot create files in {existing} (permission denied); choose another")
+    if existing != folder:
+        os.makedirs(folder, exist_ok=True)
+
+
+def _brief(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _parquet_schema(key_column: str, example_key: Any):

@@ -32,6 +32,7 @@ class OnnxQualityScorer:
         self.config = MPIQEConfig.from_pretrained(export_dir)
         self.image_processor = MPIQEImageProcessor.from_pretrained(export_dir)
         options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # errors only: its warnings about graph optimisation are not the user's
         if num_threads is not None:
             options.intra_op_num_threads = num_threads
         self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
