@@ -34,7 +34,9 @@ def standin_spaq(root, scores=(48.86, 62.5, 36.11)):
     """SPAQ's release: TestImage/00001.jpg ... and the MOS table (here its CSV export) in Annotations/."""
     rows = []
     for number, mos in enumerate(scores, start=1):
-        make_image(root / "TestImage" / f"{number:05d}.jpg", size=(12, 9), fmt="JPEG")
+        make_image(
+            root / "TestImage" / f"{number:05d}.jpg", size=(12, 9), color=(25 * number % 256, 90, 160), fmt="JPEG"
+        )
         rows.append([f"{number:05d}.jpg", mos, 50, 51, 52, 53, 54])
     return write_csv(root / "Annotations" / f"{SPAQ_TABLE}.csv", SPAQ_HEADER, rows)
 
@@ -45,7 +47,7 @@ def standin_agiqa(root, scores=(0.97, 1.36, 4.49), folder="AGIQA-3K"):
     rows = []
     for number, mos in enumerate(scores):
         name = f"AttnGAN_normal_{number:03d}.jpg"
-        make_image(root / folder / name, fmt="JPEG")
+        make_image(root / folder / name, color=(200, 25 * number % 256, 40), fmt="JPEG")
         rows.append([name, "statue of a man", "", "", "", mos, 0.22, 0.41, 0.62])
     return write_csv(root / "data.csv", header, rows)
 
