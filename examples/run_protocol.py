@@ -630,9 +630,8 @@ DEQA_TABLE = (
     "against the paper before quoting"
 )
 # Published figures of models trained on KonIQ-10k's training split: method -> (source, {dataset: (PLCC, SRCC)}).
-# A dataset missing from a method's figures prints NOT_VERIFIED. LIQE has no row in DeQA-Score's table; its
-# KonIQ-trained cross-dataset figures are to be filled from a paper that reports them (Q-Insight's and RALI's tables
-# were checked and do not list LIQE either).
+# A dataset missing from a method's figures prints NOT_VERIFIED. LIQE has no row in DeQA-Score's table, and no figures
+# of LIQE trained on KonIQ-10k alone and tested on these sets were found offline: fill them from a paper that has them.
 PUBLISHED_KONIQ_CROSS = {
     "LIQE": ("not found offline: fill from a paper that trains LIQE on KonIQ-10k alone and tests on these sets", {}),
     "Q-Align": (
