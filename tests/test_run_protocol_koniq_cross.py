@@ -63,10 +63,17 @@ def test_koniq_cross_dry_run_costs_count_the_official_split_and_the_cross_scorin
     assert "arXiv:2501.11561), Table 3" in printed
 
 
-def test_koniq_cross_needs_koniq(capsys):
+def test_koniq_cross_needs_koniq_and_existing_folders(tmp_path, capsys):
     with pytest.raises(SystemExit):
         protocol.main(["--table", "koniq-cross", "--output_dir", "/tmp/never", "--dry_run"])
     assert "--table koniq-cross needs --data_dir koniq10k=PATH" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        protocol.main(
+            ["--table", "koniq-cross", "--output_dir", str(tmp_path / "o")]
+            + ["--data_dir", f"koniq10k={tmp_path}", "--data_dir", f"spaq={tmp_path / 'SPAQ'}"]
+        )
+    assert f"--data_dir spaq={tmp_path / 'SPAQ'}: no such folder." in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_koniq_cross_trains_on_the_official_split_and_scores_the_test_sets(tiny_clip, tmp_path, monkeypatch, capsys):
