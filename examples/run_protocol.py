@@ -7,6 +7,11 @@ write a Markdown table of the medians beside the numbers the paper reports (OUT/
     python examples/run_protocol.py --table 1 --liqe_root /data/LIQE/IQA_Database --output_dir runs
     # Table 3 (cross-dataset, reuses Table 1's models), 4 (ablations), 5 (20/40/60 % of the data), 6 (prompt lengths)
     python examples/run_protocol.py --table 4 --liqe_root /data/LIQE/IQA_Database --output_dir runs
+    # today's benchmark: trained on KonIQ-10k's official training split, tested on KonIQ's test split, SPAQ,
+    # KADID-10k, LIVE Challenge and AGIQA-3K (official layouts), beside LIQE, Q-Align and DeQA-Score's published figures
+    python examples/run_protocol.py --table koniq-cross --output_dir runs --data_dir koniq10k=/data/koniq10k \
+        --data_dir spaq=/data/SPAQ --data_dir kadid10k=/data/kadid10k --data_dir livec=/data/ChallengeDB_release \
+        --data_dir agiqa3k=/data/AGIQA-3K
     # the first GPU hour: one split of KonIQ-10k and of LIVE Challenge, score-loss scale 1 and 10, flips on and off
     python examples/run_protocol.py --pilot --liqe_root /data/LIQE/IQA_Database --output_dir runs
     # any other experiment: the splits of one train.py command
@@ -36,14 +41,23 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from mpiqe_hf.data import get_dataset_spec
+from mpiqe_hf.data import KONIQ_OFFICIAL_SIZES, get_dataset_spec
 from mpiqe_hf.data.specs import canonical_dataset_name
 
 
 HERE = Path(__file__).resolve().parent
 
 DATASETS = ("live", "csiq", "kadid10k", "livec", "bid", "koniq10k")
-TITLES = {"live": "LIVE", "csiq": "CSIQ", "kadid10k": "KADID", "livec": "LIVEC", "bid": "BID", "koniq10k": "KonIQ"}
+TITLES = {
+    "live": "LIVE",
+    "csiq": "CSIQ",
+    "kadid10k": "KADID",
+    "livec": "LIVEC",
+    "bid": "BID",
+    "koniq10k": "KonIQ",
+    "spaq": "SPAQ",
+    "agiqa3k": "AGIQA-3K",
+}
 # Images per dataset (the published counts; the embedded synthetic set's 336), for the cost estimate.
 DATASET_IMAGES = {
     "live": 779,
@@ -52,6 +66,8 @@ DATASET_IMAGES = {
     "livec": 1162,
     "bid": 586,
     "koniq10k": 10073,
+    "spaq": 11125,
+    "agiqa3k": 2982,
     "synthetic": 336,
 }
 # The assumed cost of one training crop (forward and backward of ViT-B/16 with MP-IQE's prompts, its share of the
@@ -106,10 +122,13 @@ def parse_args(argv=None):
     what = parser.add_mutually_exclusive_group()
     what.add_argument(
         "--table",
-        type=int,
-        choices=[1, 3, 4, 5, 6],
+        choices=["1", "3", "4", "5", "6", "koniq-cross"],
         default=None,
-        help="Reproduce this table of the paper (default: the splits of the train.py command after --).",
+        help=(
+            "Reproduce this table of the paper, or koniq-cross: trained on KonIQ-10k's official training split, tested "
+            "on KonIQ's test split, SPAQ, KADID-10k, LIVE Challenge and AGIQA-3K (each from --data_dir NAME=PATH, "
+            "official layouts) beside published figures (default: the splits of the train.py command after --)."
+        ),
     )
     what.add_argument(
         "--pilot",
@@ -132,9 +151,14 @@ def parse_args(argv=None):
         action="append",
         default=[],
         metavar="DATASET=PATH",
-        help="Image folder of one dataset (repeatable).",
+        help="Image folder of one dataset (repeatable); with --table koniq-cross, the dataset's official release.",
     )
-    parser.add_argument("--num_splits", type=int, default=None, help="Splits per experiment (10; --pilot: 1).")
+    parser.add_argument(
+        "--num_splits",
+        type=int,
+        default=None,
+        help="Splits per experiment (10; --pilot: 1); with --table koniq-cross, training runs of seeds 1.. (1).",
+    )
     parser.add_argument("--first_split", type=int, default=1)
     parser.add_argument("--launch_args", type=str, default="", help="Options for `accelerate launch`.")
     parser.add_argument("--evaluate_args", type=str, default="", help="Extra options for evaluate.py.")
@@ -153,12 +177,16 @@ def parse_args(argv=None):
     if args.train_args and args.train_args[0] == "--":
         args.train_args = args.train_args[1:]
     if args.num_splits is None:
-        args.num_splits = 1 if args.pilot else 10
+        args.num_splits = 1 if args.pilot or args.table == "koniq-cross" else 10
     if args.seconds_per_crop <= 0:
         parser.error(f"--seconds_per_crop must be positive, got {args.seconds_per_crop}.")
     if not 1 <= args.first_split <= args.first_split + args.num_splits - 1 <= 10:
         parser.error("splits must lie in 1..10.")
-    if (args.table is not None or args.pilot) and args.liqe_root is None:
+    if args.table == "koniq-cross" and "koniq10k" not in data_dirs(args):
+        parser.error(
+            "--table koniq-cross needs --data_dir koniq10k=PATH (KonIQ-10k with koniq10k_distributions_sets.csv)."
+        )
+    if (args.table not in (None, "koniq-cross") or args.pilot) and args.liqe_root is None:
         what = f"--table {args.table}" if args.table is not None else "--pilot"
         parser.error(f"{what} needs --liqe_root (LIQE's IQA_Database folder with the label files).")
     for option in ("liqe_root", "data_root"):  # a dry run only prints the commands
@@ -167,7 +195,20 @@ def parse_args(argv=None):
             parser.error(f"--{option} {folder}: no such folder.")
     if any("=" not in item for item in args.data_dir):
         parser.error("--data_dir takes DATASET=PATH.")
+    if args.table == "koniq-cross" and not args.dry_run:  # a test set's typo would show only after the training
+        missing = [f"{name}={path}" for name, path in data_dirs(args).items() if not Path(path).is_dir()]
+        if missing:
+            parser.error(f"--data_dir {', '.join(missing)}: no such folder.")
     return args
+
+
+def data_dirs(args) -> dict:
+    """`--data_dir NAME=PATH` options by dataset name (aliases such as koniq or AGIQA-3K resolved)."""
+    folders = {}
+    for item in args.data_dir:
+        name, _, path = item.partition("=")
+        folders[canonical_dataset_name(name) or name] = path
+    return folders
 
 
 def load_train_script():
@@ -219,10 +260,11 @@ class Runner:
         self.args = args
         self.out = Path(args.output_dir)
         self.splits = list(range(args.first_split, args.first_split + args.num_splits))
-        self.data_dirs = dict(item.split("=", 1) for item in args.data_dir)
+        self.data_dirs = data_dirs(args)
         self.disk_options = list(disk_options)
         self.planning = planning
         self.planned, self.experiments, self.already_trained = [], [], 0
+        self.cross_evaluations = []  # (experiment folder, dataset) of every --protocol cross scoring, for the costs
 
     def run(self, command):
         if self.planning:
@@ -246,8 +288,9 @@ class Runner:
             "paper",
         ]
 
-    def train(self, run, train_args):
-        """Trains the splits of one experiment into OUTPUT_DIR/<run>/split_<k>; returns their folders."""
+    def train(self, run, train_args, seeded=False):
+        """Trains the splits of one experiment into OUTPUT_DIR/<run>/split_<k>; returns their folders. `seeded`: the
+        split is fixed (KonIQ's official one), so run k differs from the others by its `--seed k` instead."""
         folders = []
         for k in self.splits:
             split_dir = self.out / run / f"split_{k}"
@@ -257,8 +300,9 @@ class Runner:
                 if not self.planning:
                     print(f"{run} split {k}: already trained in {split_dir}")
                 continue
+            experiment_args = [*train_args, "--seed", str(k)] if seeded else train_args
             options = [
-                *merged_config_overrides(train_args, self.args.train_args),
+                *merged_config_overrides(experiment_args, self.args.train_args),
                 "--split_index",
                 str(k),
                 "--output_dir",
@@ -285,6 +329,8 @@ class Runner:
         """Scores `folders` with evaluate.py, baselines included, into OUTPUT_DIR/evaluation/<name>; returns its
         summary (None when nothing runs)."""
         out = self.out / "evaluation" / name  # name "" for the splits of a plain train.py command
+        if self.planning and "cross" in extra:
+            self.cross_evaluations.append((Path(folders[0]).parent, extra[extra.index("--dataset_name") + 1]))
         self.run(
             [
                 sys.executable,
@@ -389,12 +435,15 @@ def parameter_bytes(overrides, train_script):
     return 4 * trained, 4 * sum(p.numel() for p in model.parameters())
 
 
-def estimate_costs(planned, seconds_per_crop, train_script, disk_options) -> dict:
+def estimate_costs(planned, seconds_per_crop, train_script, disk_options, cross_evaluations=()) -> dict:
     """
     Disk and GPU time of the `planned` runs (`Runner.planned`): per run the final model and `best/` (adapter-only
     with `--save_adapter_only`, else full) and, with --checkpointing_steps, one checkpoint (its weights and Adam's two
     moments); GPU seconds = `seconds_per_crop` x (training crops + a third of the evaluation crops: train.py's
-    evaluations and evaluate.py's model, CLIP-IQA and probe passes), from the dataset's image count (80/20 split).
+    evaluations and evaluate.py's model, CLIP-IQA and probe passes), from the dataset's image count (80/20 split, or
+    KonIQ's official 7,058/1,000/2,015), plus, for each `(experiment folder, dataset)` of `cross_evaluations`
+    (`Runner.cross_evaluations`), each of its runs' three passes over that dataset and the probe's over the training
+    part.
     """
     sizes, disk, seconds, unknown, crops = {}, 0, 0.0, [], [0, 0]
     for _run, split_dir, options in planned:
@@ -411,10 +460,14 @@ def estimate_costs(planned, seconds_per_crop, train_script, disk_options) -> dic
         if images is None:
             unknown.append(str(split_dir))
             continue
-        train_images = round(0.8 * images * data_args.train_fraction)
+        if data_args.split_protocol == "official":
+            train_images = round(KONIQ_OFFICIAL_SIZES["training"] * data_args.train_fraction)
+            validation_images, test_images = KONIQ_OFFICIAL_SIZES["validation"], KONIQ_OFFICIAL_SIZES["test"]
+        else:
+            train_images = round(0.8 * images * data_args.train_fraction)
+            validation_images = test_images = images - round(0.8 * images)
         if data_args.max_train_samples is not None:
             train_images = min(train_images, data_args.max_train_samples)
-        test_images = images - round(0.8 * images)
         train_crops = train_images * model_args.num_crops * args.num_train_epochs
         if args.max_train_steps is not None:
             batch = (args.per_device_train_batch_size or get_dataset_spec(name).batch_size) * (
@@ -423,7 +476,11 @@ def estimate_costs(planned, seconds_per_crop, train_script, disk_options) -> dic
             train_crops = min(train_crops, args.max_train_steps * batch)
         eval_crops = model_args.eval_num_crops or model_args.num_crops
         evaluations = -(-args.num_train_epochs // args.eval_every_epoch)
-        forward_crops = eval_crops * (evaluations * test_images + 3 * test_images + train_images)
+        forward_crops = eval_crops * (evaluations * validation_images + 3 * test_images + train_images)
+        # this model scored on other datasets: each one's images three times, the probe's training part once more
+        for experiment, dataset in cross_evaluations:
+            if experiment == split_dir.parent:
+                forward_crops += eval_crops * (3 * DATASET_IMAGES[dataset] + train_images)
         crops[0] += train_crops
         crops[1] += forward_crops
         seconds += seconds_per_crop * (train_crops + forward_crops / 3)
@@ -568,6 +625,109 @@ def table_6(runner):
     return "Table 6: prompt lengths (PLCC / SRCC)", rows
 
 
+# --table koniq-cross: the test sets, in the order of the recent papers' tables (KonIQ's own test split first).
+KONIQ_CROSS_TESTS = ("koniq10k", "spaq", "kadid10k", "livec", "agiqa3k")
+NOT_VERIFIED = "n/a (not verified offline)"
+DEQA_TABLE = (
+    "DeQA-Score (You et al., CVPR 2025, arXiv:2501.11561), Table 3 (models trained on KonIQ-10k); transcribed from two "
+    "public copies of that table that agree cell for cell (the paper itself was not readable offline): check "
+    "against the paper before quoting"
+)
+# Published figures of models trained on KonIQ-10k's training split: method -> (source, {dataset: (PLCC, SRCC)}).
+# A dataset missing from a method's figures prints NOT_VERIFIED. LIQE has no row in DeQA-Score's table, and no figures
+# of LIQE trained on KonIQ-10k alone and tested on these sets were found offline: fill them from a paper that has them.
+PUBLISHED_KONIQ_CROSS = {
+    "LIQE": ("not found offline: fill from a paper that trains LIQE on KonIQ-10k alone and tests on these sets", {}),
+    "Q-Align": (
+        DEQA_TABLE,
+        {
+            "koniq10k": (0.941, 0.940),
+            "spaq": (0.886, 0.887),
+            "kadid10k": (0.674, 0.684),
+            "livec": (0.853, 0.860),
+            "agiqa3k": (0.772, 0.735),
+        },
+    ),
+    "DeQA-Score": (
+        DEQA_TABLE,
+        {
+            "koniq10k": (0.953, 0.941),
+            "spaq": (0.895, 0.896),
+            "kadid10k": (0.694, 0.687),
+            "livec": (0.892, 0.879),
+            "agiqa3k": (0.809, 0.729),
+        },
+    ),
+}
+
+
+def _published(figures, name):
+    return NOT_VERIFIED if name not in figures else f"{figures[name][0]:.3f} / {figures[name][1]:.3f}"
+
+
+def koniq_cross(runner):
+    """Today's benchmark (Q-Align, DeQA-Score, Q-Insight): MP-IQE trained on KonIQ-10k's official training split (the
+    epoch chosen on its validation split), scored on its test split and, whole, on SPAQ, KADID-10k, LIVE Challenge and
+    AGIQA-3K in their official layouts, beside the published figures of PUBLISHED_KONIQ_CROSS. A test set without a
+    --data_dir is skipped, saying so."""
+    koniq = runner.data_dirs["koniq10k"]
+    folders = runner.train(
+        "koniq_official",
+        [
+            "--dataset_name",
+            "koniq10k",
+            "--data_dir",
+            koniq,
+            "--split_protocol",
+            "official",
+            "--load_best_model_at_end",
+        ],
+        seeded=True,
+    )
+    summaries = {}
+    for name in KONIQ_CROSS_TESTS:
+        if name == "koniq10k":  # each model on the test part of its own (official) split
+            summary = runner.evaluate("koniq_official_on_koniq10k_test", folders, "--protocol", "paper_splits")
+        elif name in runner.data_dirs:
+            extra = ["--protocol", "cross", "--dataset_name", name, "--data_dir", runner.data_dirs[name]]
+            if get_dataset_spec(name).max_image_size is not None:  # SPAQ at the scale the published figures used
+                extra += ["--max_image_size", str(get_dataset_spec(name).max_image_size)]
+            summary = runner.evaluate(f"koniq_official_on_{name}", folders, *extra)
+        else:
+            if not runner.planning:
+                print(f"koniq-cross: {TITLES[name]} skipped: no --data_dir {name}=PATH given.", flush=True)
+            summaries[name] = "skipped"
+            continue
+        summaries[name] = summary
+    header = " | ".join(f"{TITLES[n]}{' test' if n == 'koniq10k' else ''}" for n in KONIQ_CROSS_TESTS)
+    rows = [f"| method | {header} | source |", "|---" * (len(KONIQ_CROSS_TESTS) + 2) + "|"]
+    ours = (
+        ("MP-IQE", "", f"this run: median of {len(folders)} seed(s), each the best epoch on KonIQ's validation split"),
+        ("CLIP-IQA (zero-shot, same CLIP)", "clip_iqa_", "this run, same images"),
+        (
+            "linear probe (ridge on the CLIP image embedding)",
+            "linear_probe_",
+            "this run, fitted on KonIQ's training split",
+        ),
+    )
+    for label, prefix, source in ours:
+        cells = [
+            "skipped (no --data_dir)" if summaries[n] == "skipped" else _slash(summaries[n], prefix)
+            for n in KONIQ_CROSS_TESTS
+        ]
+        rows.append(f"| {label} | " + " | ".join(cells) + f" | {source} |")
+    sources = list(dict.fromkeys(source for source, _ in PUBLISHED_KONIQ_CROSS.values()))
+    for method, (source, figures) in PUBLISHED_KONIQ_CROSS.items():
+        rows.append(
+            f"| {method} (published) | "
+            + " | ".join(_published(figures, n) for n in KONIQ_CROSS_TESTS)
+            + f" | note {sources.index(source) + 1} |"
+        )
+    rows.append("")
+    rows.extend(f"{i}. {source}" for i, source in enumerate(sources, start=1))
+    return "KonIQ cross-dataset: trained on KonIQ-10k's official training split (PLCC / SRCC)", rows
+
+
 PILOT_DATASETS = ("koniq10k", "livec")
 PILOT_SCORE_LOSS_SCALES = (1, 10)
 
@@ -597,7 +757,7 @@ def plain(runner):
     return "The splits of the train.py command", None
 
 
-TABLES = {1: table_1, 3: table_3, 4: table_4, 5: table_5, 6: table_6}
+TABLES = {"1": table_1, "3": table_3, "4": table_4, "5": table_5, "6": table_6, "koniq-cross": koniq_cross}
 
 
 def main(argv=None):
@@ -613,16 +773,21 @@ def main(argv=None):
     experiment = pilot if args.pilot else TABLES[args.table] if args.table is not None else plain
     planner = Runner(args, disk_options, planning=True)
     experiment(planner)
-    costs = estimate_costs(planner.planned, args.seconds_per_crop, train_script, disk_options)
+    costs = estimate_costs(
+        planner.planned, args.seconds_per_crop, train_script, disk_options, planner.cross_evaluations
+    )
     print_costs(costs, args, planner.already_trained, disk_options)
 
     runner = Runner(args, disk_options)
     title, rows = experiment(runner)
-    splits = f"({len(runner.splits)} split(s): {runner.splits[0]}..{runner.splits[-1]})"
+    what = "training run(s), seeds" if args.table == "koniq-cross" else "split(s):"
+    splits = f"({len(runner.splits)} {what} {runner.splits[0]}..{runner.splits[-1]})"
     text = f"## {title}\n\n{splits}\n\n"
     if rows:
-        text += "\n".join(rows) + "\n\n### Every experiment beside the baselines (PLCC / SRCC)\n\n"
-    text += "\n".join(experiments_table(runner.experiments)) + "\n"
+        text += "\n".join(rows) + "\n"
+    if runner.experiments:  # koniq-cross has its baselines in its own table
+        text += "\n### Every experiment beside the baselines (PLCC / SRCC)\n\n" if rows else ""
+        text += "\n".join(experiments_table(runner.experiments)) + "\n"
     print(text)
     if experiment is plain:
         summary = runner.experiments[0][1]

@@ -67,7 +67,17 @@ def image_paths(ds):
 
 
 def test_dataset_specs():
-    assert set(IQA_DATASETS) == {"koniq10k", "kadid10k", "live", "csiq", "livec", "bid", "synthetic"}
+    assert set(IQA_DATASETS) == {
+        "koniq10k",
+        "kadid10k",
+        "live",
+        "csiq",
+        "livec",
+        "bid",
+        "spaq",
+        "agiqa3k",
+        "synthetic",
+    }
     for name in ("live", "csiq"):
         assert get_dataset_spec(name).score_loss_weight == 0.1
     for name in ("koniq10k", "kadid10k", "livec", "bid", "synthetic"):
@@ -101,6 +111,8 @@ def test_max_image_size_defaults_per_dataset(tmp_path):
         "csiq": None,
         "livec": None,
         "bid": 1024,
+        "spaq": 683,
+        "agiqa3k": None,
         "synthetic": None,
     }
     assert default_max_image_size("KonIQ-10k") == 512 and default_max_image_size(None) is None

@@ -48,7 +48,7 @@ def test_table_1_dry_run_prints_its_costs_first_and_passes_the_disk_options(monk
     assert f"disk: about {protocol._size(60 * 2 * adapter)} for the new runs (adapter-only" in costs
     assert 60 * 2 * adapter < 64e9  # Table 1 fits 64 GB
     # GPU time: 80 % of each dataset x 8 crops x 30 epochs, at 0.005 s per crop, plus a third of the evaluation crops
-    train_crops = sum(round(0.8 * n) * 8 * 30 for name, n in protocol.DATASET_IMAGES.items() if name != "synthetic")
+    train_crops = sum(round(0.8 * protocol.DATASET_IMAGES[name]) * 8 * 30 for name in protocol.DATASETS)
     assert f"{10 * train_crops / 1e6:.2f} M training crops" in costs
     hours = float(costs.split("GPU: about ")[1].split(" ")[0])
     assert 10 * train_crops * 0.005 / 3600 < hours < 1.5 * 10 * train_crops * 0.005 / 3600

@@ -38,7 +38,7 @@ from .specs import (
     skipped_samples,
     with_iqa_info,
 )
-from .splits import paper_splits, splits_by_content, subsample
+from .splits import KONIQ_OFFICIAL_SIZES, koniq_official_splits, paper_splits, splits_by_content, subsample
 from .synthetic import build_synthetic, load_synthetic, pseudo_mos
 
 
@@ -64,9 +64,9 @@ def load_iqa_dataset(
 
     - `"synthetic"` (or None): the embedded set, built on first use under `cache_dir` (default
       `~/.cache/mpiqe_hf`, or `$MPIQE_HF_CACHE`) in `synthetic/<version>-<seed>`. Extra: `include_references=True`.
-    - `"koniq10k"`, `"kadid10k"`, `"live"`, `"csiq"`, `"livec"`, `"bid"`: with `label_file` (a LIQE `*_clip.txt`
+    - `"koniq10k"`, `"kadid10k"`, `"live"`, `"csiq"`, `"livec"`, `"bid"`, `"spaq"`, `"agiqa3k"`: with `label_file` (a LIQE `*_clip.txt`
       file or a LIQE database folder) the LIQE labels, image paths relative to `data_dir`; without it the official
-      layout under `data_dir` (extras: `image_folder=` for KonIQ, `live_realigned=` for LIVE).
+      layout under `data_dir` (extras: `image_folder=` for KonIQ and AGIQA-3K, `live_realigned=` for LIVE).
     - a folder with `metadata.csv`: `file_name`, `mos`, optional `scene` (`|`-separated), `distortion`,
       `content_id`; range from `mos_range` or the data, direction from `higher_is_better`.
     - a `save_to_disk` folder, another local folder or a Hub id: `datasets.load_dataset(name, split=split)` with
@@ -167,6 +167,8 @@ __all__ = [
     "paper_splits",
     "splits_by_content",
     "liqe_splits",
+    "koniq_official_splits",
+    "KONIQ_OFFICIAL_SIZES",
     "subsample",
     "normalize_mos",
     "map_scene",

@@ -12,6 +12,9 @@ Layouts (relative to `data_dir`):
 - LIVE Challenge: `Data/AllImages_release.mat`, `Data/AllMOS_release.mat`, `Images/`; the 7 training images
   `t1.bmp`..`t7.bmp` are left out (1162 images remain).
 - BID: `DatabaseGrades.xlsx` or `DatabaseGrades.csv` (image number, MOS) + `ImageDatabase/DatabaseImage%04d.JPG`.
+- SPAQ: `Annotations/MOS and Image attribute scores.xlsx` (or its CSV export `... scores.csv`; columns `Image name`,
+  `MOS` on 0-100) + `TestImage/00001.jpg`..`11125.jpg`.
+- AGIQA-3K: `data.csv` (`name`, `mos_quality`, ...) + the images in `AGIQA-3K/` (the archive's folder) or next to it.
 """
 
 from __future__ import annotations
@@ -350,6 +353,36 @@ def _bid(root: Path, out, options):
     return table
 
 
+SPAQ_SCORE_FILES = ("MOS and Image attribute scores.xlsx", "MOS and Image attribute scores.csv")
+
+
+def _spaq(root: Path, out, options):
+    table = _first_existing(root / "Annotations", SPAQ_SCORE_FILES, "SPAQ MOS table")
+    _, rows = _read_table(table, required=("image name", "mos"))
+    for line, row in rows:
+        name = str(row.get("image name") or "").strip()
+        if not name:
+            out.report(table, line, "image name", "empty image name")
+            continue
+        out.add(table, line, f"TestImage/{name}", row.get("mos"), None, name)
+    return table
+
+
+def _agiqa3k(root: Path, out, options):
+    csv_path = _require(root / "data.csv", "AGIQA-3K score file")
+    folder = options.get("image_folder")
+    if folder is None:
+        folder = "AGIQA-3K" if (root / "AGIQA-3K").is_dir() else "."
+    _, rows = _read_table(csv_path, required=("name", "mos_quality"))
+    for line, row in rows:
+        name = str(row.get("name") or "").strip()
+        if not name:
+            out.report(csv_path, line, "name", "empty image name")
+            continue
+        out.add(csv_path, line, os.path.normpath(os.path.join(folder, name)), row.get("mos_quality"), None, name)
+    return csv_path
+
+
 class RawRows:
     """The rows an official loader read, as the raw columns of `validation.finalize_dataset`, plus the rows it could
     not read (bad index, unknown distortion code, ...)."""
@@ -385,6 +418,8 @@ OFFICIAL_LOADERS = {
     "csiq": _csiq,
     "livec": _livec,
     "bid": _bid,
+    "spaq": _spaq,
+    "agiqa3k": _agiqa3k,
 }
 
 

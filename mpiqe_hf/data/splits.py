@@ -1,10 +1,23 @@
-"""Random train/test splits of the MP-IQE protocol and the data-efficiency subsampling."""
+"""Random train/test splits of the MP-IQE protocol, KonIQ-10k's official split and the data-efficiency subsampling."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
+import datasets
 import numpy as np
+
+from .official import _read_table
+
+
+#: KonIQ-10k's official split: the `set` column of this file (github.com/subpic/koniq, `metadata/`), whose rows
+#: say `training` (7,058 images), `validation` (1,000) or `test` (2,015). Its `MOS` column is on a 0-100 scale, not
+#: the 1-5 of koniq10k_scores_and_distributions.csv, so only `image_name` and `set` are read from it.
+KONIQ_SETS_FILE = "koniq10k_distributions_sets.csv"
+KONIQ_OFFICIAL_SIZES = {"training": 7058, "validation": 1000, "test": 2015}
+_KONIQ_PARTS = {"training": "train", "validation": "val", "test": "test"}
 
 
 def _content_ids(ds) -> list:
@@ -90,3 +103,59 @@ def subsample(indices: Sequence[int], fraction: float, seed: int = 0) -> list[in
     order = np.random.default_rng([int(seed), 7919]).permutation(len(indices))
     k = max(1, int(round(fraction * len(indices))))
     return sorted(indices[i] for i in order[:k])
+
+
+def koniq_official_splits(dataset, sets_file=None) -> dict:
+    """`{"train": [...], "val": [...], "test": [...]}` indices of KonIQ-10k's official split into `dataset`.
+
+    Images are matched by file name with the `set` column of `sets_file` (default: `koniq10k_distributions_sets.csv`
+    in the dataset's `data_dir`). Every problem of the file (empty name, a name listed twice, an unknown `set`) and
+    every image of `dataset` the file does not list are reported together in one `ValueError`. Rows of the file that
+    `dataset` lacks (left out as bad samples) are in no part. Indices are sorted.
+    """
+    if sets_file is None:
+        info = getattr(dataset.info, "iqa", None)
+        if info is None or info.data_dir is None:
+            raise ValueError(f"KonIQ-10k's official split: pass sets_file (the {KONIQ_SETS_FILE} file).")
+        sets_file = Path(info.data_dir) / KONIQ_SETS_FILE
+    sets_file = Path(sets_file)
+    if not sets_file.is_file():
+        raise ValueError(
+            f"KonIQ-10k's official split file not found: {sets_file}. It is metadata/{KONIQ_SETS_FILE} of "
+            "github.com/subpic/koniq; put it in the KonIQ-10k folder (--data_dir)."
+        )
+    _, rows = _read_table(sets_file, required=("image_name", "set"))
+    part_of, first_line, problems = {}, {}, []
+    for line, row in rows:
+        name = str(row.get("image_name") or "").strip()
+        part = str(row.get("set") or "").strip().lower()
+        if not name:
+            problems.append(f"line {line}, field 'image_name': empty image name")
+        elif name in part_of:
+            problems.append(
+                f"line {line}, field 'image_name': {name!r} is listed twice (first on line {first_line[name]})"
+            )
+        elif part not in _KONIQ_PARTS:
+            problems.append(f"line {line}, field 'set': {row.get('set')!r} is not one of {list(_KONIQ_PARTS)}")
+        else:
+            part_of[name], first_line[name] = _KONIQ_PARTS[part], line
+    images = dataset.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))["image"]
+    parts = {"train": [], "val": [], "test": []}
+    unlisted = []
+    for index, image in enumerate(images):
+        name = os.path.basename(image["path"] or "")
+        if name in part_of:
+            parts[part_of[name]].append(index)
+        else:
+            unlisted.append(name)
+    if unlisted:
+        problems.append(
+            f"{len(unlisted)} image(s) of the dataset are not listed: {', '.join(unlisted[:5])}"
+            + (", ..." if len(unlisted) > 5 else "")
+        )
+    if problems:
+        raise ValueError(
+            f"{sets_file}: KonIQ-10k's official split cannot be read (use the file of github.com/subpic/koniq, "
+            "metadata/, unchanged):\n" + "\n".join(f"  {p}" for p in problems)
+        )
+    return parts

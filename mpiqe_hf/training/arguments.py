@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from ..data.specs import default_max_image_size
 
 
-SPLIT_PROTOCOLS = ("paper", "liqe", "none")
+SPLIT_PROTOCOLS = ("paper", "liqe", "official", "none")
 
 
 @dataclass
@@ -19,7 +19,8 @@ class DataArguments:
         default=None,
         metadata={
             "help": (
-                "Built-in name (koniq10k, kadid10k, live, csiq, livec, bid, synthetic), a folder with metadata.csv, a "
+                "Built-in name (koniq10k, kadid10k, live, csiq, livec, bid, spaq, agiqa3k, synthetic), a folder with "
+                "metadata.csv, a "
                 "save_to_disk folder or a Hub dataset. Default: synthetic (the embedded set)."
             )
         },
@@ -45,7 +46,8 @@ class DataArguments:
             "choices": list(SPLIT_PROTOCOLS),
             "help": (
                 "paper (default): the paper's random 80/20 split, 10 repetitions (content-disjoint for synthetic datasets); "
-                "liqe: LIQE's splits2/<k> 70/10/20 train/val/test (needs --label_file); none: train on all of --train_dir, "
+                "liqe: LIQE's splits2/<k> 70/10/20 train/val/test (needs --label_file); official: KonIQ-10k's own "
+                "training/validation/test split (koniq10k_distributions_sets.csv in --data_dir); none: train on all of --train_dir, "
                 "validate on --validation_dir (the default when --validation_dir is given)."
             ),
         },

@@ -1,4 +1,4 @@
-"""Which rows train, validate and test: the split protocols (paper, LIQE, none) over the loaded sources."""
+"""Which rows train, validate and test: the split protocols (paper, LIQE, official, none) over the loaded sources."""
 
 from __future__ import annotations
 
@@ -11,7 +11,15 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from ..data import liqe_splits, load_iqa_dataset, paper_splits, splits_by_content, subsample
+from ..data import (
+    iqa_info,
+    koniq_official_splits,
+    liqe_splits,
+    load_iqa_dataset,
+    paper_splits,
+    splits_by_content,
+    subsample,
+)
 from ..data.specs import canonical_dataset_name
 from .arguments import SPLIT_PROTOCOLS, DataArguments
 from .transforms import LabelEncoder
@@ -19,7 +27,8 @@ from .transforms import LabelEncoder
 
 @dataclass
 class SplitPlan:
-    """The parts of a split: training, validation (model selection) and, with LIQE's splits, test."""
+    """The parts of a split: training, validation (model selection) and, with LIQE's and KonIQ's official splits,
+    test."""
 
     protocol: str
     description: str
@@ -32,7 +41,8 @@ class SplitPlan:
 
     @property
     def held_out(self):
-        """`(dataset, indices, name)` of the part a trained model is scored on: LIQE's test part, else validation."""
+        """`(dataset, indices, name)` of the part a trained model is scored on: the test part of LIQE's and KonIQ's
+        official splits, else validation."""
         if self.test_idx is not None:
             return self.test_ds, self.test_idx, "test"
         return self.eval_ds, self.eval_idx, "validation" if self.protocol == "none" else "held-out 20 %"
@@ -101,6 +111,14 @@ def plan_split(data_args: DataArguments, seed: int = 0, loaded=None) -> SplitPla
         parts = _liqe_parts(data_args, name, train_ds)
         train_idx, eval_idx, test_ds, test_idx = parts["train"], parts["val"], train_ds, parts["test"]
         description = f"liqe: LIQE's splits2/{k} of {name} (train/val/test 70/10/20)"
+    elif protocol == "official":
+        if iqa_info(train_ds).name != "koniq10k":
+            raise ValueError(
+                f"--split_protocol official is KonIQ-10k's own split; {name} has none (use --split_protocol paper)."
+            )
+        parts = koniq_official_splits(train_ds)
+        train_idx, eval_idx, test_ds, test_idx = parts["train"], parts["val"], train_ds, parts["test"]
+        description = "official: KonIQ-10k's training/validation/test split (koniq10k_distributions_sets.csv)"
     elif protocol == "paper":
         if data_args.validation_dir is not None and data_args.train_dir is not None:
             raise ValueError("--validation_dir is only used with --split_protocol none; drop one of them.")
