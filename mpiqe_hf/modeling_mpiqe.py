@@ -628,6 +628,10 @@ class MPIQEModel(MPIQEPreTrainedModel):
         model, loading_info = super().from_pretrained(source, *model_args, output_loading_info=True, **kwargs)
         _raise_for_weight_problems(pretrained_model_name_or_path, loading_info)
         model.config.adapter_base_weights_sha256 = None
+        if source is None and pretrained_model_name_or_path is not None:
+            # An adapter is built from a state dict, which transformers names "None": name it after its folder or
+            # repo, as a full checkpoint is, so that its processor is looked for there (the pipeline does).
+            model.config.name_or_path = str(pretrained_model_name_or_path)
         # Loading swaps in new parameter objects, which would be trainable again.
         model.clip.requires_grad_(False)
         return (model, loading_info) if wants_loading_info else model

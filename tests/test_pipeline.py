@@ -184,13 +184,12 @@ def test_a_batch_answers_as_its_images_do(checkpoint):
     alone = [scorer(image, top_k=2, return_normalized_score=True) for image in hwc]
     tensor = torch.from_numpy(hwc).permute(0, 3, 1, 2).float() / 255  # (B, 3, H, W) on [0, 1]
     for batch in (hwc, hwc.transpose(0, 3, 1, 2), tensor, list(hwc)):
-        for batch_size in (1, 2):
-            answers = scorer(batch, top_k=2, return_normalized_score=True, batch_size=batch_size)
-            assert isinstance(answers, list) and len(answers) == 3
-            for answer, expected in zip(answers, alone):
-                assert answer.keys() == expected.keys() and answer["scene"] == expected["scene"]
-                assert answer["normalized_score"] == pytest.approx(expected["normalized_score"], abs=1e-5)
-                assert answer["score"] == pytest.approx(expected["score"], rel=1e-6)  # on the 0-100 scale
+        answers = scorer(batch, top_k=2, return_normalized_score=True, batch_size=2)  # a batch of 2, then 1
+        assert isinstance(answers, list) and len(answers) == 3
+        for answer, expected in zip(answers, alone):
+            assert answer.keys() == expected.keys() and answer["scene"] == expected["scene"]
+            assert answer["normalized_score"] == pytest.approx(expected["normalized_score"], abs=1e-5)
+            assert answer["score"] == pytest.approx(expected["score"], rel=1e-6)  # on the 0-100 scale
     assert scorer([]) == [] and scorer(hwc[:0]) == []
     assert isinstance(scorer(hwc[0]), dict)  # a 3-D array is one image
 
@@ -204,6 +203,7 @@ def test_an_adapter_folder_loads_with_its_configs_default_processor(tmp_path, ti
     save_adapter(model, tmp_path / "adapter")
     assert not (tmp_path / "adapter" / "preprocessor_config.json").exists()
     scorer = pipeline(PIPELINE_TASK, model=str(tmp_path / "adapter"))
+    assert scorer.model.config.name_or_path == str(tmp_path / "adapter")
     assert scorer.image_processor.to_dict() == MPIQEImageProcessor.default_for(model.config).to_dict()
     image = np.random.default_rng(2).integers(0, 256, (40, 40, 3), dtype=np.uint8)
     direct = ImageQualityAssessmentPipeline(model=model, image_processor=scorer.image_processor)
