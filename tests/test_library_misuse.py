@@ -18,6 +18,7 @@ from PIL import Image
 
 from mpiqe_hf import MPIQEImageProcessor, MPIQEModel
 from mpiqe_hf.handler import EndpointHandler
+from mpiqe_hf.model_sources import ModelSourceUnavailable, check_model_source
 from mpiqe_hf.pipeline_mpiqe import ImageQualityAssessmentPipeline, MPIQEImageClassificationPipeline
 
 
@@ -145,6 +146,12 @@ CASES = [
         lambda e: MPIQEModel.from_pretrained(e.folder / "no_model_type"),
         ValueError,
         "holds a config.json without a model_type, not an MP-IQE model: expected a folder or repo",
+    ),
+    (
+        "model folder without config.json",
+        lambda e: check_model_source(str(e.folder), "the model"),
+        ModelSourceUnavailable,
+        "holds no config.json: pass the folder that `save_pretrained`",
     ),
     # Inference Endpoints handler
     ("body not a dict", lambda e: e.handler(["inputs"]), ValueError, 'must be {"inputs": <image'),
