@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageFilter
 from transformers import pipeline
 
-from mpiqe_hf import PIPELINE_TASK, MPIQEImageProcessor, MPIQEModel
+from mpiqe_hf import PIPELINE_TASK, MPIQEImageProcessor, MPIQEModel, load_image
 from mpiqe_hf.visualization import render_overlay
 
 
@@ -113,31 +113,54 @@ def _headline(result, config):
     )
 
 
+def score_upload(scorer, upload, num_crops):
+    """
+    Scores an upload as the demo shows it: `(headline HTML, score, quality, scene and distortion label dicts, map
+    overlay, distortion-window overlay)`. `upload` is the image component's file data (`{"path", "orig_name", ...}`,
+    not decoded by Gradio, so that the pipeline's decoder names what is wrong with a bad file). The score averages
+    `num_crops` grid crops; the maps come from a second pass over the grid that covers the whole photo.
+
+    Raises:
+        `gr.Error`: shown in the page, naming the upload and what is wrong with it.
+    """
+    if upload is None:
+        raise gr.Error("Upload or paste an image first.")
+    path = upload.get("path")
+    if not path:
+        raise gr.Error("The upload arrived without a file: upload or paste the image again.")
+    name = upload.get("orig_name") or os.path.basename(path)
+    config = scorer.model.config
+    num_labels = max(len(config.scene_classes), len(config.distortion_classes), len(config.quality_levels))
+    try:
+        image = load_image(path)
+        result = scorer(image, top_k=num_labels, return_normalized_score=True, num_crops=int(num_crops))
+        maps = scorer(image, return_map=True)
+    except ValueError as err:
+        raise gr.Error(f"Cannot score {name}: {err}") from err
+    as_dict = lambda items: {item["label"]: item["score"] for item in items}  # noqa: E731
+    coverage = maps["map_coverage"]
+    gradcam = render_overlay(image, maps["quality_map"], label="degradation", coverage=coverage)
+    windows = None
+    if maps.get("distortion_map") is not None:
+        label = f"{maps['distortion']} windows"
+        windows = render_overlay(image, maps["distortion_map"], label=label, coverage=coverage)
+    return (
+        _headline(result, config),
+        result["score"],
+        as_dict(result["quality_scores"]),
+        as_dict(result.get("scene_scores", [])),
+        as_dict(result.get("distortion_scores", [])),
+        gradcam,
+        windows,
+    )
+
+
 def build_demo(scorer):
     """The Gradio interface around an `image-quality-assessment` pipeline."""
     config = scorer.model.config
-    num_labels = max(len(config.scene_classes), len(config.distortion_classes), len(config.quality_levels))
 
-    def score(image, num_crops):
-        if image is None:
-            raise gr.Error("Upload or paste an image first.")
-        image = image.convert("RGB")
-        num_crops = int(num_crops)
-        result = scorer(image, top_k=num_labels, return_normalized_score=True, return_map=True, num_crops=num_crops)
-        as_dict = lambda items: {item["label"]: item["score"] for item in items}  # noqa: E731
-        gradcam = render_overlay(image, result["quality_map"], label="degradation")
-        windows = None
-        if result.get("distortion_map") is not None:
-            windows = render_overlay(image, result["distortion_map"], label=f"{result['distortion']} windows")
-        return (
-            _headline(result, config),
-            result["score"],
-            as_dict(result["quality_scores"]),
-            as_dict(result.get("scene_scores", [])),
-            as_dict(result.get("distortion_scores", [])),
-            gradcam,
-            windows,
-        )
+    def score(upload, num_crops):
+        return score_upload(scorer, upload, num_crops)
 
     with gr.Blocks(title="MP-IQE image quality") as demo:
         gr.Markdown(
@@ -157,7 +180,8 @@ def build_demo(scorer):
                     value=scorer.image_processor.num_crops,
                     step=1,
                     label="Crops per image",
-                    info="The score averages the crops of a grid over the photo; more crops cover more of it.",
+                    info="The score averages the crops of a grid over the photo; more crops cover more of it. "
+                    "The maps always use a grid that covers the whole photo.",
                     elem_id="crops",
                 )
                 button = gr.Button("Score", variant="primary", elem_id="score-button")
@@ -177,13 +201,14 @@ def build_demo(scorer):
                     scene = gr.Label(label="Scene", num_top_classes=3, elem_id="scene")
                     distortion = gr.Label(label="Distortion", num_top_classes=3, elem_id="distortion")
         gr.Markdown(
-            f"Model: `{html.escape(str(config.name_or_path or 'in memory'))}`. The maps are merged over the "
-            "model's grid of crops; bright = more influence. Quality levels split the normalised score into "
-            "five equal bands."
+            f"Model: `{html.escape(str(config.name_or_path or 'in memory'))}`. The maps are merged over a grid of "
+            "crops that covers the whole photo; bright = more influence. Quality levels split the normalised score "
+            "into five equal bands."
         )
         outputs = [headline, score_value, quality, scene, distortion, gradcam, windows]
-        button.click(score, inputs=[image, crops], outputs=outputs)
-        image.upload(score, inputs=[image, crops], outputs=outputs)
+        # Not preprocessed: Gradio's own decoding would fail on a bad file with a bare "Error".
+        button.click(score, inputs=[image, crops], outputs=outputs, preprocess=False)
+        image.upload(score, inputs=[image, crops], outputs=outputs, preprocess=False)
     return demo
 
 

@@ -28,8 +28,9 @@ ALLOWED_PARAMETERS = ("top_k", "output_format", "num_crops", "return_normalized_
 
 
 def decode_inputs(inputs: Any) -> Any:
-    """The request's image as the pipeline takes it: base64 text (or a data URI) becomes its bytes; bytes, PIL
-    images and URLs pass as they are (the pipeline decodes them and names what is wrong with a bad image)."""
+    """The request's image as the pipeline takes it: base64 text (or a data URI; line breaks and spaces, as the
+    `base64` command wraps its output, are ignored) becomes its bytes; bytes, PIL images and URLs pass as they are
+    (the pipeline decodes them and names what is wrong with a bad image)."""
     if isinstance(inputs, dict) and "image" in inputs:
         return decode_inputs(inputs["image"])
     if isinstance(inputs, (bytes, bytearray, memoryview)):
@@ -43,9 +44,12 @@ def decode_inputs(inputs: Any) -> Any:
         if text.startswith("data:"):
             text = text.partition(",")[2]
         try:
-            return base64.b64decode(text, validate=True)
+            return base64.b64decode("".join(text.split()), validate=True)
         except (binascii.Error, ValueError) as err:
-            raise ValueError("`inputs` is neither an http(s) URL nor a base64-encoded image.") from err
+            raise ValueError(
+                "`inputs` is neither an http(s) URL nor a base64-encoded image: send the image's bytes as base64 "
+                "(`base64 photo.jpg`), as a data URI, or as the raw request body."
+            ) from err
     raise ValueError(
         f"`inputs` must be image bytes, a PIL image, a base64 string or an http(s) URL, got {type(inputs).__name__}."
     )
@@ -68,8 +72,17 @@ class EndpointHandler:
 
     def __call__(self, data: dict[str, Any]) -> list[dict[str, Any]] | dict[str, Any]:
         if not isinstance(data, dict) or "inputs" not in data:
-            raise ValueError('The request must be {"inputs": <image>, "parameters": {...}}.')
-        parameters = dict(data.get("parameters") or {})
+            got = f"a dict with keys {sorted(data)}" if isinstance(data, dict) else f"a {type(data).__name__}"
+            raise ValueError(
+                'The request must be {"inputs": <image: base64, data URI or http(s) URL>, "parameters": {...}}, '
+                f"got {got}."
+            )
+        parameters = data.get("parameters")
+        parameters = {} if parameters is None else parameters
+        if not isinstance(parameters, dict):
+            raise ValueError(
+                f'`parameters` must be a JSON object such as {{"top_k": 3}}, got a {type(parameters).__name__}.'
+            )
         unknown = sorted(set(parameters) - set(ALLOWED_PARAMETERS))
         if unknown:
             raise ValueError(f"Unknown parameters {unknown}; allowed: {list(ALLOWED_PARAMETERS)}.")

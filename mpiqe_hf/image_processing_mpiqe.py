@@ -27,6 +27,7 @@ from .image_utils_mpiqe import to_rgb_array
 __all__ = [
     "MPIQEImageProcessor",
     "MPIQEImageProcessorKwargs",
+    "covering_num_crops",
     "downscaled_size",
     "enlarged_size",
     "grid_crop_positions",
@@ -124,6 +125,35 @@ def grid_crop_positions(
     tops = np.rint(np.linspace(0, height - crop_height, rows)).astype(int)
     lefts = np.rint(np.linspace(0, width - crop_width, cols)).astype(int)
     return [(int(top), int(left)) for top in tops for left in lefts]
+
+
+def _spans_every_pixel(starts: list[int], crop: int, size: int) -> bool:
+    """Whether crops of length `crop` starting at `starts` leave no gap on `0 .. size - 1`."""
+    starts = sorted(set(starts))
+    return starts[0] == 0 and starts[-1] + crop >= size and all(b - a <= crop for a, b in zip(starts, starts[1:]))
+
+
+def covering_num_crops(
+    height: int, width: int, crop_height: int, crop_width: int, max_image_size: int | None = None
+) -> int:
+    """
+    The fewest crops whose grid ([`grid_crop_positions`]) covers every pixel of a `height` x `width` image, as the
+    processor cuts it (after [`enlarged_size`]): what a quality map of the whole image needs.
+
+    At least `ceil(height / crop_height) * ceil(width / crop_width)` crops; [`grid_layout`] may lay that count out in
+    a way that leaves a gap (it spreads crops by their smallest gap), so larger counts are tried. Over every size up
+    to 12 crops a side, at most 1.25 times the least count covers; should none up to twice it, the least count is
+    returned, and the map reports how much it covers.
+    """
+    height, width = enlarged_size(height, width, crop_height, crop_width, max_image_size)
+    least = math.ceil(height / crop_height) * math.ceil(width / crop_width)
+    for num_crops in range(least, 2 * least + 1):
+        positions = grid_crop_positions(height, width, crop_height, crop_width, num_crops)
+        if _spans_every_pixel([top for top, _ in positions], crop_height, height) and _spans_every_pixel(
+            [left for _, left in positions], crop_width, width
+        ):
+            return num_crops
+    return least
 
 
 class MPIQEImageProcessor(PilBackend):
@@ -232,8 +262,10 @@ class MPIQEImageProcessor(PilBackend):
         **kwargs,
     ) -> list[np.ndarray]:
         """Decode each image of the batch and bring it to [`enlarged_size`]; a failure names the image's index."""
-        if crop_size.height is None or crop_size.width is None:
-            raise ValueError(f"crop_size must have 'height' and 'width', got {dict(crop_size)}")
+        if crop_size.height is None or crop_size.width is None or min(crop_size.height, crop_size.width) < 1:
+            raise ValueError(
+                f"crop_size must have a positive 'height' and 'width' (the CLIP's input size), got {dict(crop_size)}"
+            )
         is_batch = isinstance(images, (list, tuple)) or (
             isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4
         )

@@ -164,7 +164,10 @@ def to_rgb_array(image: Any, channels_first: bool = False) -> np.ndarray:
     if image.ndim == 2:
         image = image[None]
     elif image.ndim != 3 or (image.shape[0] not in _CHANNEL_COUNTS and image.shape[-1] not in _CHANNEL_COUNTS):
-        raise ValueError(f"expected an (H, W) image array or one with 1, 3 or 4 channels, got shape {image.shape}")
+        raise ValueError(
+            "expected one image as an (H, W) array or one with 1, 3 or 4 channels first or last (a batch: a list, or "
+            f"a 4-D array to the pipeline), got shape {image.shape}"
+        )
     elif image.shape[-1] in _CHANNEL_COUNTS and not (channels_first and image.shape[0] in _CHANNEL_COUNTS):
         image = np.moveaxis(image, -1, 0)
     if image.shape[1] == 0 or image.shape[2] == 0:

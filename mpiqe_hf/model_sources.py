@@ -55,7 +55,10 @@ def check_model_source(name_or_path: str, what: str, alternatives: Sequence[str]
     path = Path(name_or_path)
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelSourceUnavailable(f"{what} folder {path} holds no config.json.")
+            raise ModelSourceUnavailable(
+                f"{what} folder {path} holds no config.json: pass the folder that `save_pretrained` (or "
+                "`mpiqe_hf.save_adapter`) wrote, or a Hub repo id."
+            )
         return
     try:
         validate_repo_id(name_or_path)

@@ -464,11 +464,14 @@ _CONFIG_FIELDS_OF_WEIGHTS = (
 
 
 def _refuse_other_model_types(source, model_type) -> None:
-    if model_type != MPIQEConfig.model_type:
-        raise ValueError(
-            f"{source} holds a {model_type or 'model without a model_type'!s} model (model_type={model_type!r}), not "
-            f"an MP-IQE model (model_type='{MPIQEConfig.model_type}')."
-        )
+    if model_type == MPIQEConfig.model_type:
+        return
+    held = f"a {model_type} model (model_type={model_type!r})" if model_type else "a config.json without a model_type"
+    raise ValueError(
+        f"{source} holds {held}, not an MP-IQE model: expected a folder or repo whose config.json has "
+        f"model_type='{MPIQEConfig.model_type}', as `MPIQEModel.save_pretrained` or `mpiqe_hf.save_adapter` write it "
+        "(train one with examples/train.py, or build one with `MPIQEModel.from_clip`)."
+    )
 
 
 def _raise_for_weight_problems(source, loading_info: dict) -> None:
@@ -625,6 +628,10 @@ class MPIQEModel(MPIQEPreTrainedModel):
         model, loading_info = super().from_pretrained(source, *model_args, output_loading_info=True, **kwargs)
         _raise_for_weight_problems(pretrained_model_name_or_path, loading_info)
         model.config.adapter_base_weights_sha256 = None
+        if source is None and pretrained_model_name_or_path is not None:
+            # An adapter is built from a state dict, which transformers names "None": name it after its folder or
+            # repo, as a full checkpoint is, so that its processor is looked for there (the pipeline does).
+            model.config.name_or_path = str(pretrained_model_name_or_path)
         # Loading swaps in new parameter objects, which would be trainable again.
         model.clip.requires_grad_(False)
         return (model, loading_info) if wants_loading_info else model
@@ -791,6 +798,12 @@ class MPIQEModel(MPIQEPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         pixel_values = as_crop_batch(pixel_values)
         batch_size, num_crops = pixel_values.shape[:2]
+        size = self.config.clip_config.vision_config.image_size
+        if tuple(pixel_values.shape[-2:]) != (size, size):
+            raise ValueError(
+                f"`pixel_values` holds {pixel_values.shape[-2]}x{pixel_values.shape[-1]} crops, but this model's CLIP "
+                f"takes {size}x{size}: cut them with the checkpoint's MPIQEImageProcessor (crop_size={size})."
+            )
         if text_features is None:
             text_features = self.get_text_features()
 
@@ -857,7 +870,9 @@ class MPIQEModel(MPIQEPreTrainedModel):
 
         Returns:
             [`MPIQEQualityMapOutput`] with `gradcam_maps` and `distortion_maps`, one `(height, width)` tensor in
-            `[0, 1]` per image, and the score and logits of the same forward pass.
+            `[0, 1]` per image, the fraction of each image the crops cover (`coverage`; the maps are 0 outside the
+            crops, so cut [`covering_num_crops`] crops for a map of the whole image), and the score and logits of the
+            same forward pass (the mean over these crops).
         """
         return compute_quality_maps(
             self, pixel_values, image_sizes, text_features=text_features, max_image_size=max_image_size

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import AutoModel, Pipeline
-from transformers.image_utils import get_image_size, infer_channel_dimension_format
 from transformers.pipelines import PIPELINE_REGISTRY, PipelineRegistry
 
 from .configuration_mpiqe import MPIQEConfig
+from .image_processing_mpiqe import MPIQEImageProcessor, covering_num_crops
 from .image_utils_mpiqe import load_image
 
 
@@ -110,8 +110,13 @@ class ImageQualityAssessmentPipeline(Pipeline):
     """
     Scores the quality of images with an [`MPIQEModel`].
 
-    Inputs: a path, an `http(s)://` URL, a `PIL.Image.Image`, encoded bytes, a numpy array or a torch tensor, or a list
-    of them (batched with `batch_size`). Keyword arguments (at construction or per call):
+    Inputs: a path, an `http(s)://` URL, a `PIL.Image.Image`, encoded bytes, a numpy array (`(H, W)`, or `(H, W, C)` /
+    `(C, H, W)` with 1, 3 or 4 channels) or a torch tensor (`(C, H, W)` or `(H, W)`): one image, one result. A list of
+    them, or a 4-D array (`(B, H, W, C)` or `(B, C, H, W)`) or tensor (`(B, C, H, W)`), is a batch (run `batch_size`
+    at a time): a list of results, in order, each equal to the image's own result; an empty list gives `[]`.
+    The model's processor is its checkpoint's `preprocessor_config.json`, or, where the checkpoint has none (an adapter
+    saved by `mpiqe_hf.save_adapter`), `MPIQEImageProcessor.default_for` its config. Keyword arguments (at construction
+    or per call):
 
     - `top_k` (`int`): also return the `top_k` most probable scenes and distortions (softmax of the model's
       logits) and the quality-level weights, as lists of `{"label", "score"}` under `"scene_scores"`,
@@ -122,7 +127,12 @@ class ImageQualityAssessmentPipeline(Pipeline):
     - `timeout` (`float`): seconds to wait for an image URL.
     - `return_map` (`bool`): also return `"quality_map"` and `"distortion_map"`, `(height, width)` float32 arrays in
       `[0, 1]` at the image's size ([`MPIQEModel.quality_map`]: Grad-CAM of the lowered score and the eq. 10 window
-      weights of the predicted distortion, merged over the crop grid). Needs grid crops and the quality form.
+      weights of the predicted distortion, merged over the crop grid), and `"map_coverage"`, the fraction of the
+      image's pixels under a crop (the maps are 0 elsewhere). Unless `num_crops` is given, each image is cut into the
+      grid that covers all of it ([`covering_num_crops`], coverage 1.0; images then run one at a time, as each has
+      its own number of crops), and the score returned with the map is the mean over those crops: it can differ a
+      little from the score without a map (the processor's `num_crops` crops). Needs grid crops and the quality
+      form.
     - `errors` (`"raise"` (default) or `"return"`): an input that cannot be decoded raises a `ValueError` naming it
       (its position in a list, and its path or kind), or, with `"return"`, gets an entry with its `"error"` message
       (and `None` for the score, quality, scene and distortion; `{"error": ...}` in the classification form) while
@@ -136,7 +146,8 @@ class ImageQualityAssessmentPipeline(Pipeline):
     """
 
     _load_processor = False
-    _load_image_processor = True
+    # Optional: a checkpoint without `preprocessor_config.json` (an adapter) gets its config's default processor.
+    _load_image_processor = None
     _load_feature_extractor = False
     _load_tokenizer = False
     _load_video_processor = False
@@ -149,6 +160,16 @@ class ImageQualityAssessmentPipeline(Pipeline):
                 f"The {PIPELINE_TASK} pipeline needs an MP-IQE model (model_type='{MPIQEConfig.model_type}'), got a "
                 f"{type(self.model).__name__} with model_type={model_type!r}."
             )
+        if self.image_processor is None:
+            source = self.model.config.name_or_path
+            self.image_processor = (
+                MPIQEImageProcessor.from_pretrained_or_default(source, self.model.config)
+                if source
+                else MPIQEImageProcessor.default_for(self.model.config)
+            )
+        # What `return_map` and `num_crops` are when a call does not set them, to tell when maps cut covering grids.
+        self._default_return_map = bool(kwargs.get("return_map"))
+        self._default_num_crops = kwargs.get("num_crops")
         # The text half of the model does not depend on the image: computed at the first call, reused for all.
         self._text_features = None
 
@@ -173,6 +194,8 @@ class ImageQualityAssessmentPipeline(Pipeline):
                 raise ValueError(f"`num_crops` must be a positive int, got {num_crops!r}.")
             preprocess_params["num_crops"] = num_crops
         if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+                raise ValueError(f"`timeout` must be a positive number of seconds, got {timeout!r}.")
             preprocess_params["timeout"] = timeout
         if errors is not None:
             if errors not in ERROR_MODES:
@@ -186,23 +209,34 @@ class ImageQualityAssessmentPipeline(Pipeline):
             if output_format not in OUTPUT_FORMATS:
                 raise ValueError(f"`output_format` must be one of {OUTPUT_FORMATS}, got {output_format!r}.")
             postprocess_params["output_format"] = output_format
+        for name, value in (("return_normalized_score", return_normalized_score), ("return_map", return_map)):
+            if value is not None and not isinstance(value, bool):
+                raise ValueError(f"`{name}` must be True or False, got {value!r}.")
         if return_normalized_score is not None:
-            postprocess_params["return_normalized_score"] = bool(return_normalized_score)
+            postprocess_params["return_normalized_score"] = return_normalized_score
         if return_map is not None:
             for params in (preprocess_params, forward_params, postprocess_params):
-                params["return_map"] = bool(return_map)
+                params["return_map"] = return_map
         return preprocess_params, forward_params, postprocess_params
 
     def __call__(self, inputs: Any = None, **kwargs: Any):
-        """Scores one image (returns its result) or a list of images (returns a list of results)."""
+        """Scores one image (returns its result) or a batch: a list, or a 4-D array or tensor (returns a list)."""
         if inputs is None:
             inputs = kwargs.pop("images", None)
         if inputs is None:
-            raise ValueError("No image was given.")
+            raise ValueError("No image was given: pass a path, URL, PIL image, bytes, array or tensor, or a list.")
+        if isinstance(inputs, (np.ndarray, torch.Tensor)) and inputs.ndim == 4:
+            inputs = list(inputs)
         if isinstance(inputs, tuple):
             inputs = list(inputs)
         if isinstance(inputs, list):
+            if not inputs:
+                return []
             inputs = [_NumberedInput(index, image) for index, image in enumerate(inputs)]
+        return_map = kwargs.get("return_map", self._default_return_map)
+        if return_map and kwargs.get("num_crops", self._default_num_crops) is None:
+            # Each image's covering grid has its own number of crops, which a batch could not stack.
+            kwargs["batch_size"] = 1
         return super().__call__(inputs, **kwargs)
 
     # -- steps ---------------------------------------------------------------------------------------------------------
@@ -212,24 +246,24 @@ class ImageQualityAssessmentPipeline(Pipeline):
         if isinstance(image, str) and image.startswith(("http://", "https://")):
             from transformers.image_utils import load_image as load_url
 
-            image = load_url(image, timeout=timeout)
+            try:
+                image = load_url(image, timeout=timeout)
+            # The HTTP client's errors (no network, unknown host, timeout, HTTP status) and undecodable content.
+            except Exception as err:
+                raise ValueError(
+                    f"Cannot load image URL '{image}': {type(err).__name__}: {err}. Check the address and the "
+                    "network (or `timeout`), or download the image and pass its path."
+                ) from err
         if isinstance(image, (np.ndarray, torch.Tensor)):
             return image
         if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview, dict, Image.Image)) or hasattr(
             image, "read"
         ):
             return load_image(image)
-        raise ValueError(f"Cannot score an input of type {type(image).__name__}.")
-
-    @staticmethod
-    def _image_size(image: Any) -> tuple[int, int]:
-        """`(height, width)` of a decoded image: a PIL image, an HWC/HW array or a CHW/HW tensor."""
-        if isinstance(image, Image.Image):
-            return image.height, image.width
-        array = image.numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-        if array.ndim == 2:
-            return array.shape
-        return get_image_size(array, channel_dim=infer_channel_dimension_format(array))
+        raise ValueError(
+            f"Cannot score an input of type {type(image).__name__}: pass a path, an http(s) URL, a PIL image, encoded "
+            "bytes, a numpy array or a torch tensor."
+        )
 
     def preprocess(
         self,
@@ -259,10 +293,22 @@ class ImageQualityAssessmentPipeline(Pipeline):
             if return_map:
                 result["image_size"] = torch.tensor([[size["height"], size["width"]]])
             return result
-        features = self.image_processor(decoded, num_crops=num_crops, return_tensors="pt")
+        try:
+            if return_map:
+                image_size = tuple(self.image_processor.process_image(decoded).shape[1:])
+                if num_crops is None:
+                    crop = self.image_processor.crop_size
+                    num_crops = covering_num_crops(
+                        *image_size, crop["height"], crop["width"], self.image_processor.max_image_size
+                    )
+            features = self.image_processor(decoded, num_crops=num_crops, return_tensors="pt")
+        except ValueError as err:
+            if position is None:
+                raise
+            raise ValueError(f"input {position}: {err}") from err
         result = {"pixel_values": features["pixel_values"].to(dtype)}
         if return_map:
-            result["image_size"] = torch.tensor([self._image_size(decoded)])
+            result["image_size"] = torch.tensor([image_size])
         if errors == "return":
             result["error"] = None
         return result
@@ -290,6 +336,7 @@ class ImageQualityAssessmentPipeline(Pipeline):
         if return_map:
             result["quality_map"] = outputs.gradcam_maps
             result["distortion_map"] = outputs.distortion_maps
+            result["map_coverage"] = torch.tensor(outputs.coverage)
         return result
 
     def postprocess(
@@ -350,6 +397,7 @@ class ImageQualityAssessmentPipeline(Pipeline):
                 # one image: the list of `_forward`; in a batch: that image's map with a leading axis of 1
                 value = None if maps is None else maps[0] if isinstance(maps, list) else maps
                 result[key] = None if value is None else value.float().reshape(value.shape[-2:]).numpy()
+            result["map_coverage"] = float(model_outputs["map_coverage"].reshape(-1)[0])
         return result
 
 

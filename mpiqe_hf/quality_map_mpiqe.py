@@ -10,14 +10,17 @@ Two maps per image, each computed on every crop and merged back onto the full im
   that decide the distortion class.
 
 Crops come from the image processor's deterministic grid; each crop's map is resized to the crop, the crops are
-averaged where they overlap and the result is resized to the image's own size and scaled to `[0, 1]` (pixels no crop
-covers get 0). Everything is deterministic: the same image gives the same maps.
+averaged where they overlap and the result is resized to the image's own size and scaled to `[0, 1]`. Pixels no crop
+covers get 0, so every map comes with its coverage, the fraction of the image's pixels under a crop: a map of the whole
+image needs [`covering_num_crops`] grid crops (the pipeline's `return_map=True` cuts that many), and the 8 default
+crops of a large photo cover a small part of it. Everything is deterministic: the same image gives the same maps.
 
 This file travels with the model as Hub remote code: it imports only torch, transformers and its sibling files.
 """
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +34,7 @@ __all__ = [
     "MPIQEQualityMapOutput",
     "as_crop_batch",
     "compute_quality_maps",
+    "crop_coverage",
     "distortion_window_weights",
     "grid_crop_boxes",
     "window_max_pool",
@@ -52,6 +56,9 @@ class MPIQEQualityMapOutput(ModelOutput):
         without distortion prompts.
     distortion_index (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
         The predicted distortion class whose window weights `distortion_maps` shows.
+    coverage (`list[float]`, one per image):
+        The fraction of the image's pixels that the crops cover ([`crop_coverage`]); the maps are 0 elsewhere. 1.0
+        when the crops are [`covering_num_crops`] grid crops.
     """
 
     score: torch.FloatTensor | None = None
@@ -60,19 +67,36 @@ class MPIQEQualityMapOutput(ModelOutput):
     gradcam_maps: list[torch.FloatTensor] | None = None
     distortion_maps: list[torch.FloatTensor] | None = None
     distortion_index: torch.LongTensor | None = None
+    coverage: list[float] | None = None
 
 
 def as_crop_batch(pixel_values: torch.Tensor) -> torch.Tensor:
     """
     The model's input layout, `(batch_size, num_crops, 3, height, width)`, from crops given that way or as
-    `(batch_size, 3, height, width)` (one crop per image); any other shape raises a `ValueError` naming it.
+    `(batch_size, 3, height, width)` (one crop per image). Anything else (not a float tensor, another rank, no images
+    or crops, not 3 channels) raises a `TypeError` or `ValueError` naming it and saying what to pass instead.
     """
+    way_out = "cut images into crops with the model's MPIQEImageProcessor (`processor(images, return_tensors='pt')`)"
+    if not isinstance(pixel_values, torch.Tensor):
+        raise TypeError(f"`pixel_values` must be a torch tensor, got {type(pixel_values).__name__}: {way_out}.")
+    if not pixel_values.is_floating_point():
+        raise TypeError(f"`pixel_values` must be normalised float crops, got dtype {pixel_values.dtype}: {way_out}.")
     if pixel_values.dim() == 4:
         pixel_values = pixel_values.unsqueeze(1)
     if pixel_values.dim() != 5:
         raise ValueError(
             "`pixel_values` must have shape (batch_size, num_crops, 3, height, width) or "
-            f"(batch_size, 3, height, width), got {tuple(pixel_values.shape)}."
+            f"(batch_size, 3, height, width), got {tuple(pixel_values.shape)}: {way_out}."
+        )
+    batch_size, num_crops, channels = pixel_values.shape[:3]
+    if batch_size == 0 or num_crops == 0:
+        raise ValueError(
+            f"`pixel_values` of shape {tuple(pixel_values.shape)} holds no crops: give at least one image and one crop."
+        )
+    if channels != 3:
+        raise ValueError(
+            f"`pixel_values` must hold RGB crops (3 channels), got {channels} in shape {tuple(pixel_values.shape)}: "
+            f"{way_out}; it turns gray and RGBA images into RGB."
         )
     return pixel_values
 
@@ -87,6 +111,14 @@ def grid_crop_boxes(
     """
     resized = enlarged_size(height, width, crop_height, crop_width, max_image_size)
     return resized, grid_crop_positions(*resized, crop_height, crop_width, num_crops)
+
+
+def crop_coverage(image_size: tuple[int, int], crop_size: tuple[int, int], positions: list[tuple[int, int]]) -> float:
+    """The fraction of the pixels of an image of `image_size` that `crop_size` crops at `positions` cover."""
+    covered = torch.zeros(image_size, dtype=torch.bool)
+    for top, left in positions:
+        covered[top : top + crop_size[0], left : left + crop_size[1]] = True
+    return covered.float().mean().item()
 
 
 def _pooling_bounds(size: int, window_size: int) -> list[tuple[int, int]]:
@@ -223,6 +255,26 @@ def _distortion_grid(model, tokens, text_features, distortion_logits, num_crops,
     return _windows_to_patch_grid(chosen, model.config.window_size, grid_size), distortion_index
 
 
+def _checked_image_sizes(image_sizes, batch_size: int) -> list[tuple[int, int]]:
+    """`image_sizes` as `(height, width)` tuples of ints, or a `ValueError` saying what is expected."""
+    message = (
+        f"`image_sizes` must give one (height, width) of positive ints per image ({batch_size}), the size of each "
+        f"image before processing (`(image.height, image.width)`), got {image_sizes!r}."
+    )
+    try:
+        sizes = [tuple(size) for size in image_sizes]
+    except TypeError:
+        raise ValueError(message) from None
+    valid = len(sizes) == batch_size and all(
+        len(size) == 2
+        and all(isinstance(side, numbers.Integral) and not isinstance(side, bool) and side >= 1 for side in size)
+        for size in sizes
+    )
+    if not valid:
+        raise ValueError(message)
+    return [(int(height), int(width)) for height, width in sizes]
+
+
 def compute_quality_maps(
     model, pixel_values: torch.Tensor, image_sizes, text_features=None, max_image_size: int | None = None
 ) -> MPIQEQualityMapOutput:
@@ -240,9 +292,7 @@ def compute_quality_maps(
     """
     pixel_values = as_crop_batch(pixel_values)
     batch_size, num_crops, _, crop_height, crop_width = pixel_values.shape
-    image_sizes = [tuple(int(side) for side in size) for size in image_sizes]
-    if len(image_sizes) != batch_size or any(len(size) != 2 or min(size) < 1 for size in image_sizes):
-        raise ValueError(f"`image_sizes` must give one (height, width) per image ({batch_size}), got {image_sizes!r}.")
+    image_sizes = _checked_image_sizes(image_sizes, batch_size)
 
     if text_features is None:
         with torch.no_grad():
@@ -264,10 +314,12 @@ def compute_quality_maps(
         )
 
     gradcam_maps, distortion_maps = [], [] if distortion_grid is not None else None
+    coverage = []
     for index, image_size in enumerate(image_sizes):
         resized_size, positions = grid_crop_boxes(*image_size, crop_height, crop_width, num_crops, max_image_size)
         crops = slice(index * num_crops, (index + 1) * num_crops)
         crop_size = (crop_height, crop_width)
+        coverage.append(crop_coverage(resized_size, crop_size, positions))
         gradcam_maps.append(_merge_crops(gradcam[crops], crop_size, positions, resized_size, image_size))
         if distortion_grid is not None:
             distortion_maps.append(
@@ -281,4 +333,5 @@ def compute_quality_maps(
         gradcam_maps=gradcam_maps,
         distortion_maps=distortion_maps,
         distortion_index=distortion_index,
+        coverage=coverage,
     )

@@ -46,7 +46,12 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 
 def render_overlay(
-    image: Image.Image, quality_map, title: str | None = None, alpha: float = 0.55, label: str = "degradation"
+    image: Image.Image,
+    quality_map,
+    title: str | None = None,
+    alpha: float = 0.55,
+    label: str = "degradation",
+    coverage: float | None = None,
 ) -> Image.Image:
     """
     The image with `quality_map` blended over it (`alpha` = opacity of the map) and a labelled colour bar on the
@@ -58,6 +63,8 @@ def render_overlay(
             `quality_map` of the pipeline's output.
         title (`str`, *optional*): a line written above the image (e.g. the score).
         label (`str`): what the bright end of the colour bar means.
+        coverage (`float`, *optional*): the fraction of the image the map's crops cover (`map_coverage` of the
+            pipeline, `coverage` of `MPIQEModel.quality_map`); below 1 the title says so, as the map is 0 elsewhere.
     """
     values = np.asarray(
         quality_map.detach().cpu() if hasattr(quality_map, "detach") else quality_map, dtype=np.float64
@@ -67,6 +74,9 @@ def render_overlay(
     image = image.convert("RGB")
     if values.shape != (image.height, image.width):
         raise ValueError(f"The map's size {values.shape} is not the image's ({image.height}, {image.width}).")
+    if coverage is not None and coverage < 1:
+        note = f"the map covers {coverage:.0%} of the image (more crops cover more)"
+        title = f"{title}; {note}" if title else note
 
     # The map's opacity grows with its value, so that the image shows through where the map is low.
     opacity = alpha * (0.2 + 0.8 * np.clip(np.nan_to_num(values), 0.0, 1.0))[..., None]
@@ -112,16 +122,21 @@ def map_file_stem(key) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "__", text.replace(os.sep, "__")) or "image"
 
 
-def save_map_overlays(folder, key, image: Image.Image, quality_map, distortion_map=None, title=None) -> list[str]:
+def save_map_overlays(
+    folder, key, image: Image.Image, quality_map, distortion_map=None, title=None, coverage=None
+) -> list[str]:
     """
     Writes `<stem>.quality_map.png` (Grad-CAM) and, when given, `<stem>.distortion_map.png` (eq. 10 windows) into
-    `folder` (created), `stem` from [`map_file_stem`]; returns the paths written.
+    `folder` (created), `stem` from [`map_file_stem`]; returns the paths written. `title` and `coverage` as for
+    [`render_overlay`].
     """
     os.makedirs(folder, exist_ok=True)
     stem = map_file_stem(key)
     paths = [os.path.join(folder, f"{stem}.quality_map.png")]
-    render_overlay(image, quality_map, title=title, label="degradation").save(paths[0])
+    render_overlay(image, quality_map, title=title, label="degradation", coverage=coverage).save(paths[0])
     if distortion_map is not None:
         paths.append(os.path.join(folder, f"{stem}.distortion_map.png"))
-        render_overlay(image, distortion_map, title=title, label="distortion windows").save(paths[1])
+        render_overlay(image, distortion_map, title=title, label="distortion windows", coverage=coverage).save(
+            paths[1]
+        )
     return paths

@@ -123,6 +123,11 @@ def test_decode_inputs():
     assert decode_inputs(body) == body
     assert decode_inputs(bytearray(body)) == body
     assert decode_inputs(base64.b64encode(body).decode()) == body
+    # as the `base64` command prints it: a line break every 76 characters
+    wrapped = "\n".join(base64.encodebytes(body * 3).decode().splitlines())
+    assert "\n" in wrapped and decode_inputs(wrapped) == body * 3
+    with pytest.raises(ValueError, match="neither an http.s. URL nor a base64-encoded image"):
+        decode_inputs(wrapped + "\n%%")
     assert decode_inputs("data:image/png;base64," + base64.b64encode(body).decode()) == body
     assert decode_inputs({"image": base64.b64encode(body).decode()}) == body
     assert decode_inputs(image) is image

@@ -175,3 +175,46 @@ def test_a_bad_item_raises_naming_it_or_gets_an_error_entry(checkpoint, images, 
     assert scorer(inputs, errors="return", output_format="classification")[1] == {"error": entries[1]["error"]}
     with pytest.raises(ValueError, match="`errors` must be one of"):
         scorer(images[0], errors="ignore")
+
+
+def test_a_batch_answers_as_its_images_do(checkpoint):
+    scorer = pipeline(PIPELINE_TASK, model=str(checkpoint))
+    rng = np.random.default_rng(11)
+    hwc = rng.integers(0, 256, (3, 40, 50, 3), dtype=np.uint8)
+    alone = [scorer(image, top_k=2, return_normalized_score=True) for image in hwc]
+    tensor = torch.from_numpy(hwc).permute(0, 3, 1, 2).float() / 255  # (B, 3, H, W) on [0, 1]
+    for batch in (hwc, hwc.transpose(0, 3, 1, 2), tensor, list(hwc)):
+        answers = scorer(batch, top_k=2, return_normalized_score=True, batch_size=2)  # a batch of 2, then 1
+        assert isinstance(answers, list) and len(answers) == 3
+        for answer, expected in zip(answers, alone):
+            assert answer.keys() == expected.keys() and answer["scene"] == expected["scene"]
+            assert answer["normalized_score"] == pytest.approx(expected["normalized_score"], abs=1e-5)
+            assert answer["score"] == pytest.approx(expected["score"], rel=1e-6)  # on the 0-100 scale
+    assert scorer([]) == [] and scorer(hwc[:0]) == []
+    assert isinstance(scorer(hwc[0]), dict)  # a 3-D array is one image
+
+
+def test_an_adapter_folder_loads_with_its_configs_default_processor(tmp_path, tiny_clip):
+    from mpiqe_hf import MPIQEModel, save_adapter
+
+    model = MPIQEModel.from_clip(
+        tiny_clip, visual_prompt_depth=2, window_size=3, decoder_heads=4, decoder_intermediate_size=37
+    )
+    save_adapter(model, tmp_path / "adapter")
+    assert not (tmp_path / "adapter" / "preprocessor_config.json").exists()
+    scorer = pipeline(PIPELINE_TASK, model=str(tmp_path / "adapter"))
+    assert scorer.model.config.name_or_path == str(tmp_path / "adapter")
+    assert scorer.image_processor.to_dict() == MPIQEImageProcessor.default_for(model.config).to_dict()
+    image = np.random.default_rng(2).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    direct = ImageQualityAssessmentPipeline(model=model, image_processor=scorer.image_processor)
+    assert scorer(image)["score"] == pytest.approx(direct(image)["score"], abs=1e-5)
+
+
+def test_an_unreachable_url_is_named_and_can_be_an_error_entry(checkpoint, images):
+    scorer = pipeline(PIPELINE_TASK, model=str(checkpoint))
+    url = "http://127.0.0.1:9/photo.png"  # the discard port: the connection is refused at once
+    with pytest.raises(ValueError, match=r"^Cannot load image URL 'http://127\.0\.0\.1:9/photo\.png': \w+"):
+        scorer(url, timeout=5)
+    entries = scorer([images[0], url], errors="return", timeout=5)
+    assert entries[0]["error"] is None and entries[0]["score"] is not None
+    assert entries[1]["score"] is None and entries[1]["error"].startswith("input 1: Cannot load image URL")

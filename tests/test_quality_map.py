@@ -8,10 +8,12 @@ import torch
 from PIL import Image
 
 from mpiqe_hf import MPIQEImageProcessor
+from mpiqe_hf.image_processing_mpiqe import covering_num_crops, grid_crop_positions
 from mpiqe_hf.quality_map_mpiqe import (
     _merge_crops,
     _windows_to_patch_grid,
     compute_quality_maps,
+    crop_coverage,
     distortion_window_weights,
     grid_crop_boxes,
     window_max_pool,
@@ -160,6 +162,11 @@ def test_overlay_blends_the_map_and_draws_a_colour_bar():
     assert (np.abs(bar - colorize(np.zeros((1, 1)))[0, 0].astype(int)).sum(-1) < 10).any()
     with pytest.raises(ValueError, match="size"):
         render_overlay(image, np.zeros((10, 10)))
+    # a map of part of the image says so above it; a whole one does not
+    plain = np.asarray(render_overlay(image, values, title="score 3.2"))
+    assert np.array_equal(np.asarray(render_overlay(image, values, title="score 3.2", coverage=1.0)), plain)
+    partial = np.asarray(render_overlay(image, values, title="score 3.2", coverage=0.4))
+    assert not np.array_equal(partial[:40], plain[:40]) and np.array_equal(partial[40:], plain[40:])
 
 
 def test_overlays_are_saved_under_names_from_their_inputs(tmp_path):
@@ -189,11 +196,13 @@ def test_pipeline_returns_maps_of_each_images_size(tester):
         assert result["quality_map"].shape == size and result["distortion_map"].shape == size
         assert result["quality_map"].dtype == np.float32 and result["quality_map"].max() == 1
     single = pipe(images[1], return_map=True)
-    pixel_values = processor(images[1], return_tensors="pt")["pixel_values"]
+    # the 20 x 40 image is cut at 30 x 60: two 30-px crops cover it; the score is that of the map's crops
+    pixel_values = processor(images[1], num_crops=2, return_tensors="pt")["pixel_values"]
     expected = model.quality_map(pixel_values, [(20, 40)])
     np.testing.assert_allclose(single["quality_map"], expected.gradcam_maps[0].numpy(), atol=1e-6)
     np.testing.assert_allclose(results[1]["distortion_map"], expected.distortion_maps[0].numpy(), atol=1e-6)
-    assert single["score"] == pytest.approx(pipe(images[1])["score"], abs=1e-6)
+    assert single["score"] == pytest.approx(pipe(images[1], num_crops=2)["score"], abs=1e-6)
+    assert single["map_coverage"] == 1.0 and expected.coverage == [1.0]
     assert "quality_map" not in pipe(images[1])
     with pytest.raises(ValueError, match="quality"):
         pipe(images[1], return_map=True, output_format="classification")
@@ -202,3 +211,36 @@ def test_pipeline_returns_maps_of_each_images_size(tester):
     )
     with pytest.raises(ValueError, match="grid"):
         random_pipe(images[1], return_map=True)
+
+
+@pytest.mark.parametrize("height, width", [(30, 30), (61, 120), (100, 100), (31, 180), (200, 45), (93, 64)])
+def test_covering_grid_covers_every_pixel_with_few_crops(height, width):
+    # (61, 120): the least count, 3 x 4 = 12, is laid out 2 x 6 by grid_layout, which misses a row of pixels
+    num_crops = covering_num_crops(height, width, 30, 30)
+    positions = grid_crop_positions(height, width, 30, 30, num_crops)
+    assert crop_coverage((height, width), (30, 30), positions) == 1.0
+    least = -(-height // 30) * -(-width // 30)
+    assert least <= num_crops <= 1.25 * least
+    # enlarged images are covered at the size they are cut at; fewer crops leave a gap
+    assert covering_num_crops(15, 25, 30, 30) == 2
+    assert crop_coverage((30, 50), (30, 30), grid_crop_positions(30, 50, 30, 30, 1)) == pytest.approx(0.6)
+
+
+def test_a_map_covers_the_whole_image_and_says_how_much_it_covers(tester):
+    from mpiqe_hf.pipeline_mpiqe import ImageQualityAssessmentPipeline
+
+    model = tester.model()
+    pipe = ImageQualityAssessmentPipeline(model=model, image_processor=MPIQEImageProcessor(crop_size=30, num_crops=2))
+    image = Image.fromarray(np.random.default_rng(5).integers(0, 256, (61, 150, 3), dtype=np.uint8))
+    # the default: a covering grid (3 x 5 crops), every pixel under a crop, the map bright beyond the default crops
+    result = pipe(image, return_map=True)
+    assert result["map_coverage"] == 1.0
+    assert (result["quality_map"][:, 60:90] > 0).any() and (result["quality_map"][:, -30:] > 0).any()
+    # crops given: the map of those, and how little of the image they cover
+    few = pipe(image, return_map=True, num_crops=2)
+    assert few["map_coverage"] == pytest.approx(2 * 30 * 30 / (61 * 150), abs=1e-6)
+    assert few["score"] == pytest.approx(pipe(image)["score"], abs=1e-6)
+    # several images with covering grids of their own sizes, batched: each as alone
+    batch = pipe([image, _images()[1]], return_map=True, batch_size=2)
+    np.testing.assert_allclose(batch[0]["quality_map"], result["quality_map"], atol=1e-6)
+    assert [item["map_coverage"] for item in batch] == [1.0, 1.0]
