@@ -86,16 +86,22 @@ def test_save_maps_writes_an_overlay_per_image(checkpoint, tmp_path):
     ]
     model = MPIQEModel.from_pretrained(checkpoint / "model")
     processor = MPIQEImageProcessor.from_pretrained(checkpoint / "model")
-    image = Image.open(checkpoint / "photos" / "sub" / "b.png").convert("RGB")
-    expected = model.quality_map(processor(image, return_tensors="pt")["pixel_values"], [(64, 30)])
+    image = Image.open(checkpoint / "photos" / "a.png").convert("RGB")  # 3 crops of 30 leave part of 40 x 52 out
+    from mpiqe_hf.image_processing_mpiqe import covering_num_crops
     from mpiqe_hf.visualization import render_overlay
 
-    overlay = np.asarray(Image.open(maps / "sub" / "b.png.quality_map.png").convert("RGB"), dtype=int)
-    score = float(_rows(tmp_path / "s.csv")[str(checkpoint / "photos" / "sub" / "b.png")]["score"])
+    crop = processor.crop_size
+    covering = covering_num_crops(40, 52, crop["height"], crop["width"], processor.max_image_size)
+    expected = model.quality_map(processor(image, num_crops=covering, return_tensors="pt")["pixel_values"], [(40, 52)])
+    assert covering > 3 and expected.coverage == [1.0]  # the map shows the whole image, not only the score's crops
+    scored = model(processor(image, return_tensors="pt")["pixel_values"])
+
+    overlay = np.asarray(Image.open(maps / "a.png.quality_map.png").convert("RGB"), dtype=int)
+    score = float(_rows(tmp_path / "s.csv")[str(checkpoint / "photos" / "a.png")]["score"])
     reference = np.asarray(render_overlay(image, expected.gradcam_maps[0], title=None), dtype=int)
     assert overlay.shape[1] == reference.shape[1]  # same layout: the image, then the colour bar
     assert np.abs(overlay[-reference.shape[0] :] - reference).mean() < 2  # maps agree (the title row differs)
-    assert score == pytest.approx(float(expected.score[0] * 4 + 1), abs=1e-4)
+    assert score == pytest.approx(float(scored.score[0] * 4 + 1), abs=1e-4)
 
 
 def test_save_maps_refuses_the_onnx_backend(checkpoint, tmp_path):

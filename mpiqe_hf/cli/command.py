@@ -223,39 +223,47 @@ class _Inputs:
 
 
 class _MapWriter:
-    """`--save-maps`: the quality-map overlays of each scored image (decoded again for the overlay), at the paths
-    of [`map_paths`]."""
+    """`--save-maps`: the quality-map overlays of each scored image, at the paths of [`map_paths`]. The image is
+    decoded again and cut into a grid that covers all of it ([`covering_num_crops`]): the score's own crops may leave
+    most of a large photo out, and a map must show the whole image."""
 
-    def __init__(self, paths: dict[str, tuple[str, str]], scorer, inputs: _Inputs, max_image_size: int | None):
+    def __init__(self, paths: dict[str, tuple[str, str]], scorer, inputs: _Inputs, processor):
         import torch
 
         self.paths = paths
         self.scorer = scorer
-        self.max_image_size = max_image_size
+        self.processor = processor
         with torch.no_grad():  # not in inference mode: the maps take gradients through these
             self.text_features = scorer.model.get_text_features()
         self.sources = inputs.sources
         self.positions = {str(key): position for position, key in enumerate(inputs.keys)}
 
-    def __call__(self, keys, pixel_values, rows) -> None:
+    def __call__(self, keys, rows) -> None:
+        from ..image_processing_mpiqe import covering_num_crops
         from ..image_utils_mpiqe import load_image
         from ..visualization import render_overlay
 
-        for key, crops, row in zip(keys, pixel_values, rows):
+        crop = self.processor.crop_size
+        for key, row in zip(keys, rows):
             image = load_image(self.sources[self.positions[str(key)]])
+            num_crops = covering_num_crops(
+                image.height, image.width, crop["height"], crop["width"], self.processor.max_image_size
+            )
+            crops = self.processor(image, num_crops=num_crops, crop_mode="grid", return_tensors="pt")["pixel_values"]
             maps = self.scorer.model.quality_map(
-                crops[None].to(self.scorer.device, self.scorer.dtype),
+                crops.to(self.scorer.device, self.scorer.dtype),
                 [(image.height, image.width)],
                 text_features=self.text_features,
-                max_image_size=self.max_image_size,
+                max_image_size=self.processor.max_image_size,
             )
             title = f"{row['score']:.3f} ({row['quality']})"
             quality_path, distortion_path = self.paths[str(key)]
             os.makedirs(os.path.dirname(quality_path), exist_ok=True)
-            render_overlay(image, maps.gradcam_maps[0].float(), title=title).save(quality_path)
+            coverage = maps.coverage[0]
+            render_overlay(image, maps.gradcam_maps[0].float(), title=title, coverage=coverage).save(quality_path)
             if maps.distortion_maps is not None:
                 overlay = render_overlay(
-                    image, maps.distortion_maps[0].float(), title=title, label="distortion windows"
+                    image, maps.distortion_maps[0].float(), title=title, label="distortion windows", coverage=coverage
                 )
                 overlay.save(distortion_path)
 
@@ -554,7 +562,7 @@ class _Run:
         writer = self._writer(output, state, scorer.config)
         map_writer = None
         if maps is not None:
-            map_writer = _MapWriter(maps, scorer, inputs, processor.max_image_size)
+            map_writer = _MapWriter(maps, scorer, inputs, processor)
         counts = {"scored": 0, "failed": 0}
         status = EXIT_OK
         failure = None
@@ -691,7 +699,7 @@ class _Run:
             results = scorer.score_batch(batch).results(config)
             rows = [{key_column: key, **result, "status": "ok", "error": None} for key, result in zip(keys, results)]
             if map_writer is not None:
-                map_writer(keys, batch, rows)
+                map_writer(keys, rows)
             return rows
 
         with tqdm(total=total, unit="img", desc="mpiqe-score", disable=not show, file=sys.stderr) as bar:
