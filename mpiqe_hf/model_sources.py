@@ -75,7 +75,11 @@ def check_model_source(name_or_path: str, what: str, alternatives: Sequence[str]
         except (RepositoryNotFoundError, GatedRepoError) as err:
             reason = f"the Hub refuses it ({type(err).__name__}: {str(err).splitlines()[0]})"
         except Exception as err:  # no network: httpx errors, timeouts, proxies
-            reason = f"it is not in the local Hugging Face cache and the Hub cannot be reached ({type(err).__name__})"
+            detail = str(err).strip().splitlines()[0] if str(err).strip() else "no answer"
+            reason = (
+                f"it is not in the local Hugging Face cache and the Hub at {constants.ENDPOINT} cannot be reached "
+                f"({type(err).__name__}: {detail})"
+            )
     suggestions = [
         f"download it once where the Hub is reachable (`hf download {name_or_path}`) and run with HF_HUB_OFFLINE=1",
         "pass a local folder that holds it",

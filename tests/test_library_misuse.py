@@ -83,6 +83,15 @@ def _gradio_error():
 
 
 # (case id, call, expected exception type, fragment of its message)
+def _with_unreachable_hub(env, call):
+    """Nothing listens on port 9 of this machine: the connection is refused at once, as offline."""
+    from huggingface_hub import constants
+
+    env.monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    env.monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    return call()
+
+
 CASES = [
     # pipeline: pixels
     ("int64 beyond 255", lambda e: e.pipe(np.full((40, 40, 3), 300)), ValueError, "expected 0..255"),
@@ -152,6 +161,12 @@ CASES = [
         lambda e: check_model_source(str(e.folder), "the model"),
         ModelSourceUnavailable,
         "holds no config.json: pass the folder that `save_pretrained`",
+    ),
+    (
+        "Hub unreachable for a model id",
+        lambda e: _with_unreachable_hub(e, lambda: check_model_source("org/not-cached-anywhere", "the model")),
+        ModelSourceUnavailable,
+        "the Hub at http://127.0.0.1:9 cannot be reached (",
     ),
     # Inference Endpoints handler
     ("body not a dict", lambda e: e.handler(["inputs"]), ValueError, 'must be {"inputs": <image'),
