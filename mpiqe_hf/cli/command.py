@@ -85,6 +85,12 @@ def _add_model_arguments(model) -> None:
         default="auto",
         help="auto = bfloat16 on CUDA GPUs and on CPUs with AVX512-BF16 or AMX, else float32",
     )
+    model.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch backend: score through torch.compile (one compile of a minute or more at the start; the last, "
+        "smaller batch is padded so that it does not compile again)",
+    )
     model.add_argument("--batch-size", "-b", type=int, default=16, help="images per forward pass (default 16)")
     model.add_argument("--num-crops", type=int, default=None, help="crops per image (default: the processor's)")
     model.add_argument(
@@ -533,7 +539,9 @@ class _Run:
             transformers_logging.disable_progress_bar()  # the weight-loading bar too
         try:
             with state.main_process_first():  # one download from the Hub, then the others read the cache
-                scorer = build_scorer(args.backend, args.model, args.revision, args.allow_pickle, device, dtype)
+                scorer = build_scorer(
+                    args.backend, args.model, args.revision, args.allow_pickle, device, dtype, compile=args.compile
+                )
                 processor = load_processor(args.model, args.revision)
         finally:
             if bars_were_on:

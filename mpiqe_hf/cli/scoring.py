@@ -33,9 +33,17 @@ def _to_numpy(tensor: torch.Tensor | None) -> np.ndarray | None:
 
 
 class TorchScorer:
-    """An [`MPIQEModel`] on `device` in `dtype`; its text features are computed once, here."""
+    """
+    An [`MPIQEModel`] on `device` in `dtype`; its text features are computed once, here.
 
-    def __init__(self, model, device: torch.device, dtype: torch.dtype):
+    With `compile=True` the scoring forward (vision tower, alignments, decoder and score head, the text features as
+    fixed inputs) goes through `torch.compile` with static shapes: a batch smaller than the largest one seen so far is
+    padded to it, so a run compiles once for its batch size instead of again for its last, smaller batch (a compile
+    costs far more than scoring the padding). The first call of each shape compiles; a failure there (no C++ compiler
+    for inductor, an unsupported platform) is a `UsageError`.
+    """
+
+    def __init__(self, model, device: torch.device, dtype: torch.dtype, compile: bool = False):
         self.weights_sha256 = _state_sha256(model)  # before the cast: the same weights in any dtype
         self.model = model.to(device=device, dtype=dtype).eval()
         for name in model._keep_in_fp32_modules_strict:  # the score head: see `MPIQEPreTrainedModel`
@@ -45,24 +53,57 @@ class TorchScorer:
         self.dtype = dtype
         with torch.inference_mode():
             self.text_features = self.model.get_text_features()
+        self.compiled = compile
+        self._forward = torch.compile(self._scores, dynamic=False) if compile else self._scores
+        self._compiled_shapes: set[tuple[int, ...]] = set()
+
+    def _scores(self, pixel_values: torch.Tensor):
+        output = self.model(pixel_values, text_features=self.text_features)
+        return output.score.float(), output.scene_logits, output.distortion_logits
+
+    def _compiled_scores(self, pixel_values: torch.Tensor):
+        count = len(pixel_values)
+        padded_count = max(
+            [count, *(shape[0] for shape in self._compiled_shapes if shape[1:] == pixel_values.shape[1:])]
+        )
+        if padded_count > count:  # images are scored independently: the padding changes no score
+            padding = pixel_values.new_zeros((padded_count - count, *pixel_values.shape[1:]))
+            pixel_values = torch.cat([pixel_values, padding])
+        shape = tuple(pixel_values.shape)
+        if shape in self._compiled_shapes:
+            outputs = self._forward(pixel_values)
+        else:
+            try:
+                outputs = self._forward(pixel_values)
+            except Exception as err:
+                raise UsageError(
+                    f"--compile: torch.compile failed: {_first_line(err)}; score without --compile"
+                ) from err
+            self._compiled_shapes.add(shape)
+        return tuple(None if output is None else output[:count] for output in outputs)
 
     def score_batch(self, pixel_values: torch.Tensor) -> ScoreBatch:
         with torch.inference_mode():
             pixel_values = pixel_values.to(self.device, self.dtype, non_blocking=True)
-            output = self.model(pixel_values, text_features=self.text_features)
-            normalized = output.score.float()
+            scores = self._compiled_scores if self.compiled else self._scores
+            normalized, scene_logits, distortion_logits = scores(pixel_values)
             return ScoreBatch(
                 score=_to_numpy(self.model.to_native_scale(normalized)),
                 normalized_score=_to_numpy(normalized),
-                scene_logits=_to_numpy(output.scene_logits),
-                distortion_logits=_to_numpy(output.distortion_logits),
+                scene_logits=_to_numpy(scene_logits),
+                distortion_logits=_to_numpy(distortion_logits),
             )
 
 
-def build_scorer(backend: str, model_name: str, revision: str | None, allow_pickle: bool, device, dtype):
-    """The scorer `--backend` names, loaded from `model_name` (for `onnx`, a folder of `mpiqe-export onnx`)."""
+def build_scorer(
+    backend: str, model_name: str, revision: str | None, allow_pickle: bool, device, dtype, compile: bool = False
+):
+    """The scorer `--backend` names, loaded from `model_name` (for `onnx`, a folder of `mpiqe-export onnx`);
+    `compile`: see [`TorchScorer`]."""
+    if compile and backend != "torch":
+        raise UsageError(f"--compile compiles the torch model; --backend {backend} does not run one")
     if backend == "torch":
-        return TorchScorer(load_model(model_name, revision, allow_pickle), device, dtype)
+        return TorchScorer(load_model(model_name, revision, allow_pickle), device, dtype, compile=compile)
     if backend == "onnx":
         if device.type != "cpu":
             raise UsageError(f"--backend onnx runs on the CPU; drop --device {device}")
