@@ -103,14 +103,16 @@ def ws(tiny_clip, tmp_path_factory):
 
 TRAIN = ["--clip_model_name_or_path", "{clip}", "--output_dir", "{out}", "--dataloader_num_workers", "0"]
 # A run that would start training: only the options under test make it fail.
-RUN = [*TRAIN, "--overwrite_output_dir", "--max_train_steps", "1", "--per_device_train_batch_size", "2"]
-RUN += ["--num_crops", "1", "--config_overrides", "decoder_intermediate_size=64", "--no_verify_images"]
+# (Without --overwrite_output_dir: a run that, with the refusal of a non-empty --output_dir broken, trains one step.)
+SHORT = [*TRAIN, "--max_train_steps", "1", "--per_device_train_batch_size", "2", "--num_crops", "1"]
+SHORT += ["--config_overrides", "decoder_intermediate_size=64", "--no_verify_images", "--train_dir", "{good}"]
+RUN = [*SHORT[: SHORT.index("--train_dir")], "--overwrite_output_dir"]
 EVAL = ["--output_dir", "{out}", "--dataloader_num_workers", "0", "--num_crops", "1"]
 
 # (case id, script, argv, exit status, fragments of the message); {name} is a place of `ws`.
 CASES = [
     # train.py: the output folder
-    ("out_not_empty", "train", TRAIN, 2, ["{out} is not empty", "--overwrite_output_dir", "--resume_from_checkpoint"]),
+    ("out_not_empty", "train", SHORT, 2, ["{out} is not empty", "--overwrite_output_dir", "--resume_from_checkpoint"]),
     ("out_is_file", "train", [*TRAIN, "--output_dir", "{root}/a_file.txt"], 2, ["a_file.txt is a file"]),
     ("out_empty_string", "train", [*TRAIN, "--output_dir", ""], 2, ["--output_dir must name a folder"]),
     # train.py: numbers
