@@ -269,7 +269,7 @@ class TrainArguments:
             raise ValueError("--output_dir must name a folder.")
         check_number("per_device_train_batch_size", self.per_device_train_batch_size, at_least=1)
         check_number("per_device_eval_batch_size", self.per_device_eval_batch_size, at_least=1)
-        check_number("learning_rate", self.learning_rate, above=0)
+        check_number("learning_rate", self.learning_rate, at_least=0)
         check_number("weight_decay", self.weight_decay, at_least=0)
         check_number("num_train_epochs", self.num_train_epochs, at_least=1)
         check_number("max_train_steps", self.max_train_steps, at_least=1)
