@@ -38,15 +38,17 @@ from mpiqe_hf import MPIQEImageProcessor, MPIQEModel
 from mpiqe_hf.baselines import linear_probe, predict_clip_iqa
 from mpiqe_hf.data import skipped_samples, splits_by_content
 from mpiqe_hf.metrics import compute_metrics
-from mpiqe_hf.model_sources import ModelSourceUnavailable, check_model_source
+from mpiqe_hf.model_sources import check_model_source
 from mpiqe_hf.training import (
     DataArguments,
     IQATransform,
+    check_number,
     collate_iqa_batch,
     iqa_split,
     load_split_sources,
     plan_split,
     predict,
+    run_script,
 )
 
 
@@ -122,6 +124,10 @@ class EvaluationArguments:
     )
     output_dir: str = "mpiqe-eval"
 
+    def __post_init__(self):
+        check_number("num_crops", self.num_crops, at_least=1)
+        check_number("per_device_eval_batch_size", self.per_device_eval_batch_size, at_least=1)
+
 
 def parse_args(argv=None):
     parser = HfArgumentParser(
@@ -160,8 +166,34 @@ def resolve_models(paths):
 
 
 def training_args_of(model_path):
+    """The model's training_args.json (train.py's options, its split among them), or {} where it has none."""
     file = Path(model_path) / TRAINING_ARGS_FILE
-    return json.loads(file.read_text()) if file.is_file() else {}
+    if not file.is_file():
+        return {}
+    try:
+        trained = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ValueError(
+            f"{file}: not the JSON train.py writes ({err}); move it away and name the data to score "
+            "(--validation_dir or --dataset_name)."
+        ) from err
+    if not isinstance(trained, dict):
+        raise ValueError(f"{file}: not the JSON object train.py writes; move it away and name the data to score.")
+    return trained
+
+
+def check_data_is_known(models, cli_names_data: bool):
+    """Without data on the command line, each model is scored on its own recorded split: a model without
+    training_args.json (a Hub download, say) has none, and its training images are unknown."""
+    if cli_names_data:
+        return
+    unknown = [model for model in models if not training_args_of(model)]
+    if unknown:
+        raise ValueError(
+            f"{unknown[0]} has no {TRAINING_ARGS_FILE}, so which images it was trained on is unknown: name the images "
+            "to score with --validation_dir FOLDER (every image of a metadata.csv folder) or --dataset_name NAME "
+            "(its held-out part of --split_index K, or all of it with --whole_dataset)."
+        )
 
 
 def data_arguments_for(trained: dict, cli: DataArguments, cli_names_data: bool) -> DataArguments:
@@ -355,7 +387,9 @@ def evaluate_one(model_path, eval_args, cli_data, cli_names_data, lone_folder, a
     ds, indices, part, split_index, plan = scored_part(eval_args, data_args, trained, lone_folder, sources)
     if data_args.max_eval_samples is not None:
         indices = indices[: data_args.max_eval_samples]
-    accelerator.print(f"{model_path}: scoring {part}: {len(indices)} images")
+    accelerator.print(
+        f"{model_path}: scoring {len(indices)} images, {part}; results to {Path(eval_args.output_dir).resolve()}"
+    )
 
     model = MPIQEModel.from_pretrained(model_path)
     processor = scoring_processor(model, model_path, eval_args, data_args)
@@ -457,6 +491,7 @@ def write_outputs(eval_args, summary, rows, groups):
 
 def main(argv=None):
     eval_args, cli_data = parse_args(argv)
+    cli_data.check_folders()
     cli_names_data = any(getattr(cli_data, name) is not None for name in SOURCE_FIELDS)
     # A lone --validation_dir is a folder of images to score, all of them.
     lone_folder = cli_data.validation_dir is not None and not (cli_data.train_dir or cli_data.dataset_name)
@@ -465,6 +500,7 @@ def main(argv=None):
     accelerator = Accelerator()
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     models = resolve_models(eval_args.model_name_or_path)
+    check_data_is_known(models, cli_names_data)
 
     loaded = {}  # the datasets, loaded once per source
 
@@ -500,7 +536,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ModelSourceUnavailable, ValueError) as err:
-        sys.exit(f"error: {err}")
+    sys.exit(run_script(main, prog="evaluate.py"))

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import shlex
 import shutil
 import statistics
@@ -43,6 +44,7 @@ from pathlib import Path
 
 from mpiqe_hf.data import KONIQ_OFFICIAL_SIZES, get_dataset_spec
 from mpiqe_hf.data.specs import canonical_dataset_name
+from mpiqe_hf.training import run_script
 
 
 HERE = Path(__file__).resolve().parent
@@ -178,7 +180,7 @@ def parse_args(argv=None):
         args.train_args = args.train_args[1:]
     if args.num_splits is None:
         args.num_splits = 1 if args.pilot or args.table == "koniq-cross" else 10
-    if args.seconds_per_crop <= 0:
+    if not math.isfinite(args.seconds_per_crop) or args.seconds_per_crop <= 0:
         parser.error(f"--seconds_per_crop must be positive, got {args.seconds_per_crop}.")
     if not 1 <= args.first_split <= args.first_split + args.num_splits - 1 <= 10:
         parser.error("splits must lie in 1..10.")
@@ -308,6 +310,9 @@ class Runner:
                 "--output_dir",
                 str(split_dir),
             ]
+            if split_dir.is_dir() and any(split_dir.iterdir()):
+                # An unfinished run (no all_results.json): it starts over, as train.py refuses a non-empty folder.
+                options.append("--overwrite_output_dir")
             self.planned.append((run, split_dir, options))
             # --quiet: the child's own one-line error is the message, without accelerate's traceback after it. The
             # disk options first, so that options after `--` can override them.
@@ -804,11 +809,16 @@ def main(argv=None):
     return text
 
 
-if __name__ == "__main__":
+def run(argv=None):
+    """main, with a failed step reported as one line (exit status 1): its own message is above it."""
     try:
-        main()
+        main(argv)
     except subprocess.CalledProcessError as err:
         sys.exit(
             f"run_protocol: a step failed with exit status {err.returncode} (its message is above): "
             f"{shlex.join(err.cmd)}\nThe runs that finished are kept; the same command continues from them."
         )
+
+
+if __name__ == "__main__":
+    sys.exit(run_script(run, prog="run_protocol.py"))

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import re
 import shutil
 import sys
@@ -29,7 +30,7 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.logging import get_logger
 from accelerate.utils import GradientAccumulationPlugin, gather_object, set_seed
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 from transformers import CLIPConfig, HfArgumentParser, get_cosine_schedule_with_warmup
 
@@ -38,7 +39,6 @@ from mpiqe_hf.data import dataset_mos_range, iqa_info, skipped_samples
 from mpiqe_hf.metrics import MIN_ITEMS
 from mpiqe_hf.model_sources import (
     STANDIN_CLIP_NAME,
-    ModelSourceUnavailable,
     check_model_source,
     resolve_clip_source,
 )
@@ -49,6 +49,7 @@ from mpiqe_hf.training import (
     IQATransform,
     ShuffledCropBatches,
     SplitPlan,
+    check_number,
     collate_iqa_batch,
     evaluate_model,
     iqa_split,
@@ -56,6 +57,7 @@ from mpiqe_hf.training import (
     label_coverage,
     make_samples,
     plan_split,
+    run_script,
 )
 
 
@@ -149,6 +151,10 @@ class ModelArguments:
     )
 
     def __post_init__(self):
+        check_number("num_crops", self.num_crops, at_least=1)
+        check_number("eval_num_crops", self.eval_num_crops, at_least=1)
+        check_number("score_loss_weight", self.score_loss_weight, at_least=0)
+        check_number("distortion_loss_weight", self.distortion_loss_weight, at_least=0)
         self.clip_model_name_or_path = resolve_clip_source(self.clip_model_name_or_path)
 
 
@@ -157,6 +163,15 @@ class TrainArguments:
     """The optimisation, checkpoints, logging and the Hub."""
 
     output_dir: str = "mpiqe-output"
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "Train into a --output_dir that is not empty, replacing the model, results and checkpoints of the same "
+                "names there (without it, a non-empty --output_dir is refused unless --resume_from_checkpoint is given)."
+            )
+        },
+    )
     per_device_train_batch_size: int | None = field(
         default=None,
         metadata={
@@ -250,6 +265,19 @@ class TrainArguments:
     hub_private_repo: bool = False
 
     def __post_init__(self):
+        if not self.output_dir:
+            raise ValueError("--output_dir must name a folder.")
+        check_number("per_device_train_batch_size", self.per_device_train_batch_size, at_least=1)
+        check_number("per_device_eval_batch_size", self.per_device_eval_batch_size, at_least=1)
+        check_number("learning_rate", self.learning_rate, at_least=0)
+        check_number("weight_decay", self.weight_decay, at_least=0)
+        check_number("num_train_epochs", self.num_train_epochs, at_least=1)
+        check_number("max_train_steps", self.max_train_steps, at_least=1)
+        check_number("gradient_accumulation_steps", self.gradient_accumulation_steps, at_least=1)
+        check_number("num_warmup_epochs", self.num_warmup_epochs, at_least=0)
+        check_number("num_warmup_steps", self.num_warmup_steps, at_least=0)
+        check_number("max_grad_norm", self.max_grad_norm, above=0)
+        check_number("eval_every_epoch", self.eval_every_epoch, at_least=1)
         if self.push_to_hub and self.hub_model_id is None:
             raise ValueError("--push_to_hub needs --hub_model_id.")
         if self.checkpointing_steps is not None and self.checkpointing_steps != "epoch":
@@ -293,10 +321,19 @@ def config_overrides(text: str | None, clip_config: CLIPConfig) -> dict:
     if not text:
         return {}
     probe = MPIQEConfig(clip_config=clip_config.to_dict(), visual_prompt_depth=1, window_size=1, decoder_heads=1)
+    malformed = [item for item in text.split(",") if "=" not in item]
+    if malformed:
+        raise ValueError(
+            f"--config_overrides {text!r}: {malformed[0]!r} is not field=value; write 'field=value,field=value' with "
+            "MPIQEConfig fields."
+        )
     try:
         probe.update_from_string(text)
     except ValueError as err:
-        raise ValueError(f"--config_overrides: {err}") from err
+        raise ValueError(
+            f"--config_overrides {text!r}: {err}; write 'field=value,field=value' with MPIQEConfig fields and values "
+            "of their types."
+        ) from err
     keys = [item.split("=", 1)[0].strip() for item in text.split(",") if item.strip()]
     return {key: getattr(probe, key) for key in keys}
 
@@ -318,7 +355,10 @@ def build_model(model_args: ModelArguments, mos_range, score_loss_weight) -> MPI
     if model_args.clip_config_name == "tiny":
         clip_config = hub_clip_config()
     elif model_args.clip_config_name is not None:
-        clip_config = CLIPConfig.from_pretrained(model_args.clip_config_name)
+        try:
+            clip_config = CLIPConfig.from_pretrained(model_args.clip_config_name)
+        except OSError as err:
+            raise ValueError(f"--clip_config_name {model_args.clip_config_name}: {err}") from err
     else:
         clip_config = CLIPConfig.from_pretrained(model_args.clip_model_name_or_path)
     overrides = config_overrides(model_args.config_overrides, clip_config)
@@ -338,6 +378,8 @@ def check_sources(model_args: ModelArguments):
     """Fails in seconds, before anything is written, when a model the run needs cannot be had."""
     if model_args.model_name_or_path is not None:
         check_model_source(model_args.model_name_or_path, "the MP-IQE model to fine-tune")
+    elif model_args.clip_config_name not in (None, "tiny") and not Path(model_args.clip_config_name).is_file():
+        check_model_source(model_args.clip_config_name, "the CLIP configuration (--clip_config_name)")
     elif model_args.clip_config_name is None:
         alternatives = [
             f"for a run offline in minutes, --clip_model_name_or_path {STANDIN_CLIP_NAME} (a small "
@@ -376,14 +418,77 @@ def narrow_text_space_advice(learning_rate: float, text_width: int) -> str | Non
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def read_training_state(checkpoint) -> dict:
+    """A checkpoint's training_state.json; a ValueError naming the file when it is missing or unreadable."""
+    state_file = Path(checkpoint) / TRAINING_STATE_FILE
+    if not state_file.is_file():
+        raise ValueError(
+            f"--resume_from_checkpoint {checkpoint}: not a checkpoint of this script (no {TRAINING_STATE_FILE}); "
+            "pass a step_N or epoch_N folder that train.py wrote, or 'latest'."
+        )
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+        int(state["completed_steps"]), int(state["epoch"]), int(state["batches_in_epoch"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"{state_file}: not a training state written by train.py ({type(err).__name__}: {err}); resume from "
+            "another checkpoint or start afresh with --overwrite_output_dir."
+        ) from err
+    return state
+
+
 def _checkpoint_dirs(output_dir):
     found = []
     for path in Path(output_dir).glob("*_*"):
         match = re.fullmatch(r"(step|epoch)_(\d+)", path.name)
         if match and path.is_dir() and (path / TRAINING_STATE_FILE).is_file():
-            state = json.loads((path / TRAINING_STATE_FILE).read_text())
+            state = read_training_state(path)
             found.append((state["completed_steps"], path.stat().st_mtime, path))
     return [path for *_, path in sorted(found)]
+
+
+def resolve_checkpoint(args) -> Path | None:
+    """The checkpoint folder --resume_from_checkpoint names ('latest': the newest in --output_dir), checked to hold a
+    training state; None without the option."""
+    if not args.resume_from_checkpoint:
+        return None
+    if args.resume_from_checkpoint == "latest":
+        found = _checkpoint_dirs(args.output_dir) if Path(args.output_dir).is_dir() else []
+        if not found:
+            raise ValueError(
+                f"--resume_from_checkpoint latest: no checkpoint (step_N or epoch_N folder) in {args.output_dir}; "
+                "drop the option to start afresh (--overwrite_output_dir for a folder that is not empty)."
+            )
+        return found[-1]
+    checkpoint = Path(args.resume_from_checkpoint)
+    if not checkpoint.is_dir():
+        raise ValueError(
+            f"--resume_from_checkpoint {checkpoint}: no such folder; pass a step_N or epoch_N folder that train.py "
+            "wrote, or 'latest'."
+        )
+    read_training_state(checkpoint)
+    checkpoint_weight_names(checkpoint)
+    return checkpoint
+
+
+def check_output_dir(args):
+    """Refuses, before anything is loaded, an --output_dir that is a file, or one that is not empty (a new run would
+    replace the model, results and checkpoints there) without --overwrite_output_dir or --resume_from_checkpoint;
+    checks the checkpoint to resume from."""
+    out = Path(args.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output_dir {out} is a file, not a folder: pass a new or empty folder.")
+    resolve_checkpoint(args)
+    if args.resume_from_checkpoint or args.overwrite_output_dir or not out.is_dir():
+        return
+    held = sorted(path.name for path in out.iterdir())
+    if held:
+        shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
+        raise ValueError(
+            f"--output_dir {out} is not empty ({shown}): a new run would replace what is there. Pass "
+            "--overwrite_output_dir to replace it, --resume_from_checkpoint latest to continue the run that wrote it, "
+            "or another --output_dir."
+        )
 
 
 def save_checkpoint(accelerator, output_dir, name, state, total_limit=None):
@@ -416,13 +521,29 @@ def keep_adapter_weights_only(models, weights, output_dir):
             del state[key]
 
 
-def check_checkpoint_weights(checkpoint, model):
-    """A checkpoint must hold every trained weight of `model`; an adapter-only one lacks only the frozen CLIP."""
+def checkpoint_weight_names(checkpoint) -> set[str]:
+    """The model weights' names a checkpoint holds (without DDP's `module.`); a ValueError naming the file when it
+    has none or they cannot be read."""
     files = sorted(Path(checkpoint).glob("model*.safetensors"))
     if not files:
-        raise ValueError(f"{checkpoint} has no model weights (model.safetensors): it is not a checkpoint of this run.")
-    with safe_open(str(files[0]), framework="pt") as f:
-        saved = {key.removeprefix("module.") for key in f.keys()}  # noqa: SIM118 (a safe_open handle, no mapping)
+        raise ValueError(
+            f"{checkpoint} has no model weights (model.safetensors): it is not a checkpoint of this script; pass a "
+            "step_N or epoch_N folder that train.py wrote, or 'latest'."
+        )
+    try:
+        with safe_open(str(files[0]), framework="pt") as f:
+            saved = {key.removeprefix("module.") for key in f.keys()}  # noqa: SIM118 (a safe_open handle, no mapping)
+    except (SafetensorError, OSError) as err:
+        raise ValueError(
+            f"{files[0]}: not a readable safetensors file ({err}); resume from another checkpoint or start afresh "
+            "with --overwrite_output_dir."
+        ) from err
+    return saved
+
+
+def check_checkpoint_weights(checkpoint, model):
+    """A checkpoint must hold every trained weight of `model`; an adapter-only one lacks only the frozen CLIP."""
+    saved = checkpoint_weight_names(checkpoint)
     missing = sorted(name for name, p in model.named_parameters() if p.requires_grad and name not in saved)
     if missing:
         raise ValueError(
@@ -806,22 +927,24 @@ def start_outputs(data_args, model_args, args, accelerator, data, loss_terms, sc
 
 def resume(args, accelerator, model, max_train_steps) -> LoopState:
     """The loop's state: fresh, or loaded with `load_state` from --resume_from_checkpoint."""
-    if not args.resume_from_checkpoint:
+    checkpoint = resolve_checkpoint(args)
+    if checkpoint is None:
         return LoopState()
-    checkpoint = args.resume_from_checkpoint
-    if checkpoint == "latest":
-        found = _checkpoint_dirs(args.output_dir)
-        if not found:
-            raise ValueError(f"--resume_from_checkpoint latest: no checkpoint in {args.output_dir}.")
-        checkpoint = str(found[-1])
-    state_file = Path(checkpoint) / TRAINING_STATE_FILE
-    if not state_file.is_file():
-        raise ValueError(f"{checkpoint} is not a checkpoint of this script (no {TRAINING_STATE_FILE}).")
     accelerator.print(f"Resumed from checkpoint: {checkpoint}")
     # An adapter-only checkpoint (--save_adapter_only) lacks the frozen CLIP; this run built it as the first did.
     adapter_only = check_checkpoint_weights(checkpoint, accelerator.unwrap_model(model))
-    accelerator.load_state(checkpoint, strict=not adapter_only)
-    saved = json.loads(state_file.read_text())
+    try:
+        accelerator.load_state(str(checkpoint), strict=not adapter_only)
+    except (RuntimeError, OSError, EOFError, KeyError, pickle.UnpicklingError, SafetensorError) as err:
+        # load_state's messages name tensors, not the option: a size mismatch means another model configuration.
+        # Their first two lines: what failed to load, and the first tensor that did not fit.
+        detail = " ".join(line.strip() for line in str(err).strip().splitlines()[:2]) or type(err).__name__
+        raise ValueError(
+            f"--resume_from_checkpoint {checkpoint}: cannot be loaded into this run ({detail}); it was written by "
+            "a run with other options (model, optimizer or processes): resume with that run's options, or start "
+            "afresh with --overwrite_output_dir."
+        ) from err
+    saved = read_training_state(checkpoint)
     state = LoopState(
         completed_steps=saved["completed_steps"], epoch=saved["epoch"], batches_in_epoch=saved["batches_in_epoch"]
     )
@@ -1066,6 +1189,8 @@ def push_results(args, accelerator, model, image_processor, data, schedule, resu
 
 def main(argv=None):
     data_args, model_args, args = parse_args(argv)
+    check_output_dir(args)
+    data_args.check_folders()
     check_sources(model_args)
     per_crop = model_args.crop_sampling == "per_crop"
     accelerator = make_accelerator(args, per_crop)
@@ -1157,21 +1282,19 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ModelSourceUnavailable, ValueError) as err:  # bad input: one message naming the file, field or model
-        sys.exit(f"error: {err}")
-    except KeyboardInterrupt:
-        print(
+    status = run_script(
+        main,
+        prog="train.py",
+        interrupted=(
             "interrupted: the checkpoints written so far stay in --output_dir (--checkpointing_steps N or epoch "
-            "writes them); continue with --resume_from_checkpoint latest",
-            file=sys.stderr,
-        )
-        sys.exit(130)
-    if torch.distributed.is_initialized():
+            "writes them); continue with --resume_from_checkpoint latest"
+        ),
+    )
+    if status == 0 and torch.distributed.is_initialized():
         # Everything is written. Tearing down a gloo process group can hang or abort a finished process: freeing it
         # joins its worker threads while holding the GIL, which a worker may need to free its last collective's
         # tensors (seen in 1 of ~10 two-process CPU runs). Leave without that teardown.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+    sys.exit(status)

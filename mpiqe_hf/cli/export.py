@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -11,7 +12,11 @@ def build_parser() -> argparse.ArgumentParser:
     formats = parser.add_subparsers(dest="format", required=True, metavar="FORMAT")
     onnx_parser = formats.add_parser("onnx", help="ONNX graph for onnxruntime (text features folded in)")
     onnx_parser.add_argument(
-        "output_dir", help="folder to write model.onnx, config.json and preprocessor_config.json to"
+        "output_dir",
+        help=(
+            "folder to write model.onnx, config.json and preprocessor_config.json to: new, empty or an earlier "
+            "export's (whose files this export replaces; its model_int8.onnx is deleted without --quantize)"
+        ),
     )
     onnx_parser.add_argument(
         "--model", "-m", required=True, help="Hub repo id or local folder of an MP-IQE checkpoint"
@@ -23,8 +28,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs `mpiqe-export`; returns the exit status (0 done, 2 the model cannot be loaded or exported)."""
-    args = build_parser().parse_args(argv)
+    """Runs `mpiqe-export`; returns the exit status (0 done, 2 bad input: the output folder, or a model that cannot be
+    loaded or exported; 130 interrupted)."""
+    try:
+        return _export(build_parser().parse_args(argv))
+    except KeyboardInterrupt:
+        print("mpiqe-export: interrupted", file=sys.stderr)
+        return 130
+
+
+def _export(args) -> int:
+    from ..export_onnx.exporter import foreign_files
+
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        print(f"mpiqe-export: {args.output_dir} is a file, not a folder: pass a new or empty folder", file=sys.stderr)
+        return 2
+    foreign = foreign_files(args.output_dir)
+    if foreign:
+        print(
+            f"mpiqe-export: {args.output_dir} holds files an export does not write ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}): export into a new or empty folder, or an earlier export's folder",
+            file=sys.stderr,
+        )
+        return 2
     from ..export_onnx import export_onnx
     from ..image_processing_mpiqe import MPIQEImageProcessor
     from ..modeling_mpiqe import MPIQEModel

@@ -3,7 +3,9 @@ or `save_to_disk` folder)."""
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -24,15 +26,23 @@ def metadata_record_lines(path: Path) -> tuple[list[str], list[int]]:
     `datasets` (pandas) reports rows, not lines; blank lines are skipped and quoted fields may span lines, so the
     line of row `i` is read from the file itself (the csv module agrees with pandas on both).
     """
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, [])
-        starts = []
+    data = Path(path).read_bytes().removeprefix(codecs.BOM_UTF8)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}, line {line}: byte 0x{data[err.start]:02x} is not UTF-8; save the file as UTF-8 (from Latin-1, "
+            f"say: iconv -f latin1 -t utf-8 {Path(path).name} > utf8.csv, then replace it)."
+        ) from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, [])
+    starts = []
+    start = reader.line_num + 1
+    for record in reader:
+        if record:
+            starts.append(start)
         start = reader.line_num + 1
-        for record in reader:
-            if record:
-                starts.append(start)
-            start = reader.line_num + 1
     return header, starts
 
 
@@ -73,6 +83,8 @@ def load_metadata_folder(
             raise ValueError(
                 f"{meta_path}, line 1, field '{required}': required column missing (found {list(columns.values())})."
             )
+    if not lines:
+        raise ValueError(f"{meta_path}: no rows after the header (line 1); add one row per image: file_name,mos,...")
     text = datasets.Features({name: datasets.Value("string") for name in columns})
     # data_files, not data_dir: imagefolder would read `train/`, `test/` subfolders as splits of their own.
     raw = datasets.load_dataset("imagefolder", data_files={"train": str(meta_path)}, features=text, split="train")

@@ -182,7 +182,7 @@ def implausible_mos(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
             mask[i] = True
             reasons[i] = (
                 f"negative MOS {values[i]} on a non-negative scale ({np.mean(values >= 0):.0%} of the values are >= 0); "
-                "pass mos_range=(low, high) if it is real"
+                "pass mos_range=(low, high) (--mos_range LO HI to the scripts) if it is real"
             )
     if len(values) >= 4:
         q1, q3 = np.percentile(values, [25, 75])
@@ -194,7 +194,8 @@ def implausible_mos(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
                     mask[i] = True
                     reasons[i] = (
                         f"MOS {values[i]} is far outside the other values (beyond [{low:.4g}, {high:.4g}] = quartiles "
-                        f"-/+ {FAR_OUT_IQR:g} IQR); pass mos_range=(low, high) if it is real"
+                        f"-/+ {FAR_OUT_IQR:g} IQR); pass mos_range=(low, high) (--mos_range LO HI to the scripts) if "
+                        "it is real"
                     )
     return mask, reasons
 

@@ -13,6 +13,13 @@ from torch import nn
 
 ONNX_FILE = "model.onnx"
 QUANTIZED_ONNX_FILE = "model_int8.onnx"
+# Every file an export writes: a folder holding others is not an export folder, and those are not the export's to
+# replace.
+EXPORT_FILES = frozenset(
+    [ONNX_FILE, QUANTIZED_ONNX_FILE, "config.json", "preprocessor_config.json"]
+    # The configs' remote code: save_pretrained copies the package's modules they import.
+    + [name for name in os.listdir(os.path.dirname(os.path.dirname(__file__))) if name.endswith(".py")]
+)
 _INPUT_NAME = "pixel_values"
 
 
@@ -48,6 +55,13 @@ def _output_names(config) -> list[str]:
     return names
 
 
+def foreign_files(output_dir) -> list[str]:
+    """The entries of `output_dir` (sorted) that an export does not write; [] where the folder does not exist."""
+    if not os.path.isdir(output_dir):
+        return []
+    return sorted(name for name in os.listdir(output_dir) if name not in EXPORT_FILES)
+
+
 def export_onnx(model, output_dir, image_processor=None, opset: int = 17, quantize: bool = False) -> dict:
     """
     Exports `model`'s scoring to `output_dir/model.onnx` with `torch.onnx.export`, next to its `config.json` and
@@ -59,7 +73,9 @@ def export_onnx(model, output_dir, image_processor=None, opset: int = 17, quanti
         image_processor ([`MPIQEImageProcessor`], *optional*): saved with the graph; defaults to one with the CLIP
             image size as crop size.
         opset (`int`): ONNX opset of the TorchScript-based exporter.
-        quantize (`bool`): also write `model_int8.onnx` (see [`quantize_onnx`]).
+        quantize (`bool`): also write `model_int8.onnx` (see [`quantize_onnx`]); without it, the
+            `model_int8.onnx` of an earlier export into `output_dir` is deleted, so that the folder holds only this
+            model's files.
 
     Returns:
         `{"onnx": path, "max_abs_diff": float}` (+ `"onnx_int8"` with `quantize=True`): `max_abs_diff` is the largest
@@ -103,8 +119,11 @@ def export_onnx(model, output_dir, image_processor=None, opset: int = 17, quanti
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     (scores,) = session.run(["score"], {_INPUT_NAME: example.numpy()})
     result = {"onnx": path, "max_abs_diff": float(np.abs(scores - expected).max())}
+    quantized = os.path.join(output_dir, QUANTIZED_ONNX_FILE)
     if quantize:
-        result["onnx_int8"] = quantize_onnx(path, os.path.join(output_dir, QUANTIZED_ONNX_FILE))
+        result["onnx_int8"] = quantize_onnx(path, quantized)
+    elif os.path.exists(quantized):
+        os.remove(quantized)
     return result
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -9,6 +10,22 @@ from ..data.specs import default_max_image_size
 
 
 SPLIT_PROTOCOLS = ("paper", "liqe", "official", "none")
+# What makes a folder data: a metadata.csv table, or a `datasets` `save_to_disk` (Dataset / DatasetDict).
+DATA_FOLDER_FILES = ("metadata.csv", "state.json", "dataset_dict.json")
+
+
+def check_number(option: str, value, *, at_least=None, above=None):
+    """Raises a ValueError naming `--option` unless `value` is None or a finite number `>= at_least` / `> above`
+    (argparse takes "nan" and "inf" for a float option, and any sign for an int)."""
+    if value is None:
+        return
+    if (
+        not math.isfinite(value)
+        or (at_least is not None and value < at_least)
+        or (above is not None and value <= above)
+    ):
+        bound = f"at least {at_least}" if at_least is not None else f"above {above}" if above is not None else "finite"
+        raise ValueError(f"--{option} must be a finite number {bound}, got {value}.")
 
 
 @dataclass
@@ -112,10 +129,35 @@ class DataArguments:
             raise ValueError(f"--split_index must be in 1..10, got {self.split_index}.")
         if not 0.0 < self.train_fraction <= 1.0:
             raise ValueError(f"--train_fraction must be in (0, 1], got {self.train_fraction}.")
-        if self.mos_range is not None and len(self.mos_range) != 2:
-            raise ValueError(f"--mos_range takes two numbers LO HI, got {self.mos_range}.")
+        if self.mos_range is not None and (
+            len(self.mos_range) != 2
+            or not all(math.isfinite(value) for value in self.mos_range)
+            or self.mos_range[0] >= self.mos_range[1]
+        ):
+            raise ValueError(f"--mos_range takes two finite numbers LO HI with LO < HI, got {self.mos_range}.")
+        check_number("max_train_samples", self.max_train_samples, at_least=1)
+        check_number("max_eval_samples", self.max_eval_samples, at_least=1)
+        check_number("dataloader_num_workers", self.dataloader_num_workers, at_least=0)
         if self.max_image_size is not None and self.max_image_size < 0:
             raise ValueError(f"--max_image_size must be a number of pixels or 0 (never), got {self.max_image_size}.")
+
+    def check_folders(self):
+        """Names a --train_dir / --validation_dir that is not a folder with metadata.csv (or a `save_to_disk` folder),
+        and a --dataset_name path that does not exist, before anything is loaded."""
+        for option in ("train_dir", "validation_dir"):
+            folder = getattr(self, option)
+            if folder is None:
+                continue
+            if not os.path.isdir(folder):
+                raise ValueError(f"--{option} {folder}: no such folder.")
+            if not any(os.path.isfile(os.path.join(folder, name)) for name in DATA_FOLDER_FILES):
+                raise ValueError(
+                    f"--{option} {folder}: no metadata.csv in it; write one with a row per image (file_name,mos; "
+                    "docs/data.md) or pass the folder that holds it."
+                )
+        name = self.dataset_name
+        if name is not None and name.startswith((os.sep, ".", "~")) and not os.path.exists(os.path.expanduser(name)):
+            raise ValueError(f"--dataset_name {name}: no such folder.")
 
     @property
     def resolved_max_image_size(self) -> int | None:
