@@ -344,7 +344,7 @@ def test_ctrl_c_and_bugs_are_one_line_and_a_traceback_with_a_report_request(caps
 
     assert run_script(interrupted, [], prog="train.py", interrupted="interrupted: resume with X") == 130
     assert capsys.readouterr().err == "train.py: interrupted: resume with X\n"
-    assert run_script(buggy, [], prog="evaluate.py") == 1
+    assert run_script(buggy, [], prog="evaluate.py") == 70
     err = capsys.readouterr().err
     assert "Traceback" in err and "ZeroDivisionError" in err
     assert err.strip().splitlines()[-1].startswith("evaluate.py: this is a bug in mpiqe_hf")

@@ -1,5 +1,6 @@
 """How `examples/train.py`, `examples/evaluate.py` and `examples/run_protocol.py` end: bad input is one line on stderr
-and exit status 2, Ctrl-C one line and 130, a bug its traceback and a request to report it (exit status 1)."""
+and exit status 2, Ctrl-C one line and 130, a bug its traceback and a request to report it (exit status 70, as
+for `mpiqe-score`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from ..model_sources import ModelSourceUnavailable
 
 USAGE_ERROR = 2
 INTERRUPTED = 130
-BUG = 1
+BUG = 70  # EX_SOFTWARE of sysexits.h, as `mpiqe-score` (where 1 means that some images failed)
 # What bad input raises: the loaders and checks name the file, line, field or option and the way out in the message.
 INPUT_ERRORS = (UsageError, ModelSourceUnavailable, ValueError)
 
@@ -21,7 +22,7 @@ INPUT_ERRORS = (UsageError, ModelSourceUnavailable, ValueError)
 def run_script(main: Callable, argv=None, *, prog: str, interrupted: str = "interrupted") -> int:
     """
     Runs `main(argv)` and returns the exit status: 0 when it returns, 2 with `prog: error: <message>` for bad input
-    (`INPUT_ERRORS`), 130 with `prog: <interrupted>` for Ctrl-C, 1 with the traceback and a request to report it for
+    (`INPUT_ERRORS`), 130 with `prog: <interrupted>` for Ctrl-C, 70 with the traceback and a request to report it for
     anything else. Argument-parsing errors keep argparse's own message and exit status 2 (`SystemExit`).
     """
     try:
