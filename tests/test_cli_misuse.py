@@ -315,9 +315,15 @@ CASES = [
     ),
     (
         "maps-under-a-file",
-        lambda w, m: [str(w / "imgs"), "-m", str(w / "model"), "--save-maps", str(w / "imgs/a.jpg/maps")],
+        lambda w, m: [str(w / "imgs"), "-m", str(w / "model"), "--save-maps", str(w / "model/config.json/maps")],
         2,
         "is a file, not a folder",
+    ),
+    (
+        "maps-inside-an-input-folder",
+        lambda w, m: [str(w / "imgs"), "-m", str(w / "model"), "--save-maps", str(w / "imgs/maps")],
+        2,
+        "is inside the input folder",
     ),
     (
         "maps-onto-an-input",

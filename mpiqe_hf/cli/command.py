@@ -446,6 +446,13 @@ class _Run:
         args = self.args
         if args.save_maps is None:
             return None
+        maps_folder = os.path.realpath(args.save_maps)
+        for folder in (path for path in args.paths if os.path.isdir(path)):
+            if os.path.commonpath([maps_folder, os.path.realpath(folder)]) == os.path.realpath(folder):
+                raise UsageError(
+                    f"--save-maps {args.save_maps} is inside the input folder {folder}: a later run over {folder} "
+                    "would score the maps as photos; choose a folder outside it"
+                )
         paths = map_paths(args.save_maps, inputs.keys, from_files=args.dataset is None)
         taken = inputs.protected | ({os.path.realpath(output.path)} if output is not None else set())
         for key, pair in paths.items():
