@@ -225,8 +225,8 @@ def test_default_scores_the_held_out_part_with_baselines_beside(split_runs, synt
     assert model["num_samples"] == len(held_out) == 56 and model["split_index"] == 1
     printed = capsys.readouterr().out
     assert (
-        "the held-out 20 % part of paper: random 80/20 split 1 of 10 of synthetic (seed 0, by content): 56 images"
-        in printed
+        "scoring 56 images, the held-out 20 % part of paper: random 80/20 split 1 of 10 of synthetic (seed 0, by "
+        f"content); results to {(tmp_path / 'eval').resolve()}" in printed
     )
     with open(tmp_path / "eval" / "predictions.csv") as f:
         paths = {row["path"] for row in csv.DictReader(f)}
