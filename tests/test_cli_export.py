@@ -57,6 +57,25 @@ def test_onnx_backend_needs_an_export(checkpoint, capsys):
     assert status == 2 and "mpiqe-export onnx" in capsys.readouterr().err
 
 
+def test_onnx_int8_backend_scores_with_the_quantised_graph(checkpoint, tmp_path, capsys):
+    from mpiqe_hf.export_onnx import OnnxQualityScorer
+
+    exported = tmp_path / "exported"
+    assert export_main(["onnx", str(exported), "--model", str(checkpoint / "model")]) == 0
+    common = [str(checkpoint / "photos"), "--model", str(exported), "--num-workers", "0", "-b", "2"]
+    assert score_main([*common, "--backend", "onnx-int8", "-o", str(tmp_path / "no.csv")]) == 2
+    assert "holds no model_int8.onnx: export it with `mpiqe-export onnx --quantize`" in capsys.readouterr().err
+    assert export_main(["onnx", str(exported), "--model", str(checkpoint / "model"), "--quantize"]) == 0
+    # one image a batch: dynamic quantisation scales activations over the whole batch, so batch-mates move a score
+    assert score_main([*common, "-b", "1", "--backend", "onnx-int8", "-o", str(tmp_path / "int8.csv")]) == 0
+    rows = _rows(tmp_path / "int8.csv")
+    quantized = OnnxQualityScorer(str(exported), quantized=True)
+    for path, row in rows.items():
+        crops = quantized.image_processor(Image.open(path), return_tensors="np")["pixel_values"]
+        expected = quantized.score_batch(crops).results(quantized.config)[0]
+        assert float(row["score"]) == pytest.approx(expected["score"], abs=1e-5)
+
+
 def test_save_maps_writes_an_overlay_per_image(checkpoint, tmp_path):
     from mpiqe_hf import MPIQEModel
 

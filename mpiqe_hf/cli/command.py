@@ -395,7 +395,7 @@ class _Run:
             "revision": args.revision,
             "backend": args.backend,
             # the exported graph computes in float32 whatever --dtype says
-            "dtype": "float32" if args.backend == "onnx" else str(dtype).replace("torch.", ""),
+            "dtype": "float32" if args.backend != "torch" else str(dtype).replace("torch.", ""),
             "format": output.format,
             "key_column": self._key_column(),
         }
@@ -485,7 +485,7 @@ class _Run:
 
         args = self.args
         # onnxruntime runs on the CPU here: `auto` means the CPU for it
-        device = resolve_device("cpu" if args.backend == "onnx" and args.device == "auto" else args.device)
+        device = resolve_device("cpu" if args.backend != "torch" and args.device == "auto" else args.device)
         dtype, dtype_reason = resolve_dtype(args.dtype, device)
         state = PartialState(cpu=device.type == "cpu")
         if state.num_processes > 1 and device.type == "cuda":
@@ -566,8 +566,8 @@ class _Run:
         num_workers = self._default_workers(state) if args.num_workers is None else args.num_workers
         loader, total = self._loader(inputs, before.keys, processor, state, num_workers, device)
         runtime = f"{device} in {str(dtype).replace('torch.', '')} ({dtype_reason})"
-        if args.backend == "onnx":
-            runtime = "the CPU with onnxruntime"
+        if args.backend != "torch":
+            runtime = f"the CPU with onnxruntime ({'int8' if args.backend == 'onnx-int8' else 'float32'} graph)"
         _say(
             f"scoring on {runtime}, "
             f"{state.num_processes} process(es), {num_workers} loader worker(s) each"

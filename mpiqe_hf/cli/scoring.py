@@ -25,7 +25,7 @@ from .errors import UsageError
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "onnx-int8")
 
 
 def _to_numpy(tensor: torch.Tensor | None) -> np.ndarray | None:
@@ -104,20 +104,22 @@ def build_scorer(
         raise UsageError(f"--compile compiles the torch model; --backend {backend} does not run one")
     if backend == "torch":
         return TorchScorer(load_model(model_name, revision, allow_pickle), device, dtype, compile=compile)
-    if backend == "onnx":
+    if backend in ("onnx", "onnx-int8"):
         if device.type != "cpu":
-            raise UsageError(f"--backend onnx runs on the CPU; drop --device {device}")
+            raise UsageError(f"--backend {backend} runs on the CPU; drop --device {device}")
+        quantized = backend == "onnx-int8"
         try:
             from ..export_onnx import OnnxQualityScorer
 
-            scorer = OnnxQualityScorer(model_name)
+            scorer = OnnxQualityScorer(model_name, quantized=quantized)
         except (ImportError, OSError, ValueError) as err:
-            raise UsageError(f"--backend onnx: {_first_line(err)}") from err
-        from ..export_onnx.exporter import ONNX_FILE
+            raise UsageError(f"--backend {backend}: {_first_line(err)}") from err
+        from ..export_onnx.exporter import ONNX_FILE, QUANTIZED_ONNX_FILE
 
+        graph = QUANTIZED_ONNX_FILE if quantized else ONNX_FILE
         # the graph and any external-data file beside it, which the scorer reads
         scorer.weights_sha256 = _files_sha256(
-            os.path.join(model_name, name) for name in sorted(os.listdir(model_name)) if name.startswith(ONNX_FILE)
+            os.path.join(model_name, name) for name in sorted(os.listdir(model_name)) if name.startswith(graph)
         )
         return scorer
     raise UsageError(f"--backend {backend}: unknown backend; choose from {', '.join(BACKENDS)}")

@@ -28,7 +28,8 @@ class OnnxQualityScorer:
 
         path = os.path.join(export_dir, QUANTIZED_ONNX_FILE if quantized else ONNX_FILE)
         if not os.path.isfile(path):
-            raise OSError(f"{export_dir} holds no {os.path.basename(path)}: export it with `mpiqe-export onnx`.")
+            how = "mpiqe-export onnx --quantize" if quantized else "mpiqe-export onnx"
+            raise OSError(f"{export_dir} holds no {os.path.basename(path)}: export it with `{how}`.")
         self.config = MPIQEConfig.from_pretrained(export_dir)
         self.image_processor = MPIQEImageProcessor.from_pretrained(export_dir)
         options = onnxruntime.SessionOptions()
