@@ -99,6 +99,8 @@ def write_repository(
     if image_processor is not None and getattr(image_processor, "_auto_class", None) is None:
         image_processor.register_for_auto_class("AutoImageProcessor")
     scorer = MPIQEImageClassificationPipeline(model=model, image_processor=image_processor)
+    # The pipeline falls back on a default processor to score with; saving it would replace the repo's own.
+    scorer.image_processor = image_processor
     if adapter_only:
         with _adapter_form(model) as state:
             scorer.save_pretrained(folder, state_dict=state)
