@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import html
 import os
+import sys
 import tempfile
 
 import gradio as gr
@@ -22,6 +23,8 @@ from PIL import Image, ImageFilter
 from transformers import pipeline
 
 from mpiqe_hf import PIPELINE_TASK, MPIQEImageProcessor, MPIQEModel, load_image
+from mpiqe_hf.model_sources import check_model_source
+from mpiqe_hf.training import run_script
 from mpiqe_hf.visualization import render_overlay
 
 
@@ -56,6 +59,12 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if not args.model:
         parser.error("name the checkpoint with --model or the MPIQE_MODEL environment variable")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device {args.device}: not a device; use cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: this machine has no CUDA GPU torch can use; use --device cpu")
     return args
 
 
@@ -214,6 +223,7 @@ def build_demo(scorer):
 
 def main(argv=None):
     args = parse_args(argv)
+    check_model_source(args.model, "the model", revision=args.revision)
     demo = build_demo(load_scorer(args.model, args.revision, args.device))
     demo.launch(
         server_name=args.host,
@@ -226,4 +236,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main, prog="app.py"))

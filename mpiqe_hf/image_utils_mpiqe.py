@@ -83,7 +83,10 @@ def _decode(source: Any) -> Image.Image:
         elif source.get("path"):
             source = source["path"]
         else:
-            raise ValueError("the dict holds neither 'bytes' nor 'path'")
+            raise ValueError(
+                f"a dict with keys {sorted(map(str, source))} holds neither 'bytes' nor 'path' (the form of a `datasets` "
+                "Image column): pass the image itself (a path, bytes or a PIL image), or {'bytes': ..., 'path': ...}"
+            )
     if isinstance(source, (str, os.PathLike)):
         path = os.fsdecode(source)
         if path.startswith(("http://", "https://")):

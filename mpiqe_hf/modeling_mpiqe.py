@@ -1,6 +1,7 @@
 """PyTorch MP-IQE: multi-modal prompt learning on a frozen CLIP for blind image quality assessment."""
 
 import hashlib
+import os
 import zlib
 from dataclasses import dataclass
 
@@ -616,6 +617,11 @@ class MPIQEModel(MPIQEPreTrainedModel):
             config = kwargs.get("config")
             if isinstance(config, PreTrainedConfig):
                 config_dict = config.to_dict()
+            elif config is None and os.path.isdir(source) and not os.path.isfile(os.path.join(source, "config.json")):
+                raise ValueError(
+                    f"{source} holds no config.json, so no model: pass the folder that `MPIQEModel.save_pretrained`, "
+                    "`mpiqe_hf.save_adapter` or examples/train.py wrote, or a Hub repo id."
+                )
             else:
                 config_dict, _ = PreTrainedConfig.get_config_dict(config or source, **fetch_kwargs)
             _refuse_other_model_types(source, config_dict.get("model_type"))

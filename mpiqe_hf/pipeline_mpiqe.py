@@ -232,6 +232,12 @@ class ImageQualityAssessmentPipeline(Pipeline):
         if isinstance(inputs, list):
             if not inputs:
                 return []
+            for index, image in enumerate(inputs):
+                if isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 4:
+                    raise ValueError(
+                        f"input {index}: a 4-D {type(image).__name__} of shape {tuple(image.shape)} is a batch of "
+                        "images, not one: pass it on its own (not inside a list), or a list of 3-D images."
+                    )
             inputs = [_NumberedInput(index, image) for index, image in enumerate(inputs)]
         return_map = kwargs.get("return_map", self._default_return_map)
         if return_map and kwargs.get("num_crops", self._default_num_crops) is None:

@@ -180,6 +180,8 @@ class MPIQEScorer:
             )
         if isinstance(images, Mapping):
             return self._score_batch(images)
+        if isinstance(images, (list, tuple)) and not images:
+            return torch.empty(0, device=self.device)  # as the pipeline answers [] with []
         with torch.no_grad():
             return self._native_score(self._forward(self._processed(images)))
 
@@ -193,6 +195,11 @@ class MPIQEScorer:
                 f"images must be a float tensor (batch_size, 3, height, width) in [0, 1], got a {images.dtype} "
                 f"tensor of shape {tuple(images.shape)}: add a batch axis with images[None], move channels first, "
                 "or divide 0..255 values by 255"
+            )
+        if not torch.isfinite(images).all():
+            raise ValueError(
+                "images hold NaN or infinite values: find where the pixels came from (a division by zero, an "
+                "overflowing half-precision step) and pass finite values in [0, 1]"
             )
         low, high = images.aminmax()
         # the processor's tolerance for float images

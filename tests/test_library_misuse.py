@@ -109,6 +109,7 @@ CASES = [
     ("nested list", lambda e: e.pipe([[RGB]]), ValueError, "input 0: Cannot score an input of type list"),
     ("None in a list", lambda e: e.pipe([RGB, None]), ValueError, "input 1: Cannot score an input of type NoneType"),
     ("bad array in a list", lambda e: e.pipe([RGB, RGB * 0.0 + 2]), ValueError, "input 1: float image"),
+    ("4-D array in a list", lambda e: e.pipe([np.stack([RGB, RGB])]), ValueError, "input 0: a 4-D ndarray"),
     # pipeline: files, bytes, URLs
     ("truncated bytes", lambda e: e.pipe(_png()[:200]), ValueError, "in-memory image (200 bytes)"),
     ("truncated file", lambda e: e.pipe(e.truncated), ValueError, "truncated.png': image file is truncated"),
@@ -155,6 +156,24 @@ CASES = [
         lambda e: MPIQEModel.from_pretrained(e.folder / "no_model_type"),
         ValueError,
         "holds a config.json without a model_type, not an MP-IQE model: expected a folder or repo",
+    ),
+    (
+        "from_pretrained on a folder without config.json",
+        lambda e: MPIQEModel.from_pretrained(e.folder),
+        ValueError,
+        "holds no config.json, so no model: pass the folder",
+    ),
+    (
+        "a dict that is no datasets Image",
+        lambda e: e.pipe({"image": "a.png"}),
+        ValueError,
+        "holds neither 'bytes' nor 'path' (the form of a `datasets` Image column): pass the image itself",
+    ),
+    (
+        "demo on a missing model",
+        lambda e: _demo_app().main(["--model", str(e.folder / "nowhere")]),
+        ModelSourceUnavailable,
+        "nowhere': no such folder",
     ),
     (
         "model folder without config.json",
@@ -236,3 +255,10 @@ def test_handler_takes_base64_wrapped_as_the_base64_command_prints_it(env):
     assert "\n" in wrapped.strip()
     request = json.loads(json.dumps({"inputs": wrapped, "parameters": {"output_format": "quality"}}))
     assert env.handler(request) == env.pipe(RGB)
+
+
+def test_demo_refuses_a_device_that_is_none_in_one_line(env, capsys):
+    with pytest.raises(SystemExit) as info:
+        _demo_app().parse_args(["--model", str(env.folder), "--device", "banana"])
+    assert info.value.code == 2
+    assert "error: --device banana: not a device; use cpu, cuda or cuda:N" in capsys.readouterr().err

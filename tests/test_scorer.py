@@ -155,8 +155,11 @@ def test_bad_inputs_raise_one_clear_error(scorer, images):
         scorer((image * 255).to(torch.uint8))
     with pytest.raises(ValueError, match=r"in \[0, 1\], got values in \[0, 2.*divide 0..255 values by 255"):
         scorer(image * 255)
+    with pytest.raises(ValueError, match="NaN or infinite values"):
+        scorer(torch.full_like(image, float("nan")))
     with pytest.raises(ValueError, match="one float tensor"):
         scorer([image[0], image[0]])
+    assert scorer([]).shape == (0,)  # as the pipeline answers [] with []
     with pytest.raises(ValueError, match="as_loss=True needs the pixels as a float tensor"):
         scorer(images[0], as_loss=True)
     with pytest.raises(ValueError, match=r"no image column 'image' \(its columns: id, picture\).*image_column="):
