@@ -157,7 +157,17 @@ def test_pilot_trains_the_four_recipes_on_both_datasets_beside_the_baselines(tin
             "--evaluate_args",
             "--dataloader_num_workers 0",
             "--",
-            *tiny_args(tiny_clip, "ignored", "--num_train_epochs", "2", steps=None),
+            *tiny_args(
+                tiny_clip,
+                "ignored",
+                "--num_train_epochs",
+                "2",
+                "--per_device_train_batch_size",
+                "6",
+                "--num_crops",
+                "1",
+                steps=None,
+            ),
         ]
     )
     printed = capsys.readouterr().out
