@@ -411,6 +411,12 @@ CASES = [
         "not a torch device",
     ),
     (
+        "device-meta",
+        lambda w, m: [str(w / "imgs"), "-m", str(w / "model"), "--device", "meta"],
+        2,
+        "--device meta: cannot score on it",
+    ),
+    (
         "num-crops-zero",
         lambda w, m: [str(w / "imgs"), "-m", str(w / "model"), "--num-crops", "0"],
         2,
