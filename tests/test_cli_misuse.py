@@ -299,13 +299,25 @@ CASES = [
         "output-is-a-folder",
         lambda w, m: [str(w / "imgs"), "-m", str(w / "model"), "-o", str(w / "empty-folder")],
         2,
-        "is a folder",
+        "empty-folder is a folder: give a file name such as",
+    ),
+    (
+        "output-with-a-trailing-slash",
+        lambda w, m: [str(w / "imgs"), "-m", str(w / "model"), "-o", str(w / "out") + "/"],
+        2,
+        "out/ is a folder: give a file name such as",
     ),
     (
         "output-unknown-extension",
         lambda w, m: [str(w / "imgs"), "-m", str(w / "model"), "-o", str(w / "s.txt")],
         2,
         "pass --format",
+    ),
+    (
+        "parquet-to-dash",  # `-o -` is stdout, not a file named `-` in the working folder
+        lambda w, m: (m.chdir(w), [str(w / "imgs"), "-m", str(w / "model"), "-o", "-", "-f", "parquet"])[1],
+        2,
+        "--format parquet needs --output",
     ),
     (
         "parquet-to-stdout",
@@ -366,13 +378,37 @@ CASES = [
         "paths-from-missing",
         lambda w, m: ["--paths-from", str(w / "nolist.txt"), "-m", str(w / "model")],
         2,
-        "--paths-from",
+        "nolist.txt: no such file; pass a UTF-8 text file with one image path per line",
     ),
     (
         "paths-from-binary",
         lambda w, m: ["--paths-from", str(w / "binary.txt"), "-m", str(w / "model")],
         2,
-        "--paths-from",
+        "binary.txt, line 1: the byte 0xff is not UTF-8; pass a UTF-8 text file",
+    ),
+    (
+        "paths-from-latin-1-on-line-2",
+        lambda w, m: (
+            (w / "latin.txt").write_bytes(f"{w / 'imgs/a.png'}\n{w / 'imgs'}/\xe9t\xe9.jpg\n".encode("latin-1")),
+            ["--paths-from", str(w / "latin.txt"), "-m", str(w / "model")],
+        )[1],
+        2,
+        "latin.txt, line 2: the byte 0xe9 is not UTF-8",
+    ),
+    (
+        "paths-from-a-folder",
+        lambda w, m: ["--paths-from", str(w / "imgs"), "-m", str(w / "model")],
+        2,
+        "is a folder; pass a UTF-8 text file with one image path per line, or give the folder itself",
+    ),
+    (
+        "paths-from-only-comments",
+        lambda w, m: (
+            (w / "comments.txt").write_text("# photos to score\n\n   \n  # none yet\n"),
+            ["--paths-from", str(w / "comments.txt"), "-m", str(w / "model")],
+        )[1],
+        2,
+        "no image files to score",
     ),
     (
         "dataset-repeated-id",
@@ -539,3 +575,12 @@ def test_decompression_bomb_warnings_stay_out_of_the_output(workspace, capsys, m
     assert main([str(workspace / "imgs/a.png"), "-m", str(workspace / "model"), "-f", "jsonl", *FAST]) == 0
     assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
     assert "DecompressionBomb" not in capsys.readouterr().err
+
+
+def test_output_dash_is_standard_output(workspace, capsys, monkeypatch):
+    monkeypatch.chdir(workspace)
+    before = _snapshot(workspace)
+    assert main([str(workspace / "imgs/a.png"), "-m", "model", "-o", "-", "-f", "jsonl", *FAST]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["path"] for row in rows] == [str(workspace / "imgs/a.png")] and rows[0]["status"] == "ok"
+    assert _snapshot(workspace) == before  # no file named `-`

@@ -51,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_input_arguments(inputs) -> None:
     inputs.add_argument("paths", nargs="*", metavar="PATH", help="image files, folders, or glob patterns")
     inputs.add_argument(
-        "--paths-from", metavar="FILE", help="a text file listing image paths, one per line (- = stdin)"
+        "--paths-from",
+        metavar="FILE",
+        help="a text file listing image paths, one per line (- = stdin; blank lines and lines starting with # are "
+        "skipped)",
     )
     inputs.add_argument(
         "--dataset",
@@ -107,7 +110,10 @@ def _add_model_arguments(model) -> None:
 
 def _add_output_arguments(output) -> None:
     output.add_argument(
-        "--output", "-o", default=None, help="write the rows to this file (CSV, JSONL or Parquet) instead of stdout"
+        "--output",
+        "-o",
+        default=None,
+        help="write the rows to this file (CSV, JSONL or Parquet) instead of stdout (- = stdout)",
     )
     output.add_argument(
         "--format",
@@ -136,6 +142,8 @@ def _add_output_arguments(output) -> None:
 
 
 def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.output == "-":  # standard output, as `--paths-from -` is standard input (not a file named `-`)
+        args.output = None
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
     if args.num_crops is not None and args.num_crops < 1:
@@ -150,10 +158,11 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         parser.error("--streaming needs --dataset")
     if args.streaming and args.id_column is None:
         parser.error("--streaming needs --id-column: row positions are not stable when workers share a stream")
-    if args.output is not None and os.path.isdir(args.output):
-        parser.error(f"--output {args.output} is a folder")
+    if args.output is not None and (os.path.isdir(args.output) or args.output.endswith(os.sep)):
+        example = os.path.join(args.output, "scores.csv")
+        parser.error(f"--output {args.output} is a folder: give a file name such as {example}")
     if args.output is None and (args.resume or args.overwrite):
-        parser.error("--resume and --overwrite need --output")
+        parser.error("--resume and --overwrite need --output FILE (standard output cannot be resumed)")
     if args.output is not None and args.format == "table":
         parser.error("--format table is for the terminal; write CSV, JSONL or Parquet to --output")
     if args.output is None and args.format == "parquet":

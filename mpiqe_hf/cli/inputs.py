@@ -77,19 +77,34 @@ def collect_files(paths: list[str], recursive: bool = True) -> tuple[list[str], 
 
 
 def read_path_list(list_file: str) -> list[str]:
-    """The paths in a text file, one per line (blank lines skipped); `-` reads standard input. Paths are kept as
-    written, so a missing file becomes an error row, not a failed run."""
+    """The paths in a text file, one per line (blank lines and lines starting with `#` skipped); `-` reads standard
+    input. Paths are kept as written, so a missing file becomes an error row, not a failed run."""
     import sys
 
+    what = "standard input" if list_file == "-" else list_file
+    way_out = "pass a UTF-8 text file with one image path per line"
     try:
         if list_file == "-":
-            lines = sys.stdin.read().splitlines()
+            data = sys.stdin.buffer.read()
         else:
-            with open(list_file, encoding="utf-8") as handle:
-                lines = handle.read().splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"--paths-from {list_file}: {err}") from err
-    return [line for line in lines if line.strip()]
+            with open(list_file, "rb") as handle:
+                data = handle.read()
+    except FileNotFoundError:
+        raise UsageError(f"--paths-from {list_file}: no such file; {way_out}") from None
+    except IsADirectoryError:
+        raise UsageError(
+            f"--paths-from {list_file} is a folder; {way_out}, or give the folder itself as a PATH argument"
+        ) from None
+    except OSError as err:
+        raise UsageError(f"--paths-from {list_file}: cannot read it ({err.strerror or err}); {way_out}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1  # bytes are read whole so that the line can be named
+        raise UsageError(
+            f"--paths-from {what}, line {line}: the byte 0x{data[err.start]:02x} is not UTF-8; {way_out}"
+        ) from None
+    return [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
