@@ -24,8 +24,8 @@ FAST = ["--dtype", "float32", "--num-workers", "0", "--no-progress"]
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    """A workspace: a tiny model, a second one, photos (`a.jpg`, `a.png`, `sub/a.jpg`), a path list, a Parquet
-    dataset with a repeated id, foreign files, and `own.csv` written by mpiqe-score over `imgs/`."""
+    """A workspace: a tiny model, a second one, photos (`a.jpg`, `a.png`, `sub/a.jpg`), a path list, Parquet
+    datasets with a repeated id and with null ids, foreign files, and `own.csv` written by mpiqe-score over `imgs/`."""
     import datasets
     from conftest import MPIQEModelTester
 
@@ -52,6 +52,11 @@ def base(tmp_path_factory):
         {"image": [{"bytes": encoded, "path": None}] * 3, "id": ["p-0", "p-1", "p-0"]},
         features=datasets.Features({"image": datasets.Image(), "id": datasets.Value("string")}),
     ).to_parquet(str(folder / "data.parquet"))
+    for name, ids in (("one-null", ["p-0", None, "p-2"]), ("two-null", [None, "p-1", None])):
+        datasets.Dataset.from_dict(
+            {"image": [{"bytes": encoded, "path": None}] * 3, "id": ids},
+            features=datasets.Features({"image": datasets.Image(), "id": datasets.Value("string")}),
+        ).to_parquet(str(folder / f"{name}.parquet"))
     (folder / "config-only").mkdir()
     (folder / "config-only" / "config.json").write_text("{}")
     (folder / "pickled").mkdir()
@@ -415,6 +420,32 @@ CASES = [
         lambda w, m: ["--dataset", str(w / "data.parquet"), "--id-column", "id", "-m", str(w / "model")],
         2,
         "the id 'p-0' is on rows 0, 2",
+    ),
+    (
+        "dataset-one-null-id",
+        lambda w, m: [
+            "--dataset",
+            str(w / "one-null.parquet"),
+            "--id-column",
+            "id",
+            "-m",
+            str(w / "model"),
+        ],
+        2,
+        "row(s) 1 of",
+    ),
+    (
+        "dataset-two-null-ids",
+        lambda w, m: [
+            "--dataset",
+            str(w / "two-null.parquet"),
+            "--id-column",
+            "id",
+            "-m",
+            str(w / "model"),
+        ],
+        2,
+        "row(s) 0, 2 of",
     ),
     (
         "dataset-missing-column",

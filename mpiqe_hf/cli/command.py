@@ -303,6 +303,14 @@ def map_paths(folder: str, keys: Sequence[Any], from_files: bool) -> dict[str, t
 
 
 def _check_unique_ids(keys: Sequence[Any], column: str, dataset: str) -> None:
+    # A null id would key its row as '' in CSV and null in JSONL, which --resume cannot match back to the row.
+    nulls = [row for row, key in enumerate(keys) if key is None]
+    if nulls:
+        more = f" and {len(nulls) - 5} more" if len(nulls) > 5 else ""
+        raise UsageError(
+            f"--id-column {column}: row(s) {', '.join(map(str, nulls[:5]))}{more} of {dataset} have no id (null); "
+            "fill them in, or leave out --id-column to key rows on the row number"
+        )
     rows: dict[str, list[int]] = {}
     for row, key in enumerate(keys):
         rows.setdefault(str(key), []).append(row)
