@@ -337,6 +337,34 @@ CASES = [
         "is a file, not a folder",
     ),
     (
+        "maps-into-a-dangling-link",
+        lambda w, m: [str(w / "imgs"), "-m", str(w / "model"), "--save-maps", _symlink(w, "gone", "ldir1")],
+        2,
+        "ldir1 is a symbolic link to",
+    ),
+    (
+        "maps-into-a-looping-link",
+        lambda w, m: (
+            os.symlink(w / "loop-b", w / "loop-a"),
+            os.symlink(w / "loop-a", w / "loop-b"),
+            [str(w / "imgs"), "-m", str(w / "model"), "--save-maps", str(w / "loop-a")],
+        )[-1],
+        2,
+        "missing or loops back on itself",
+    ),
+    (
+        "maps-below-a-dangling-link",
+        lambda w, m: [str(w / "imgs"), "-m", str(w / "model"), "--save-maps", _symlink(w, "gone", "ldir1") + "/maps"],
+        2,
+        "ldir1 is a symbolic link to",
+    ),
+    (
+        "output-below-a-dangling-link",
+        lambda w, m: [str(w / "imgs"), "-m", str(w / "model"), "-o", _symlink(w, "gone", "ldir1") + "/s.csv"],
+        2,
+        "ldir1 is a symbolic link to",
+    ),
+    (
         "maps-inside-an-input-folder",
         lambda w, m: [str(w / "imgs"), "-m", str(w / "model"), "--save-maps", str(w / "imgs/maps")],
         2,
