@@ -319,6 +319,15 @@ CASES = [
         "pass --format",
     ),
     (
+        "stdout-on-a-full-disk",
+        lambda w, m: (
+            m.setattr("sys.stdout", open("/dev/full", "w")),  # every write fails with ENOSPC, as on a full disk
+            [str(w / "imgs/a.png"), "-m", str(w / "model"), "-f", "csv"],
+        )[1],
+        2,
+        "cannot write to standard output: No space left on device",
+    ),
+    (
         "parquet-to-dash",  # `-o -` is stdout, not a file named `-` in the working folder
         lambda w, m: (m.chdir(w), [str(w / "imgs"), "-m", str(w / "model"), "-o", "-", "-f", "parquet"])[1],
         2,

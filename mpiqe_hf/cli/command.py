@@ -29,7 +29,7 @@ EXIT_STATUS_HELP = (
     "Exit status: 0 every input scored; 1 some inputs failed (their rows say why, status 'error') and the others "
     "are scored; 2 usage error (bad arguments, unavailable device, existing output without --resume/--overwrite, "
     "an output that is not mpiqe-score's own or was scored with other settings, an output another run is writing, "
-    "an output or --save-maps folder that cannot be written, model or dataset that cannot be used); 130 interrupted "
+    "an output or --save-maps folder that cannot be written, a standard output that cannot be written, model or dataset that cannot be used); 130 interrupted "
     "by Ctrl-C, 143 by SIGTERM (the rows scored so far are kept: finish with --resume); 141 the reader of standard "
     "output closed it (as `| head` does); 70 a bug in mpiqe-score (a traceback, and where to report it)."
 )
@@ -334,6 +334,14 @@ def _dataset_files(name: str) -> set[str]:
     return set()
 
 
+def _drop_stdout() -> None:
+    """Points standard output at /dev/null: what is still buffered for it cannot be written, and the flush at exit
+    would otherwise fail again with a second message."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def _on_main(state, check) -> None:
     """Runs `check` in the main process only; a `UsageError` it raises is raised in every process."""
     message = None
@@ -582,6 +590,13 @@ class _Run:
         before = self._scored_before(output, state, settings)
         num_workers = self._default_workers(state) if args.num_workers is None else args.num_workers
         loader, total = self._loader(inputs, before.keys, processor, state, num_workers, device)
+        try:  # before the announcement: a standard output that takes nothing (a full disk) is then the one line
+            writer = self._writer(output, state, scorer.config)
+        except BrokenPipeError:
+            _drop_stdout()
+            return EXIT_PIPE_CLOSED
+        except OSError as err:
+            raise self._write_failure(err, 0) from None
         runtime = f"{device} in {str(dtype).replace('torch.', '')} ({dtype_reason})"
         if args.backend != "torch":
             runtime = f"the CPU with onnxruntime ({'int8' if args.backend == 'onnx-int8' else 'float32'} graph)"
@@ -591,7 +606,6 @@ class _Run:
             + (f"; {len(before.keys)} input(s) already in {args.output}" if before.keys else "")
         )
 
-        writer = self._writer(output, state, scorer.config)
         map_writer = None
         if maps is not None:
             map_writer = _MapWriter(maps, scorer, inputs, processor)
@@ -605,8 +619,8 @@ class _Run:
         except Terminated:
             status = EXIT_TERMINATED
         except BrokenPipeError:
-            # The reader has what it wanted (`| head`): stop quietly; what is still buffered goes nowhere.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            # The reader has what it wanted (`| head`): stop quietly.
+            _drop_stdout()
             return EXIT_PIPE_CLOSED
         except OSError as err:  # a full disk, a folder made read-only or removed during the run
             failure = err
@@ -618,14 +632,22 @@ class _Run:
             except OSError as err:
                 failure = failure or err
         if failure is not None:
-            where = f" {args.output}" if args.output else ""
-            raise UsageError(
-                f"cannot write{where}: {failure.strerror or failure}"
-                + (f" ({failure.filename})" if failure.filename else "")
-                + f" after {counts['scored'] + counts['failed']} new row(s); the rows written are kept: fix that and "
-                "run the same command with --resume"
-            )
+            raise self._write_failure(failure, counts["scored"] + counts["failed"]) from None
         return self._finish(status, output, state, counts, before, inputs)
+
+    def _write_failure(self, err: OSError, rows: int) -> UsageError:
+        """The one line for a write that failed (a full disk, a folder made read-only or removed during the run)."""
+        reason = (err.strerror or str(err)) + (f" ({err.filename})" if err.filename else "")
+        if self.args.output is None:
+            _drop_stdout()
+            return UsageError(
+                f"cannot write to standard output: {reason} after {rows} row(s); make room where it is redirected, "
+                "or pass --output FILE (which --resume can finish)"
+            )
+        return UsageError(
+            f"cannot write {self.args.output}: {reason} after {rows} new row(s); the rows written are kept: fix that "
+            "and run the same command with --resume"
+        )
 
     def _finish(self, status, output, state, counts, before, inputs) -> int:
         """Folds the part files, says what was scored (or where an interrupted run left its rows); the exit status."""
