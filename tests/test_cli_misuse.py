@@ -27,6 +27,8 @@ def base(tmp_path_factory):
     """A workspace: a tiny model, a second one, photos (`a.jpg`, `a.png`, `sub/a.jpg`), a path list, Parquet
     datasets with a repeated id and with null ids, foreign files, and `own.csv` written by mpiqe-score over `imgs/`."""
     import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     from conftest import MPIQEModelTester
 
     folder = tmp_path_factory.mktemp("misuse")
@@ -57,6 +59,15 @@ def base(tmp_path_factory):
             {"image": [{"bytes": encoded, "path": None}] * 3, "id": ids},
             features=datasets.Features({"image": datasets.Image(), "id": datasets.Value("string")}),
         ).to_parquet(str(folder / f"{name}.parquet"))
+    (folder / "ds2").mkdir()
+    for name, column in (("a", "id"), ("b", "label")):
+        datasets.Dataset.from_dict(
+            {"image": [{"bytes": encoded, "path": None}], column: ["x"]},
+            features=datasets.Features({"image": datasets.Image(), column: datasets.Value("string")}),
+        ).to_parquet(str(folder / "ds2" / f"{name}.parquet"))
+    (folder / "ds3").mkdir()  # one column name, types that do not cast into each other
+    for name, ids in (("a", ["x"]), ("b", [[1, 2]])):
+        pq.write_table(pa.table({"image": [encoded], "id": ids}), folder / "ds3" / f"{name}.parquet")
     (folder / "config-only").mkdir()
     (folder / "config-only" / "config.json").write_text("{}")
     (folder / "pickled").mkdir()
@@ -483,6 +494,41 @@ CASES = [
         ],
         2,
         "row(s) 0, 2 of",
+    ),
+    (
+        "dataset-glob-matches-the-output-to-be",
+        lambda w, m: ["--dataset", str(w / "*.parquet"), "-m", str(w / "model"), "-o", str(w / "c.parquet")],
+        2,
+        "parquet matches --output",
+    ),
+    (
+        "dataset-glob-matches-the-output-resume",
+        lambda w, m: (
+            shutil.copy(w / "data.parquet", w / "ds2" / "c.parquet"),  # as left by a first run, but still data
+            [
+                "--dataset",
+                str(w / "ds2/*.parquet"),
+                "-m",
+                str(w / "model"),
+                "-o",
+                str(w / "ds2/c.parquet"),
+                "--resume",
+            ],
+        )[1],
+        2,
+        "parquet matches --output",
+    ),
+    (
+        "dataset-glob-over-other-columns",
+        lambda w, m: ["--dataset", str(w / "ds2/*.parquet"), "-m", str(w / "model")],
+        2,
+        "do not share their columns (a.parquet: image, id; b.parquet: image, label); pass files of one schema",
+    ),
+    (
+        "dataset-glob-over-other-column-types",
+        lambda w, m: ["--dataset", str(w / "ds3/*.parquet"), "-m", str(w / "model")],
+        2,
+        "its Parquet files cannot be read as one dataset (Couldn't cast",
     ),
     (
         "dataset-missing-column",

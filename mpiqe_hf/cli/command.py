@@ -12,6 +12,7 @@ import traceback
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 from PIL import Image
@@ -386,6 +387,7 @@ class _Run:
                 protected.add(os.path.realpath(args.paths_from))
             return _Inputs(keys=files, sources=files, problems=len(problems), protected=protected)
 
+        self._check_dataset_misses_output()
         from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
         from .inputs import ColumnView, load_input_dataset, prepare_dataset_columns
@@ -406,6 +408,23 @@ class _Run:
         if args.id_column:
             _check_unique_ids(keys, args.id_column, args.dataset)
         return _Inputs(keys=keys, sources=ColumnView(dataset, args.image_column), protected=protected)
+
+    def _check_dataset_misses_output(self) -> None:
+        """
+        A `--dataset` Parquet glob must not take in the `--output`: a `--resume` would load the scores as data (its
+        sidecar, lock and part files do not end in .parquet, so no such glob matches them). Refused already when the
+        output does not exist yet but the pattern would match it, so that the first run does not set that trap.
+        """
+        args = self.args
+        if args.output is None or not args.dataset.endswith(".parquet") or not set("*?[") & set(args.dataset):
+            return
+        matched = os.path.realpath(args.output) in _dataset_files(args.dataset)
+        # PurePath.match, as glob.glob without recursive=True, lets `*` (and `**`) match within one folder level
+        if matched or PurePath(os.path.abspath(args.output)).match(os.path.abspath(args.dataset)):
+            raise UsageError(
+                f"--dataset {args.dataset} matches --output {args.output}: the scores would be read as data by a "
+                "later run (--resume); narrow the pattern, or write the output elsewhere"
+            )
 
     def _key_column(self) -> str:
         args = self.args

@@ -132,12 +132,29 @@ def load_input_dataset(name: str, config_name: str | None, split: str | None, st
             files = sorted(glob.glob(name)) if _GLOB_CHARS & set(name) else [name]
             if not files or not all(os.path.isfile(path) for path in files):
                 raise UsageError(f"--dataset {name}: no such Parquet file")
-            loaded = datasets.load_dataset("parquet", data_files=files, streaming=streaming)
+            # Checked here: `datasets` would log its own error line for the first file that differs, then fail.
+            if len(_column_sets(files)) > 1:
+                raise _not_one_schema(name, files)
+            try:
+                loaded = datasets.load_dataset("parquet", data_files=files, streaming=streaming)
+            except datasets.exceptions.DatasetGenerationError as err:
+                if len(files) == 1:
+                    raise
+                # the same column names: most often types that do not cast into each other (a TypeError or CastError)
+                cause = err.__cause__ or err
+                raise UsageError(
+                    f"--dataset {name}: its Parquet files cannot be read as one dataset "
+                    f"({str(cause).strip().splitlines()[0]}); if their column types differ, pass files of one schema"
+                ) from None
         else:
             _check_hub_dataset(name, revision)
             loaded = datasets.load_dataset(name, config_name, streaming=streaming, revision=revision)
     except UsageError:
         raise
+    except datasets.exceptions.DatasetGenerationError as err:  # its own message is generic; the cause says why
+        cause = err.__cause__ or err
+        first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise UsageError(f"--dataset {name}: cannot load it: {first_line}") from err
     except (OSError, ValueError, datasets.exceptions.DatasetNotFoundError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(f"--dataset {name}: cannot load it: {first_line}") from err
@@ -151,6 +168,27 @@ def load_input_dataset(name: str, config_name: str | None, split: str | None, st
             raise UsageError(f"--dataset {name}: {wanted}; its splits: {', '.join(splits)}")
         loaded = loaded[split]
     return loaded
+
+
+def _column_sets(files: list[str]) -> dict[tuple[str, ...], str]:
+    """The column names of `files` -> the first file with them."""
+    import pyarrow.parquet as pq
+
+    first_with: dict = {}
+    for path in files:
+        first_with.setdefault(tuple(pq.read_schema(path).names), path)
+    return first_with
+
+
+def _not_one_schema(name: str, files: list[str]) -> UsageError:
+    """`... (a.parquet: image, id; b.parquet: image, label)`: the first file of each distinct schema."""
+    sets = _column_sets(files)
+    shown = [f"{os.path.basename(path)}: {', '.join(columns)}" for columns, path in list(sets.items())[:3]]
+    more = f"; {len(sets) - 3} more schemas" if len(sets) > 3 else ""
+    return UsageError(
+        f"--dataset {name}: the Parquet files of --dataset {name} do not share their columns "
+        f"({'; '.join(shown)}{more}); pass files of one schema"
+    )
 
 
 def _check_hub_dataset(name: str, revision: str | None) -> None:
