@@ -30,9 +30,10 @@ EXIT_STATUS_HELP = (
     "Exit status: 0 every input scored; 1 some inputs failed (their rows say why, status 'error') and the others "
     "are scored; 2 usage error (bad arguments, unavailable device, existing output without --resume/--overwrite, "
     "an output that is not mpiqe-score's own or was scored with other settings, an output another run is writing, "
-    "an output or --save-maps folder that cannot be written, a standard output that cannot be written, model or dataset that cannot be used); 130 interrupted "
-    "by Ctrl-C, 143 by SIGTERM (the rows scored so far are kept: finish with --resume); 141 the reader of standard "
-    "output closed it (as `| head` does); 70 a bug in mpiqe-score (a traceback, and where to report it)."
+    "an output, standard output or --save-maps folder that cannot be written, model or dataset that cannot be "
+    "used); 130 interrupted by Ctrl-C, 143 by SIGTERM (the rows scored so far are kept: finish with --resume); 141 "
+    "the reader of standard output closed it (as `| head` does); 70 a bug in mpiqe-score (a traceback, and where to "
+    "report it)."
 )
 
 
