@@ -482,7 +482,8 @@ class OutputLock:
 def check_writable_folder(folder: str, what: str, create: bool) -> None:
     """
     One line naming `what` when `folder` cannot take new files: missing (or, with `create`, has no existing parent
-    that could hold it), a dangling or looping symbolic link, not a folder, or not writable. With `create`, a missing folder is made.
+    that could hold it), a dangling or looping symbolic link, not a folder, or not writable. With `create`, a missing
+    folder is made.
     """
     existing = folder
     while not os.path.exists(existing):
