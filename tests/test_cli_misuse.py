@@ -24,9 +24,11 @@ FAST = ["--dtype", "float32", "--num-workers", "0", "--no-progress"]
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    """A workspace: a tiny model, a second one, photos (`a.jpg`, `a.png`, `sub/a.jpg`), a path list, a Parquet
-    dataset with a repeated id, foreign files, and `own.csv` written by mpiqe-score over `imgs/`."""
+    """A workspace: a tiny model, a second one, photos (`a.jpg`, `a.png`, `sub/a.jpg`), a path list, Parquet
+    datasets with a repeated id and with null ids, foreign files, and `own.csv` written by mpiqe-score over `imgs/`."""
     import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     from conftest import MPIQEModelTester
 
     folder = tmp_path_factory.mktemp("misuse")
@@ -52,6 +54,20 @@ def base(tmp_path_factory):
         {"image": [{"bytes": encoded, "path": None}] * 3, "id": ["p-0", "p-1", "p-0"]},
         features=datasets.Features({"image": datasets.Image(), "id": datasets.Value("string")}),
     ).to_parquet(str(folder / "data.parquet"))
+    for name, ids in (("one-null", ["p-0", None, "p-2"]), ("two-null", [None, "p-1", None])):
+        datasets.Dataset.from_dict(
+            {"image": [{"bytes": encoded, "path": None}] * 3, "id": ids},
+            features=datasets.Features({"image": datasets.Image(), "id": datasets.Value("string")}),
+        ).to_parquet(str(folder / f"{name}.parquet"))
+    (folder / "ds2").mkdir()
+    for name, column in (("a", "id"), ("b", "label")):
+        datasets.Dataset.from_dict(
+            {"image": [{"bytes": encoded, "path": None}], column: ["x"]},
+            features=datasets.Features({"image": datasets.Image(), column: datasets.Value("string")}),
+        ).to_parquet(str(folder / "ds2" / f"{name}.parquet"))
+    (folder / "ds3").mkdir()  # one column name, types that do not cast into each other
+    for name, ids in (("a", ["x"]), ("b", [[1, 2]])):
+        pq.write_table(pa.table({"image": [encoded], "id": ids}), folder / "ds3" / f"{name}.parquet")
     (folder / "config-only").mkdir()
     (folder / "config-only" / "config.json").write_text("{}")
     (folder / "pickled").mkdir()
@@ -299,13 +315,34 @@ CASES = [
         "output-is-a-folder",
         lambda w, m: [str(w / "imgs"), "-m", str(w / "model"), "-o", str(w / "empty-folder")],
         2,
-        "is a folder",
+        "empty-folder is a folder: give a file name such as",
+    ),
+    (
+        "output-with-a-trailing-slash",
+        lambda w, m: [str(w / "imgs"), "-m", str(w / "model"), "-o", str(w / "out") + "/"],
+        2,
+        "out/ is a folder: give a file name such as",
     ),
     (
         "output-unknown-extension",
         lambda w, m: [str(w / "imgs"), "-m", str(w / "model"), "-o", str(w / "s.txt")],
         2,
         "pass --format",
+    ),
+    (
+        "stdout-on-a-full-disk",
+        lambda w, m: (
+            m.setattr("sys.stdout", open("/dev/full", "w")),  # every write fails with ENOSPC, as on a full disk
+            [str(w / "imgs/a.png"), "-m", str(w / "model"), "-f", "csv"],
+        )[1],
+        2,
+        "cannot write to standard output: No space left on device",
+    ),
+    (
+        "parquet-to-dash",  # `-o -` is stdout, not a file named `-` in the working folder
+        lambda w, m: (m.chdir(w), [str(w / "imgs"), "-m", str(w / "model"), "-o", "-", "-f", "parquet"])[1],
+        2,
+        "--format parquet needs --output",
     ),
     (
         "parquet-to-stdout",
@@ -318,6 +355,34 @@ CASES = [
         lambda w, m: [str(w / "imgs"), "-m", str(w / "model"), "--save-maps", str(w / "model/config.json/maps")],
         2,
         "is a file, not a folder",
+    ),
+    (
+        "maps-into-a-dangling-link",
+        lambda w, m: [str(w / "imgs"), "-m", str(w / "model"), "--save-maps", _symlink(w, "gone", "ldir1")],
+        2,
+        "ldir1 is a symbolic link to",
+    ),
+    (
+        "maps-into-a-looping-link",
+        lambda w, m: (
+            os.symlink(w / "loop-b", w / "loop-a"),
+            os.symlink(w / "loop-a", w / "loop-b"),
+            [str(w / "imgs"), "-m", str(w / "model"), "--save-maps", str(w / "loop-a")],
+        )[-1],
+        2,
+        "missing or loops back on itself",
+    ),
+    (
+        "maps-below-a-dangling-link",
+        lambda w, m: [str(w / "imgs"), "-m", str(w / "model"), "--save-maps", _symlink(w, "gone", "ldir1") + "/maps"],
+        2,
+        "ldir1 is a symbolic link to",
+    ),
+    (
+        "output-below-a-dangling-link",
+        lambda w, m: [str(w / "imgs"), "-m", str(w / "model"), "-o", _symlink(w, "gone", "ldir1") + "/s.csv"],
+        2,
+        "ldir1 is a symbolic link to",
     ),
     (
         "maps-inside-an-input-folder",
@@ -366,19 +431,104 @@ CASES = [
         "paths-from-missing",
         lambda w, m: ["--paths-from", str(w / "nolist.txt"), "-m", str(w / "model")],
         2,
-        "--paths-from",
+        "nolist.txt: no such file; pass a UTF-8 text file with one image path per line",
     ),
     (
         "paths-from-binary",
         lambda w, m: ["--paths-from", str(w / "binary.txt"), "-m", str(w / "model")],
         2,
-        "--paths-from",
+        "binary.txt, line 1: the byte 0xff is not UTF-8; pass a UTF-8 text file",
+    ),
+    (
+        "paths-from-latin-1-on-line-2",
+        lambda w, m: (
+            (w / "latin.txt").write_bytes(f"{w / 'imgs/a.png'}\n{w / 'imgs'}/\xe9t\xe9.jpg\n".encode("latin-1")),
+            ["--paths-from", str(w / "latin.txt"), "-m", str(w / "model")],
+        )[1],
+        2,
+        "latin.txt, line 2: the byte 0xe9 is not UTF-8",
+    ),
+    (
+        "paths-from-a-folder",
+        lambda w, m: ["--paths-from", str(w / "imgs"), "-m", str(w / "model")],
+        2,
+        "is a folder; pass a UTF-8 text file with one image path per line, or give the folder itself",
+    ),
+    (
+        "paths-from-only-comments",
+        lambda w, m: (
+            (w / "comments.txt").write_text("# photos to score\n\n   \n  # none yet\n"),
+            ["--paths-from", str(w / "comments.txt"), "-m", str(w / "model")],
+        )[1],
+        2,
+        "no image files to score",
     ),
     (
         "dataset-repeated-id",
         lambda w, m: ["--dataset", str(w / "data.parquet"), "--id-column", "id", "-m", str(w / "model")],
         2,
         "the id 'p-0' is on rows 0, 2",
+    ),
+    (
+        "dataset-one-null-id",
+        lambda w, m: [
+            "--dataset",
+            str(w / "one-null.parquet"),
+            "--id-column",
+            "id",
+            "-m",
+            str(w / "model"),
+        ],
+        2,
+        "row(s) 1 of",
+    ),
+    (
+        "dataset-two-null-ids",
+        lambda w, m: [
+            "--dataset",
+            str(w / "two-null.parquet"),
+            "--id-column",
+            "id",
+            "-m",
+            str(w / "model"),
+        ],
+        2,
+        "row(s) 0, 2 of",
+    ),
+    (
+        "dataset-glob-matches-the-output-to-be",
+        lambda w, m: ["--dataset", str(w / "*.parquet"), "-m", str(w / "model"), "-o", str(w / "c.parquet")],
+        2,
+        "parquet matches --output",
+    ),
+    (
+        "dataset-glob-matches-the-output-resume",
+        lambda w, m: (
+            shutil.copy(w / "data.parquet", w / "ds2" / "c.parquet"),  # as left by a first run, but still data
+            [
+                "--dataset",
+                str(w / "ds2/*.parquet"),
+                "-m",
+                str(w / "model"),
+                "-o",
+                str(w / "ds2/c.parquet"),
+                "--resume",
+            ],
+        )[1],
+        2,
+        "parquet matches --output",
+    ),
+    (
+        "dataset-glob-over-other-columns",
+        lambda w, m: ["--dataset", str(w / "ds2/*.parquet"), "-m", str(w / "model")],
+        2,
+        "do not share their columns (a.parquet: image, id; b.parquet: image, label); pass files of one schema",
+    ),
+    (
+        "dataset-glob-over-other-column-types",
+        lambda w, m: ["--dataset", str(w / "ds3/*.parquet"), "-m", str(w / "model")],
+        2,
+        "its Parquet files cannot be read as one dataset (Couldn't cast",
     ),
     (
         "dataset-missing-column",
@@ -409,6 +559,12 @@ CASES = [
         lambda w, m: [str(w / "imgs"), "-m", str(w / "model"), "--device", "gpu7"],
         2,
         "not a torch device",
+    ),
+    (
+        "device-meta",
+        lambda w, m: [str(w / "imgs"), "-m", str(w / "model"), "--device", "meta"],
+        2,
+        "--device meta: cannot score on it",
     ),
     (
         "num-crops-zero",
@@ -533,3 +689,12 @@ def test_decompression_bomb_warnings_stay_out_of_the_output(workspace, capsys, m
     assert main([str(workspace / "imgs/a.png"), "-m", str(workspace / "model"), "-f", "jsonl", *FAST]) == 0
     assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
     assert "DecompressionBomb" not in capsys.readouterr().err
+
+
+def test_output_dash_is_standard_output(workspace, capsys, monkeypatch):
+    monkeypatch.chdir(workspace)
+    before = _snapshot(workspace)
+    assert main([str(workspace / "imgs/a.png"), "-m", "model", "-o", "-", "-f", "jsonl", *FAST]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["path"] for row in rows] == [str(workspace / "imgs/a.png")] and rows[0]["status"] == "ok"
+    assert _snapshot(workspace) == before  # no file named `-`

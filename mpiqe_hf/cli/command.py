@@ -12,6 +12,7 @@ import traceback
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 from PIL import Image
@@ -29,9 +30,10 @@ EXIT_STATUS_HELP = (
     "Exit status: 0 every input scored; 1 some inputs failed (their rows say why, status 'error') and the others "
     "are scored; 2 usage error (bad arguments, unavailable device, existing output without --resume/--overwrite, "
     "an output that is not mpiqe-score's own or was scored with other settings, an output another run is writing, "
-    "an output or --save-maps folder that cannot be written, model or dataset that cannot be used); 130 interrupted "
-    "by Ctrl-C, 143 by SIGTERM (the rows scored so far are kept: finish with --resume); 141 the reader of standard "
-    "output closed it (as `| head` does); 70 a bug in mpiqe-score (a traceback, and where to report it)."
+    "an output, standard output or --save-maps folder that cannot be written, model or dataset that cannot be "
+    "used); 130 interrupted by Ctrl-C, 143 by SIGTERM (the rows scored so far are kept: finish with --resume); 141 "
+    "the reader of standard output closed it (as `| head` does); 70 a bug in mpiqe-score (a traceback, and where to "
+    "report it)."
 )
 
 
@@ -51,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_input_arguments(inputs) -> None:
     inputs.add_argument("paths", nargs="*", metavar="PATH", help="image files, folders, or glob patterns")
     inputs.add_argument(
-        "--paths-from", metavar="FILE", help="a text file listing image paths, one per line (- = stdin)"
+        "--paths-from",
+        metavar="FILE",
+        help="a text file listing image paths, one per line (- = stdin; blank lines and lines starting with # are "
+        "skipped)",
     )
     inputs.add_argument(
         "--dataset",
@@ -107,7 +112,10 @@ def _add_model_arguments(model) -> None:
 
 def _add_output_arguments(output) -> None:
     output.add_argument(
-        "--output", "-o", default=None, help="write the rows to this file (CSV, JSONL or Parquet) instead of stdout"
+        "--output",
+        "-o",
+        default=None,
+        help="write the rows to this file (CSV, JSONL or Parquet) instead of stdout (- = stdout)",
     )
     output.add_argument(
         "--format",
@@ -136,6 +144,8 @@ def _add_output_arguments(output) -> None:
 
 
 def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.output == "-":  # standard output, as `--paths-from -` is standard input (not a file named `-`)
+        args.output = None
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
     if args.num_crops is not None and args.num_crops < 1:
@@ -150,10 +160,11 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         parser.error("--streaming needs --dataset")
     if args.streaming and args.id_column is None:
         parser.error("--streaming needs --id-column: row positions are not stable when workers share a stream")
-    if args.output is not None and os.path.isdir(args.output):
-        parser.error(f"--output {args.output} is a folder")
+    if args.output is not None and (os.path.isdir(args.output) or args.output.endswith(os.sep)):
+        example = os.path.join(args.output, "scores.csv")
+        parser.error(f"--output {args.output} is a folder: give a file name such as {example}")
     if args.output is None and (args.resume or args.overwrite):
-        parser.error("--resume and --overwrite need --output")
+        parser.error("--resume and --overwrite need --output FILE (standard output cannot be resumed)")
     if args.output is not None and args.format == "table":
         parser.error("--format table is for the terminal; write CSV, JSONL or Parquet to --output")
     if args.output is None and args.format == "parquet":
@@ -294,6 +305,14 @@ def map_paths(folder: str, keys: Sequence[Any], from_files: bool) -> dict[str, t
 
 
 def _check_unique_ids(keys: Sequence[Any], column: str, dataset: str) -> None:
+    # A null id would key its row as '' in CSV and null in JSONL, which --resume cannot match back to the row.
+    nulls = [row for row, key in enumerate(keys) if key is None]
+    if nulls:
+        more = f" and {len(nulls) - 5} more" if len(nulls) > 5 else ""
+        raise UsageError(
+            f"--id-column {column}: row(s) {', '.join(map(str, nulls[:5]))}{more} of {dataset} have no id (null); "
+            "fill them in, or leave out --id-column to key rows on the row number"
+        )
     rows: dict[str, list[int]] = {}
     for row, key in enumerate(keys):
         rows.setdefault(str(key), []).append(row)
@@ -315,6 +334,14 @@ def _dataset_files(name: str) -> set[str]:
     if name.endswith(".parquet"):
         return {os.path.realpath(path) for path in glob.glob(name)}
     return set()
+
+
+def _drop_stdout() -> None:
+    """Points standard output at /dev/null: what is still buffered for it cannot be written, and the flush at exit
+    would otherwise fail again with a second message."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _on_main(state, check) -> None:
@@ -361,6 +388,7 @@ class _Run:
                 protected.add(os.path.realpath(args.paths_from))
             return _Inputs(keys=files, sources=files, problems=len(problems), protected=protected)
 
+        self._check_dataset_misses_output()
         from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
         from .inputs import ColumnView, load_input_dataset, prepare_dataset_columns
@@ -381,6 +409,23 @@ class _Run:
         if args.id_column:
             _check_unique_ids(keys, args.id_column, args.dataset)
         return _Inputs(keys=keys, sources=ColumnView(dataset, args.image_column), protected=protected)
+
+    def _check_dataset_misses_output(self) -> None:
+        """
+        A `--dataset` Parquet glob must not take in the `--output`: a `--resume` would load the scores as data (its
+        sidecar, lock and part files do not end in .parquet, so no such glob matches them). Refused already when the
+        output does not exist yet but the pattern would match it, so that the first run does not set that trap.
+        """
+        args = self.args
+        if args.output is None or not args.dataset.endswith(".parquet") or not set("*?[") & set(args.dataset):
+            return
+        matched = os.path.realpath(args.output) in _dataset_files(args.dataset)
+        # PurePath.match, as glob.glob without recursive=True, lets `*` (and `**`) match within one folder level
+        if matched or PurePath(os.path.abspath(args.output)).match(os.path.abspath(args.dataset)):
+            raise UsageError(
+                f"--dataset {args.dataset} matches --output {args.output}: the scores would be read as data by a "
+                "later run (--resume); narrow the pattern, or write the output elsewhere"
+            )
 
     def _key_column(self) -> str:
         args = self.args
@@ -565,6 +610,13 @@ class _Run:
         before = self._scored_before(output, state, settings)
         num_workers = self._default_workers(state) if args.num_workers is None else args.num_workers
         loader, total = self._loader(inputs, before.keys, processor, state, num_workers, device)
+        try:  # before the announcement: a standard output that takes nothing (a full disk) is then the one line
+            writer = self._writer(output, state, scorer.config)
+        except BrokenPipeError:
+            _drop_stdout()
+            return EXIT_PIPE_CLOSED
+        except OSError as err:
+            raise self._write_failure(err, 0) from None
         runtime = f"{device} in {str(dtype).replace('torch.', '')} ({dtype_reason})"
         if args.backend != "torch":
             runtime = f"the CPU with onnxruntime ({'int8' if args.backend == 'onnx-int8' else 'float32'} graph)"
@@ -574,7 +626,6 @@ class _Run:
             + (f"; {len(before.keys)} input(s) already in {args.output}" if before.keys else "")
         )
 
-        writer = self._writer(output, state, scorer.config)
         map_writer = None
         if maps is not None:
             map_writer = _MapWriter(maps, scorer, inputs, processor)
@@ -588,8 +639,8 @@ class _Run:
         except Terminated:
             status = EXIT_TERMINATED
         except BrokenPipeError:
-            # The reader has what it wanted (`| head`): stop quietly; what is still buffered goes nowhere.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            # The reader has what it wanted (`| head`): stop quietly.
+            _drop_stdout()
             return EXIT_PIPE_CLOSED
         except OSError as err:  # a full disk, a folder made read-only or removed during the run
             failure = err
@@ -601,14 +652,22 @@ class _Run:
             except OSError as err:
                 failure = failure or err
         if failure is not None:
-            where = f" {args.output}" if args.output else ""
-            raise UsageError(
-                f"cannot write{where}: {failure.strerror or failure}"
-                + (f" ({failure.filename})" if failure.filename else "")
-                + f" after {counts['scored'] + counts['failed']} new row(s); the rows written are kept: fix that and "
-                "run the same command with --resume"
-            )
+            raise self._write_failure(failure, counts["scored"] + counts["failed"]) from None
         return self._finish(status, output, state, counts, before, inputs)
+
+    def _write_failure(self, err: OSError, rows: int) -> UsageError:
+        """The one line for a write that failed (a full disk, a folder made read-only or removed during the run)."""
+        reason = (err.strerror or str(err)) + (f" ({err.filename})" if err.filename else "")
+        if self.args.output is None:
+            _drop_stdout()
+            return UsageError(
+                f"cannot write to standard output: {reason} after {rows} row(s); make room where it is redirected, "
+                "or pass --output FILE (which --resume can finish)"
+            )
+        return UsageError(
+            f"cannot write {self.args.output}: {reason} after {rows} new row(s); the rows written are kept: fix that "
+            "and run the same command with --resume"
+        )
 
     def _finish(self, status, output, state, counts, before, inputs) -> int:
         """Folds the part files, says what was scored (or where an interrupted run left its rows); the exit status."""

@@ -77,19 +77,34 @@ def collect_files(paths: list[str], recursive: bool = True) -> tuple[list[str], 
 
 
 def read_path_list(list_file: str) -> list[str]:
-    """The paths in a text file, one per line (blank lines skipped); `-` reads standard input. Paths are kept as
-    written, so a missing file becomes an error row, not a failed run."""
+    """The paths in a text file, one per line (blank lines and lines starting with `#` skipped); `-` reads standard
+    input. Paths are kept as written, so a missing file becomes an error row, not a failed run."""
     import sys
 
+    what = "standard input" if list_file == "-" else list_file
+    way_out = "pass a UTF-8 text file with one image path per line"
     try:
         if list_file == "-":
-            lines = sys.stdin.read().splitlines()
+            data = sys.stdin.buffer.read()
         else:
-            with open(list_file, encoding="utf-8") as handle:
-                lines = handle.read().splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"--paths-from {list_file}: {err}") from err
-    return [line for line in lines if line.strip()]
+            with open(list_file, "rb") as handle:
+                data = handle.read()
+    except FileNotFoundError:
+        raise UsageError(f"--paths-from {list_file}: no such file; {way_out}") from None
+    except IsADirectoryError:
+        raise UsageError(
+            f"--paths-from {list_file} is a folder; {way_out}, or give the folder itself as a PATH argument"
+        ) from None
+    except OSError as err:
+        raise UsageError(f"--paths-from {list_file}: cannot read it ({err.strerror or err}); {way_out}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1  # bytes are read whole so that the line can be named
+        raise UsageError(
+            f"--paths-from {what}, line {line}: the byte 0x{data[err.start]:02x} is not UTF-8; {way_out}"
+        ) from None
+    return [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -117,12 +132,29 @@ def load_input_dataset(name: str, config_name: str | None, split: str | None, st
             files = sorted(glob.glob(name)) if _GLOB_CHARS & set(name) else [name]
             if not files or not all(os.path.isfile(path) for path in files):
                 raise UsageError(f"--dataset {name}: no such Parquet file")
-            loaded = datasets.load_dataset("parquet", data_files=files, streaming=streaming)
+            # Checked here: `datasets` would log its own error line for the first file that differs, then fail.
+            if len(_column_sets(files)) > 1:
+                raise _not_one_schema(name, files)
+            try:
+                loaded = datasets.load_dataset("parquet", data_files=files, streaming=streaming)
+            except datasets.exceptions.DatasetGenerationError as err:
+                if len(files) == 1:
+                    raise
+                # the same column names: most often types that do not cast into each other (a TypeError or CastError)
+                cause = err.__cause__ or err
+                raise UsageError(
+                    f"--dataset {name}: its Parquet files cannot be read as one dataset "
+                    f"({str(cause).strip().splitlines()[0]}); if their column types differ, pass files of one schema"
+                ) from None
         else:
             _check_hub_dataset(name, revision)
             loaded = datasets.load_dataset(name, config_name, streaming=streaming, revision=revision)
     except UsageError:
         raise
+    except datasets.exceptions.DatasetGenerationError as err:  # its own message is generic; the cause says why
+        cause = err.__cause__ or err
+        first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise UsageError(f"--dataset {name}: cannot load it: {first_line}") from err
     except (OSError, ValueError, datasets.exceptions.DatasetNotFoundError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(f"--dataset {name}: cannot load it: {first_line}") from err
@@ -136,6 +168,27 @@ def load_input_dataset(name: str, config_name: str | None, split: str | None, st
             raise UsageError(f"--dataset {name}: {wanted}; its splits: {', '.join(splits)}")
         loaded = loaded[split]
     return loaded
+
+
+def _column_sets(files: list[str]) -> dict[tuple[str, ...], str]:
+    """The column names of `files` -> the first file with them."""
+    import pyarrow.parquet as pq
+
+    first_with: dict = {}
+    for path in files:
+        first_with.setdefault(tuple(pq.read_schema(path).names), path)
+    return first_with
+
+
+def _not_one_schema(name: str, files: list[str]) -> UsageError:
+    """`... (a.parquet: image, id; b.parquet: image, label)`: the first file of each distinct schema."""
+    sets = _column_sets(files)
+    shown = [f"{os.path.basename(path)}: {', '.join(columns)}" for columns, path in list(sets.items())[:3]]
+    more = f"; {len(sets) - 3} more schemas" if len(sets) > 3 else ""
+    return UsageError(
+        f"--dataset {name}: the Parquet files of --dataset {name} do not share their columns "
+        f"({'; '.join(shown)}{more}); pass files of one schema"
+    )
 
 
 def _check_hub_dataset(name: str, revision: str | None) -> None:

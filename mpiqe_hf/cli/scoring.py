@@ -215,6 +215,13 @@ def resolve_device(name: str) -> torch.device:
             raise UsageError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA device(s)")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UsageError(f"--device {name}: MPS is not available on this machine")
+    try:  # a device torch names but cannot compute on and copy back from (meta, xla without its plugin, ...)
+        (torch.ones(1, device=device) * 2).cpu()
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(
+            f"--device {name}: cannot score on it ({reason}); pass cpu, cuda, cuda:N, mps or auto"
+        ) from None
     return device
 
 

@@ -482,10 +482,17 @@ class OutputLock:
 def check_writable_folder(folder: str, what: str, create: bool) -> None:
     """
     One line naming `what` when `folder` cannot take new files: missing (or, with `create`, has no existing parent
-    that could hold it), not a folder, or not writable. With `create`, a missing folder is made.
+    that could hold it), a dangling or looping symbolic link, not a folder, or not writable. With `create`, a missing
+    folder is made.
     """
     existing = folder
     while not os.path.exists(existing):
+        # A dangling or looping link does not "exist", yet nothing can be made in its place (makedirs would fail).
+        if os.path.islink(existing):
+            raise UsageError(
+                f"{what}: {existing} is a symbolic link to {os.readlink(existing)}, which is missing or loops back "
+                "on itself; fix or remove the link, or choose another folder"
+            )
         parent = os.path.dirname(existing)
         if not create or parent == existing:
             raise UsageError(f"{what}: the folder {folder} does not exist; create it first or choose another")
