@@ -50,6 +50,7 @@ from mpiqe_hf.training import (
     ShuffledCropBatches,
     SplitPlan,
     check_number,
+    check_output_folder,
     collate_iqa_batch,
     evaluate_model,
     iqa_split,
@@ -476,8 +477,7 @@ def check_output_dir(args):
     replace the model, results and checkpoints there) without --overwrite_output_dir or --resume_from_checkpoint;
     checks the checkpoint to resume from."""
     out = Path(args.output_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--output_dir {out} is a file, not a folder: pass a new or empty folder.")
+    check_output_folder(out)
     resolve_checkpoint(args)
     if args.resume_from_checkpoint or args.overwrite_output_dir or not out.is_dir():
         return
@@ -489,6 +489,31 @@ def check_output_dir(args):
             "--overwrite_output_dir to replace it, --resume_from_checkpoint latest to continue the run that wrote it, "
             "or another --output_dir."
         )
+
+
+def check_output_apart(data_args, model_args, args):
+    """Refuses, before anything is loaded, an --output_dir that is, lies inside or holds a local input folder: the run
+    writes config.json, model.safetensors, best/ and checkpoints there, over the model it fine-tunes or among the
+    images it trains on (--overwrite_output_dir lets it)."""
+    out = Path(os.path.realpath(args.output_dir))
+    inputs = {
+        "--model_name_or_path": model_args.model_name_or_path,
+        "--clip_model_name_or_path": model_args.clip_model_name_or_path,
+        "--train_dir": data_args.train_dir,
+        "--validation_dir": data_args.validation_dir,
+        "--data_dir": data_args.data_dir,
+    }
+    for option, value in inputs.items():
+        # Hub ids that are not local folders cannot be written over.
+        if not value or not Path(value).is_dir():
+            continue
+        folder = Path(os.path.realpath(value))
+        if out == folder or folder in out.parents or out in folder.parents:
+            where = "is" if out == folder else "lies inside" if folder in out.parents else "holds"
+            raise ValueError(
+                f"--output_dir {args.output_dir} {where} {option} {value}: the run would write its model and "
+                "checkpoints among its inputs; choose another --output_dir."
+            )
 
 
 def save_checkpoint(accelerator, output_dir, name, state, total_limit=None):
@@ -1189,6 +1214,7 @@ def push_results(args, accelerator, model, image_processor, data, schedule, resu
 
 def main(argv=None):
     data_args, model_args, args = parse_args(argv)
+    check_output_apart(data_args, model_args, args)
     check_output_dir(args)
     data_args.check_folders()
     check_sources(model_args)

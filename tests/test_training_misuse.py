@@ -54,6 +54,8 @@ def ws(tiny_clip, tmp_path_factory):
     places = {"clip": tiny_clip, "root": str(root), "out": str(root / "out")}
     (root / "a_file.txt").write_text("not a folder")
     (root / "empty").mkdir()
+    (root / "dangling").symlink_to(root / "nowhere_target")
+    (root / "looping").symlink_to(root / "looping")
     places["good"] = write_folder(root / "good", good_rows(20), images=20)
     places["header_only"] = write_folder(root / "header_only", [])
     places["wrong_columns"] = write_folder(root / "wrong_columns", good_rows(), header=("image", "score"))
@@ -115,6 +117,34 @@ CASES = [
     ("out_not_empty", "train", SHORT, 2, ["{out} is not empty", "--overwrite_output_dir", "--resume_from_checkpoint"]),
     ("out_is_file", "train", [*TRAIN, "--output_dir", "{root}/a_file.txt"], 2, ["a_file.txt is a file"]),
     ("out_empty_string", "train", [*TRAIN, "--output_dir", ""], 2, ["--output_dir must name a folder"]),
+    (
+        "out_dangling_link",
+        "train",
+        [*RUN, "--train_dir", "{good}", "--output_dir", "{root}/dangling"],
+        2,
+        ["--output_dir {root}/dangling is a symbolic link to", "does not exist or loops back"],
+    ),
+    (
+        "out_looping_link",
+        "train",
+        [*RUN, "--train_dir", "{good}", "--output_dir", "{root}/looping"],
+        2,
+        ["--output_dir {root}/looping is a symbolic link", "does not exist or loops back"],
+    ),
+    (
+        "out_is_train_dir",
+        "train",
+        [*RUN, "--train_dir", "{out}"],
+        2,
+        ["--output_dir {out} is --train_dir {out}", "choose another --output_dir"],
+    ),
+    (
+        "out_inside_model",
+        "train",
+        [*RUN, "--train_dir", "{good}", "--model_name_or_path", "{out}", "--output_dir", "{out}/run"],
+        2,
+        ["--output_dir {out}/run lies inside --model_name_or_path {out}", "choose another --output_dir"],
+    ),
     # train.py: numbers
     ("num_crops_0", "train", [*TRAIN, "--num_crops", "0"], 2, ["--num_crops must be a finite number at least 1"]),
     ("num_crops_negative", "train", [*TRAIN, "--num_crops", "-3"], 2, ["--num_crops must be", "got -3"]),
@@ -261,6 +291,21 @@ CASES = [
         [*EVAL, "--model_name_or_path", "{bare_model}", "--validation_dir", "{latin1}"],
         2,
         ["metadata.csv, line 5", "UTF-8"],
+    ),
+    (
+        "eval_out_is_file",
+        "evaluate",
+        [
+            *EVAL,
+            "--model_name_or_path",
+            "{bare_model}",
+            "--validation_dir",
+            "{good}",
+            "--output_dir",
+            "{root}/a_file.txt",
+        ],
+        2,
+        ["--output_dir {root}/a_file.txt is a file, not a folder"],
     ),
     ("eval_num_crops_0", "evaluate", [*EVAL, "--model_name_or_path", "x", "--num_crops", "0"], 2, ["--num_crops"]),
     (
