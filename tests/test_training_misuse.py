@@ -326,6 +326,20 @@ CASES = [
         ["--seconds_per_crop must be positive"],
     ),
     ("protocol_data_dir", "run_protocol", ["--output_dir", "{out}", "--data_dir", "live"], 2, ["DATASET=PATH"]),
+    (
+        "protocol_data_dir_missing_dry_run",
+        "run_protocol",
+        ["--output_dir", "{out}", "--table", "koniq-cross", "--data_dir", "koniq10k={root}/nowhere", "--dry_run"],
+        2,
+        ["--data_dir koniq10k={root}/nowhere: no such folder"],
+    ),
+    (
+        "protocol_data_dir_unknown",
+        "run_protocol",
+        ["--output_dir", "{out}", "--data_dir", "bogus={good}", "--dry_run"],
+        2,
+        ["--data_dir bogus=...: unknown dataset; known: live, csiq", "agiqa3k"],
+    ),
     ("protocol_table_no_liqe", "run_protocol", ["--output_dir", "{out}", "--table", "1"], 2, ["needs --liqe_root"]),
 ]
 
