@@ -29,7 +29,7 @@ def check_output_folder(path, option: str = "--output_dir"):
     if os.path.islink(path) and not os.path.exists(path):
         raise ValueError(
             f"{option} {path} is a symbolic link to {os.readlink(path)}, which does not exist or loops back: remove "
-            f"the link or pass another {option}."
+            "the link or pass another folder."
         )
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"{option} {path} is a file, not a folder: pass a new or empty folder.")
