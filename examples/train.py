@@ -516,6 +516,69 @@ def check_output_apart(data_args, model_args, args):
             )
 
 
+# The options a resumed run may change: where and how often it writes, logs and uploads, and the hardware it runs on;
+# every other option changes what is trained (see docs/training.md, "Resuming").
+RESUMABLE_CHANGES = frozenset(
+    [
+        "output_dir",
+        "overwrite_output_dir",
+        "resume_from_checkpoint",
+        "checkpointing_steps",
+        "checkpoints_total_limit",
+        "dataloader_num_workers",
+        "cache_dir",
+        "verify_images",
+        "per_device_eval_batch_size",
+        "eval_every_epoch",
+        "cpu",
+        "tf32",
+        "with_tracking",
+        "report_to",
+        "push_to_hub",
+        "hub_model_id",
+        "hub_token",
+        "hub_private_repo",
+    ]
+)
+
+
+def check_resumed_settings(data_args, model_args, args):
+    """Refuses, before anything is loaded, to resume the run recorded in --output_dir/training_args.json with options
+    outside `RESUMABLE_CHANGES` that differ from its: the run would go on silently as another, and its record be
+    replaced."""
+    recorded_file = Path(args.output_dir) / TRAINING_ARGS_FILE
+    if not args.resume_from_checkpoint or not recorded_file.is_file():
+        return
+    try:
+        recorded = json.loads(recorded_file.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"{recorded_file}: not the JSON train.py writes ({err}); start afresh with --overwrite_output_dir."
+        ) from None
+    now = {**asdict(data_args), **asdict(model_args), **asdict(args)}
+    changed = []
+    for name, value in now.items():
+        # The record holds the protocol and step counts the run resolved: an option left out follows them.
+        resolved = name in ("split_protocol", "max_train_steps", "num_warmup_steps") and value is None
+        if name in RESUMABLE_CHANGES or name not in recorded or resolved:
+            continue
+        value = json.loads(json.dumps(value, default=str))  # as recorded: tuples as lists
+        if value != recorded[name]:
+            changed.append(f"--{name} {_shown(recorded[name])} there, {_shown(value)} now")
+    if changed:
+        raise ValueError(
+            f"--resume_from_checkpoint: the run in {args.output_dir} was trained with other options ("
+            + "; ".join(changed)
+            + "): resume with its options, or start a new run with --overwrite_output_dir or another --output_dir."
+        )
+
+
+def _shown(value) -> str:
+    if value is None:
+        return "unset"
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def save_checkpoint(accelerator, output_dir, name, state, total_limit=None):
     """`save_state` into output_dir/name plus the loop's state; then, with `total_limit`, deletes the oldest
     checkpoints beyond it. The state file is written last: a folder without it (a save cut short) is no checkpoint."""
@@ -1216,6 +1279,7 @@ def main(argv=None):
     data_args, model_args, args = parse_args(argv)
     check_output_apart(data_args, model_args, args)
     check_output_dir(args)
+    check_resumed_settings(data_args, model_args, args)
     data_args.check_folders()
     check_sources(model_args)
     per_crop = model_args.crop_sampling == "per_crop"

@@ -5,6 +5,7 @@ in the output folder changes."""
 import csv
 import hashlib
 import json
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -104,7 +105,21 @@ def ws(tiny_clip, tmp_path_factory):
     mos_range = type("MOSRange", (), {"mos_min": 1.0, "mos_max": 5.0, "higher_is_better": True})
     model = train_script.build_model(model_args, mos_range, 0.5)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(other / "model.safetensors"))
-    for name in ("garbage_ckpt", "bad_state_ckpt", "no_weights_ckpt", "bad_weights_ckpt", "other_config_ckpt"):
+    # A run's output folder, as train.py records it, trained with 8 crops of batches of 8.
+    (root / "ckrun").mkdir()
+    recorded = {}
+    for arguments in train_script.parse_args([arg.format(**places) for arg in [*RUN, "--train_dir", "{good}"]]):
+        recorded.update(asdict(arguments))
+    recorded.update(num_crops=8, per_device_train_batch_size=8, dataloader_num_workers=4)
+    (root / "ckrun" / "training_args.json").write_text(json.dumps(recorded, default=str))
+    for name in (
+        "ckrun",
+        "garbage_ckpt",
+        "bad_state_ckpt",
+        "no_weights_ckpt",
+        "bad_weights_ckpt",
+        "other_config_ckpt",
+    ):
         places[name] = str(root / name)
     return places
 
@@ -216,6 +231,17 @@ CASES = [
         [*RUN, "--train_dir", "{good}", "--resume_from_checkpoint", "{other_config_ckpt}"],
         2,
         ["other_config_ckpt: cannot be loaded into this run", "size mismatch for", "with other options"],
+    ),
+    (
+        "resume_other_settings",
+        "train",
+        [*RUN, "--train_dir", "{good}", "--output_dir", "{ckrun}", "--resume_from_checkpoint", "{other_config_ckpt}"],
+        2,
+        [
+            "the run in {ckrun} was trained with other options",
+            "--num_crops 8 there, 1 now; --per_device_train_batch_size 8 there, 2 now)",
+            "--overwrite_output_dir or another --output_dir",
+        ],
     ),
     # train.py: the model
     ("overrides_unknown", "train", [*RUN, "--config_overrides", "no_such_field=1"], 2, ["no_such_field"]),
