@@ -43,6 +43,7 @@ from mpiqe_hf.training import (
     DataArguments,
     IQATransform,
     check_number,
+    check_output_folder,
     collate_iqa_batch,
     iqa_split,
     load_split_sources,
@@ -491,6 +492,8 @@ def write_outputs(eval_args, summary, rows, groups):
 
 def main(argv=None):
     eval_args, cli_data = parse_args(argv)
+    # Before the models are scored: the results are written only at the end.
+    check_output_folder(eval_args.output_dir)
     cli_data.check_folders()
     cli_names_data = any(getattr(cli_data, name) is not None for name in SOURCE_FIELDS)
     # A lone --validation_dir is a folder of images to score, all of them.

@@ -197,10 +197,15 @@ def parse_args(argv=None):
             parser.error(f"--{option} {folder}: no such folder.")
     if any("=" not in item for item in args.data_dir):
         parser.error("--data_dir takes DATASET=PATH.")
-    if args.table == "koniq-cross" and not args.dry_run:  # a test set's typo would show only after the training
-        missing = [f"{name}={path}" for name, path in data_dirs(args).items() if not Path(path).is_dir()]
-        if missing:
-            parser.error(f"--data_dir {', '.join(missing)}: no such folder.")
+    known = dict.fromkeys(DATASETS + KONIQ_CROSS_TESTS)
+    unknown = [name for name in data_dirs(args) if name not in known]
+    if unknown:
+        parser.error(f"--data_dir {', '.join(unknown)}=...: unknown dataset; known: {', '.join(known)}.")
+    # Even for a dry run, whose plan would otherwise list commands that fail (a test set's typo showing only after
+    # the training).
+    missing = [f"{name}={path}" for name, path in data_dirs(args).items() if not Path(path).is_dir()]
+    if missing:
+        parser.error(f"--data_dir {', '.join(missing)}: no such folder.")
     return args
 
 

@@ -50,6 +50,7 @@ from mpiqe_hf.training import (
     ShuffledCropBatches,
     SplitPlan,
     check_number,
+    check_output_folder,
     collate_iqa_batch,
     evaluate_model,
     iqa_split,
@@ -476,8 +477,7 @@ def check_output_dir(args):
     replace the model, results and checkpoints there) without --overwrite_output_dir or --resume_from_checkpoint;
     checks the checkpoint to resume from."""
     out = Path(args.output_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--output_dir {out} is a file, not a folder: pass a new or empty folder.")
+    check_output_folder(out)
     resolve_checkpoint(args)
     if args.resume_from_checkpoint or args.overwrite_output_dir or not out.is_dir():
         return
@@ -489,6 +489,94 @@ def check_output_dir(args):
             "--overwrite_output_dir to replace it, --resume_from_checkpoint latest to continue the run that wrote it, "
             "or another --output_dir."
         )
+
+
+def check_output_apart(data_args, model_args, args):
+    """Refuses, before anything is loaded, an --output_dir that is, lies inside or holds a local input folder: the run
+    writes config.json, model.safetensors, best/ and checkpoints there, over the model it fine-tunes or among the
+    images it trains on (--overwrite_output_dir lets it)."""
+    out = Path(os.path.realpath(args.output_dir))
+    inputs = {
+        "--model_name_or_path": model_args.model_name_or_path,
+        "--clip_model_name_or_path": model_args.clip_model_name_or_path,
+        "--train_dir": data_args.train_dir,
+        "--validation_dir": data_args.validation_dir,
+        "--data_dir": data_args.data_dir,
+    }
+    for option, value in inputs.items():
+        # Hub ids that are not local folders cannot be written over.
+        if not value or not Path(value).is_dir():
+            continue
+        folder = Path(os.path.realpath(value))
+        if out == folder or folder in out.parents or out in folder.parents:
+            where = "is" if out == folder else "lies inside" if folder in out.parents else "holds"
+            raise ValueError(
+                f"--output_dir {args.output_dir} {where} {option} {value}: the run would write its model and "
+                "checkpoints among its inputs; choose another --output_dir."
+            )
+
+
+# The options a resumed run may change: where and how often it writes, logs and uploads, and the hardware it runs on;
+# every other option changes what is trained (see docs/training.md, "Resuming").
+RESUMABLE_CHANGES = frozenset(
+    [
+        "output_dir",
+        "overwrite_output_dir",
+        "resume_from_checkpoint",
+        "checkpointing_steps",
+        "checkpoints_total_limit",
+        "dataloader_num_workers",
+        "cache_dir",
+        "verify_images",
+        "per_device_eval_batch_size",
+        "eval_every_epoch",
+        "cpu",
+        "tf32",
+        "with_tracking",
+        "report_to",
+        "push_to_hub",
+        "hub_model_id",
+        "hub_token",
+        "hub_private_repo",
+    ]
+)
+
+
+def check_resumed_settings(data_args, model_args, args):
+    """Refuses, before anything is loaded, to resume the run recorded in --output_dir/training_args.json with options
+    outside `RESUMABLE_CHANGES` that differ from its: the run would go on silently as another, and its record be
+    replaced."""
+    recorded_file = Path(args.output_dir) / TRAINING_ARGS_FILE
+    if not args.resume_from_checkpoint or not recorded_file.is_file():
+        return
+    try:
+        recorded = json.loads(recorded_file.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"{recorded_file}: not the JSON train.py writes ({err}); start afresh with --overwrite_output_dir."
+        ) from None
+    now = {**asdict(data_args), **asdict(model_args), **asdict(args)}
+    changed = []
+    for name, value in now.items():
+        # The record holds the protocol and step counts the run resolved: an option left out follows them.
+        resolved = name in ("split_protocol", "max_train_steps", "num_warmup_steps") and value is None
+        if name in RESUMABLE_CHANGES or name not in recorded or resolved:
+            continue
+        value = json.loads(json.dumps(value, default=str))  # as recorded: tuples as lists
+        if value != recorded[name]:
+            changed.append(f"--{name} {_shown(recorded[name])} there, {_shown(value)} now")
+    if changed:
+        raise ValueError(
+            f"--resume_from_checkpoint: the run in {args.output_dir} was trained with other options ("
+            + "; ".join(changed)
+            + "): resume with its options, or start a new run with --overwrite_output_dir or another --output_dir."
+        )
+
+
+def _shown(value) -> str:
+    if value is None:
+        return "unset"
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def save_checkpoint(accelerator, output_dir, name, state, total_limit=None):
@@ -1189,7 +1277,9 @@ def push_results(args, accelerator, model, image_processor, data, schedule, resu
 
 def main(argv=None):
     data_args, model_args, args = parse_args(argv)
+    check_output_apart(data_args, model_args, args)
     check_output_dir(args)
+    check_resumed_settings(data_args, model_args, args)
     data_args.check_folders()
     check_sources(model_args)
     per_crop = model_args.crop_sampling == "per_crop"

@@ -32,15 +32,17 @@ def standin_koniq_release(root, sets=KONIQ_SETS, size=40):
     write_csv(root / "koniq10k_distributions_sets.csv", ["image_name", "MOS", "SD", "set"], split)
 
 
-def test_koniq_cross_dry_run_costs_count_the_official_split_and_the_cross_scoring(capsys):
+def test_koniq_cross_dry_run_costs_count_the_official_split_and_the_cross_scoring(tmp_path, capsys):
+    (tmp_path / "koniq10k").mkdir()
+    (tmp_path / "SPAQ").mkdir()
     protocol.main(
         [
             "--table",
             "koniq-cross",
             "--data_dir",
-            "koniq=/data/koniq10k",
+            f"koniq={tmp_path / 'koniq10k'}",
             "--data_dir",
-            "spaq=/data/SPAQ",
+            f"spaq={tmp_path / 'SPAQ'}",
             "--output_dir",
             "/tmp/never",
             "--dry_run",

@@ -5,6 +5,8 @@ in the output folder changes."""
 import csv
 import hashlib
 import json
+from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,12 @@ from mpiqe_hf.training import run_script
 
 evaluate_script = _load_script("evaluate")
 protocol_script = _load_script("run_protocol")
-SCRIPTS = {"train": train_script, "evaluate": evaluate_script, "run_protocol": protocol_script}
+# Each takes the argv and returns the exit status, as the command would.
+SCRIPTS = {
+    name: partial(run_script, module.main, prog="script")
+    for name, module in (("train", train_script), ("evaluate", evaluate_script), ("run_protocol", protocol_script))
+}
+SCRIPTS["export"] = export_main
 
 
 def write_folder(folder, rows, header=("file_name", "mos"), images=4, raw=None):
@@ -54,6 +61,8 @@ def ws(tiny_clip, tmp_path_factory):
     places = {"clip": tiny_clip, "root": str(root), "out": str(root / "out")}
     (root / "a_file.txt").write_text("not a folder")
     (root / "empty").mkdir()
+    (root / "dangling").symlink_to(root / "nowhere_target")
+    (root / "looping").symlink_to(root / "looping")
     places["good"] = write_folder(root / "good", good_rows(20), images=20)
     places["header_only"] = write_folder(root / "header_only", [])
     places["wrong_columns"] = write_folder(root / "wrong_columns", good_rows(), header=("image", "score"))
@@ -96,7 +105,21 @@ def ws(tiny_clip, tmp_path_factory):
     mos_range = type("MOSRange", (), {"mos_min": 1.0, "mos_max": 5.0, "higher_is_better": True})
     model = train_script.build_model(model_args, mos_range, 0.5)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(other / "model.safetensors"))
-    for name in ("garbage_ckpt", "bad_state_ckpt", "no_weights_ckpt", "bad_weights_ckpt", "other_config_ckpt"):
+    # A run's output folder, as train.py records it, trained with 8 crops of batches of 8.
+    (root / "ckrun").mkdir()
+    recorded = {}
+    for arguments in train_script.parse_args([arg.format(**places) for arg in [*RUN, "--train_dir", "{good}"]]):
+        recorded.update(asdict(arguments))
+    recorded.update(num_crops=8, per_device_train_batch_size=8, dataloader_num_workers=4)
+    (root / "ckrun" / "training_args.json").write_text(json.dumps(recorded, default=str))
+    for name in (
+        "ckrun",
+        "garbage_ckpt",
+        "bad_state_ckpt",
+        "no_weights_ckpt",
+        "bad_weights_ckpt",
+        "other_config_ckpt",
+    ):
         places[name] = str(root / name)
     return places
 
@@ -115,6 +138,34 @@ CASES = [
     ("out_not_empty", "train", SHORT, 2, ["{out} is not empty", "--overwrite_output_dir", "--resume_from_checkpoint"]),
     ("out_is_file", "train", [*TRAIN, "--output_dir", "{root}/a_file.txt"], 2, ["a_file.txt is a file"]),
     ("out_empty_string", "train", [*TRAIN, "--output_dir", ""], 2, ["--output_dir must name a folder"]),
+    (
+        "out_dangling_link",
+        "train",
+        [*RUN, "--train_dir", "{good}", "--output_dir", "{root}/dangling"],
+        2,
+        ["--output_dir {root}/dangling is a symbolic link to", "does not exist or loops back"],
+    ),
+    (
+        "out_looping_link",
+        "train",
+        [*RUN, "--train_dir", "{good}", "--output_dir", "{root}/looping"],
+        2,
+        ["--output_dir {root}/looping is a symbolic link", "does not exist or loops back"],
+    ),
+    (
+        "out_is_train_dir",
+        "train",
+        [*RUN, "--train_dir", "{out}"],
+        2,
+        ["--output_dir {out} is --train_dir {out}", "choose another --output_dir"],
+    ),
+    (
+        "out_inside_model",
+        "train",
+        [*RUN, "--train_dir", "{good}", "--model_name_or_path", "{out}", "--output_dir", "{out}/run"],
+        2,
+        ["--output_dir {out}/run lies inside --model_name_or_path {out}", "choose another --output_dir"],
+    ),
     # train.py: numbers
     ("num_crops_0", "train", [*TRAIN, "--num_crops", "0"], 2, ["--num_crops must be a finite number at least 1"]),
     ("num_crops_negative", "train", [*TRAIN, "--num_crops", "-3"], 2, ["--num_crops must be", "got -3"]),
@@ -180,6 +231,17 @@ CASES = [
         [*RUN, "--train_dir", "{good}", "--resume_from_checkpoint", "{other_config_ckpt}"],
         2,
         ["other_config_ckpt: cannot be loaded into this run", "size mismatch for", "with other options"],
+    ),
+    (
+        "resume_other_settings",
+        "train",
+        [*RUN, "--train_dir", "{good}", "--output_dir", "{ckrun}", "--resume_from_checkpoint", "{other_config_ckpt}"],
+        2,
+        [
+            "the run in {ckrun} was trained with other options",
+            "--num_crops 8 there, 1 now; --per_device_train_batch_size 8 there, 2 now)",
+            "--overwrite_output_dir or another --output_dir",
+        ],
     ),
     # train.py: the model
     ("overrides_unknown", "train", [*RUN, "--config_overrides", "no_such_field=1"], 2, ["no_such_field"]),
@@ -262,6 +324,21 @@ CASES = [
         2,
         ["metadata.csv, line 5", "UTF-8"],
     ),
+    (
+        "eval_out_is_file",
+        "evaluate",
+        [
+            *EVAL,
+            "--model_name_or_path",
+            "{bare_model}",
+            "--validation_dir",
+            "{good}",
+            "--output_dir",
+            "{root}/a_file.txt",
+        ],
+        2,
+        ["--output_dir {root}/a_file.txt is a file, not a folder"],
+    ),
     ("eval_num_crops_0", "evaluate", [*EVAL, "--model_name_or_path", "x", "--num_crops", "0"], 2, ["--num_crops"]),
     (
         "eval_batch_0",
@@ -281,21 +358,57 @@ CASES = [
         ["--seconds_per_crop must be positive"],
     ),
     ("protocol_data_dir", "run_protocol", ["--output_dir", "{out}", "--data_dir", "live"], 2, ["DATASET=PATH"]),
+    (
+        "protocol_data_dir_missing_dry_run",
+        "run_protocol",
+        ["--output_dir", "{out}", "--table", "koniq-cross", "--data_dir", "koniq10k={root}/nowhere", "--dry_run"],
+        2,
+        ["--data_dir koniq10k={root}/nowhere: no such folder"],
+    ),
+    (
+        "protocol_data_dir_unknown",
+        "run_protocol",
+        ["--output_dir", "{out}", "--data_dir", "bogus={good}", "--dry_run"],
+        2,
+        ["--data_dir bogus=...: unknown dataset; known: live, csiq", "agiqa3k"],
+    ),
     ("protocol_table_no_liqe", "run_protocol", ["--output_dir", "{out}", "--table", "1"], 2, ["needs --liqe_root"]),
+    # mpiqe-export
+    (
+        "export_opset_3",
+        "export",
+        ["onnx", "{out}/new", "--model", "{bare_model}", "--opset", "3"],
+        2,
+        ["--opset 3: the export supports opsets 14 to 20"],
+    ),
+    (
+        "export_dangling_link",
+        "export",
+        ["onnx", "{root}/dangling", "--model", "{bare_model}"],
+        2,
+        ["output_dir {root}/dangling is a symbolic link to", "does not exist or loops back"],
+    ),
+    (
+        "export_missing_model",
+        "export",
+        ["onnx", "{out}/new", "--model", "{root}/nomodel"],
+        2,
+        ["the MP-IQE model (--model) '{root}/nomodel': no such folder"],
+    ),
 ]
 
 
 def snapshot(folder):
+    """Each file's hash, and each folder: a refused run neither changes a file nor leaves an (empty) folder."""
     return {
-        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "folder"
         for path in Path(folder).rglob("*")
-        if path.is_file()
     }
 
 
-def run_case(main, argv):
+def run_case(script, argv):
     try:
-        return run_script(main, argv, prog="script")
+        return SCRIPTS[script](argv)
     except SystemExit as exited:  # argparse's errors
         return exited.code
 
@@ -309,7 +422,7 @@ def test_misuse_gets_one_line_and_loses_nothing(ws, tmp_path, capsys, script, ar
     (out / "pytorch_model_notes.txt").write_text("an earlier run's file")
     places = {**ws, "out": str(out)}
     before = snapshot(out)
-    code = run_case(SCRIPTS[script].main, [arg.format(**places) for arg in argv])
+    code = run_case(script, [arg.format(**places) for arg in argv])
     err = capsys.readouterr().err
     assert code == status, err
     assert "Traceback" not in err
@@ -371,5 +484,5 @@ def test_export_folder_holds_only_the_current_models_files(tmp_path, capsys):
     assert export_main(["onnx", str(foreign / "holiday.jpg"), "--model", str(model_dir)]) == 2
     assert "holiday.jpg is a file, not a folder" in capsys.readouterr().err
     assert export_main(["onnx", str(tmp_path / "new"), "--model", str(tmp_path / "nowhere")]) == 2
-    assert "cannot load the model" in capsys.readouterr().err
+    assert "nowhere': no such folder" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()

@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", "-m", required=True, help="Hub repo id or local folder of an MP-IQE checkpoint"
     )
     onnx_parser.add_argument("--revision", default=None, help="Hub revision of the model")
-    onnx_parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    onnx_parser.add_argument("--opset", type=int, default=17, help="ONNX opset, 14 to 20 (default 17)")
     onnx_parser.add_argument("--quantize", action="store_true", help="also write model_int8.onnx (dynamic int8)")
     return parser
 
@@ -38,10 +38,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _export(args) -> int:
-    from ..export_onnx.exporter import foreign_files
+    from ..export_onnx.exporter import check_opset, foreign_files
+    from ..model_sources import ModelSourceUnavailable, check_model_source
+    from ..training.script import check_output_folder
 
-    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
-        print(f"mpiqe-export: {args.output_dir} is a file, not a folder: pass a new or empty folder", file=sys.stderr)
+    try:
+        check_opset(args.opset)
+        check_output_folder(args.output_dir, "output_dir")
+        # In seconds, and naming a missing local folder: from_pretrained would try the name on the Hub, with retries.
+        alternatives = [] if os.path.exists(args.model) else [f"check the path: there is no folder {args.model} here"]
+        check_model_source(args.model, "the MP-IQE model (--model)", alternatives, revision=args.revision)
+    except (ValueError, ModelSourceUnavailable) as err:
+        print(f"mpiqe-export: {err}", file=sys.stderr)
         return 2
     foreign = foreign_files(args.output_dir)
     if foreign:

@@ -11,8 +11,16 @@ The export folder also holds the model's `config.json` (class names, quality lev
 `--quantize` adds `model_int8.onnx`, onnxruntime's dynamic int8 quantisation of the weights of the matrix products.
 """
 
-from .exporter import ONNX_FILE, QUANTIZED_ONNX_FILE, export_onnx, quantize_onnx
+from .exporter import ONNX_FILE, QUANTIZED_ONNX_FILE, SUPPORTED_OPSETS, check_opset, export_onnx, quantize_onnx
 from .runtime import OnnxQualityScorer
 
 
-__all__ = ["export_onnx", "quantize_onnx", "OnnxQualityScorer", "ONNX_FILE", "QUANTIZED_ONNX_FILE"]
+__all__ = [
+    "export_onnx",
+    "quantize_onnx",
+    "check_opset",
+    "OnnxQualityScorer",
+    "ONNX_FILE",
+    "QUANTIZED_ONNX_FILE",
+    "SUPPORTED_OPSETS",
+]

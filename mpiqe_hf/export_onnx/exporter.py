@@ -21,6 +21,10 @@ EXPORT_FILES = frozenset(
     + [name for name in os.listdir(os.path.dirname(os.path.dirname(__file__))) if name.endswith(".py")]
 )
 _INPUT_NAME = "pixel_values"
+# The opsets an export is tested with: from 14, the first that has the attention's scaled_dot_product_attention, to
+# 20, the newest of the TorchScript exporter of torch 2.4 (the oldest torch the package supports); torch.onnx names
+# its own limits in private constants only.
+SUPPORTED_OPSETS = range(14, 21)
 
 
 def _require(module: str):
@@ -62,6 +66,16 @@ def foreign_files(output_dir) -> list[str]:
     return sorted(name for name in os.listdir(output_dir) if name not in EXPORT_FILES)
 
 
+def check_opset(opset: int):
+    """Raises `ValueError` for an opset outside [`SUPPORTED_OPSETS`], before anything is written: torch's exporter
+    would fail only after tracing the model, with its graph in the message."""
+    if opset not in SUPPORTED_OPSETS:
+        raise ValueError(
+            f"--opset {opset}: the export supports opsets {SUPPORTED_OPSETS[0]} to {SUPPORTED_OPSETS[-1]}; "
+            "leave --opset out for 17."
+        )
+
+
 def export_onnx(model, output_dir, image_processor=None, opset: int = 17, quantize: bool = False) -> dict:
     """
     Exports `model`'s scoring to `output_dir/model.onnx` with `torch.onnx.export`, next to its `config.json` and
@@ -72,7 +86,7 @@ def export_onnx(model, output_dir, image_processor=None, opset: int = 17, quanti
         output_dir (`str` or `os.PathLike`): the export folder (created).
         image_processor ([`MPIQEImageProcessor`], *optional*): saved with the graph; defaults to one with the CLIP
             image size as crop size.
-        opset (`int`): ONNX opset of the TorchScript-based exporter.
+        opset (`int`): ONNX opset of the TorchScript-based exporter, in [`SUPPORTED_OPSETS`] (14 to 20).
         quantize (`bool`): also write `model_int8.onnx` (see [`quantize_onnx`]); without it, the
             `model_int8.onnx` of an earlier export into `output_dir` is deleted, so that the folder holds only this
             model's files.
@@ -81,6 +95,7 @@ def export_onnx(model, output_dir, image_processor=None, opset: int = 17, quanti
         `{"onnx": path, "max_abs_diff": float}` (+ `"onnx_int8"` with `quantize=True`): `max_abs_diff` is the largest
         difference of the normalised scores of onnxruntime and torch on two random images.
     """
+    check_opset(opset)
     onnxruntime = _require("onnxruntime")
     _require("onnx")
     from ..image_processing_mpiqe import MPIQEImageProcessor

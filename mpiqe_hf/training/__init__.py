@@ -6,7 +6,8 @@
 - `evaluation`: scoring a split ([`predict_per_image`], [`predict`], [`evaluate_model`]);
 - `arguments`: [`DataArguments`];
 - `splits`: the split protocols ([`plan_split`], [`SplitPlan`], [`load_split_sources`], [`label_coverage`]);
-- `script`: how the example scripts end: one line and exit status 2 for bad input, 130 for Ctrl-C ([`run_script`]).
+- `script`: how the example scripts end: one line and exit status 2 for bad input, 130 for Ctrl-C ([`run_script`]), and
+  the output folder's check ([`check_output_folder`]).
 
 A split is a small `datasets.Dataset` of samples, one row per `(row, visit)`: `row` indexes the IQA dataset (the
 layout of `mpiqe_hf.data.load_iqa_dataset`, see `docs/data.md`) and `visit` numbers the times an epoch visits that
@@ -34,13 +35,14 @@ process) only.
 from .arguments import SPLIT_PROTOCOLS, DataArguments, check_number
 from .evaluation import evaluate_model, predict, predict_per_image
 from .samples import EpochShuffleSampler, ShuffledCropBatches, iqa_split, make_samples
-from .script import USAGE_ERROR, run_script
+from .script import USAGE_ERROR, check_output_folder, run_script
 from .splits import SplitPlan, label_coverage, load_source, load_split_sources, plan_split
 from .transforms import IGNORE_INDEX, IQATransform, LabelEncoder, collate_iqa_batch, derived_seed, keep_samples
 
 
 __all__ = [
     "DataArguments",
+    "check_output_folder",
     "check_number",
     "SPLIT_PROTOCOLS",
     "SplitPlan",

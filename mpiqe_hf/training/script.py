@@ -4,6 +4,7 @@ for `mpiqe-score`)."""
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -17,6 +18,21 @@ INTERRUPTED = 130
 BUG = 70  # EX_SOFTWARE of sysexits.h, as `mpiqe-score` (where 1 means that some images failed)
 # What bad input raises: the loaders and checks name the file, line, field or option and the way out in the message.
 INPUT_ERRORS = (UsageError, ModelSourceUnavailable, ValueError)
+
+
+def check_output_folder(path, option: str = "--output_dir"):
+    """
+    Raises `ValueError` naming `option` when `path` cannot be the output folder: a file, or a symbolic link whose
+    target does not exist or that loops (`os.makedirs` would fail with "File exists" only after the run has loaded
+    everything). A folder, or a path that does not exist yet, passes.
+    """
+    if os.path.islink(path) and not os.path.exists(path):
+        raise ValueError(
+            f"{option} {path} is a symbolic link to {os.readlink(path)}, which does not exist or loops back: remove "
+            "the link or pass another folder."
+        )
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{option} {path} is a file, not a folder: pass a new or empty folder.")
 
 
 def run_script(main: Callable, argv=None, *, prog: str, interrupted: str = "interrupted") -> int:
