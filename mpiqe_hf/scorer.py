@@ -28,6 +28,15 @@ __all__ = ["MPIQEScorer"]
 LABEL_COLUMNS = ("quality", "scene", "distortion")
 
 
+def cast_keeping_fp32_modules(model: MPIQEModel, dtype: torch.dtype) -> MPIQEModel:
+    """`model.to(dtype)` that keeps the modules of `_keep_in_fp32_modules_strict` (the score head) in float32, as
+    `from_pretrained(..., dtype=...)` keeps them: bfloat16 scores would move in steps of 2**-8."""
+    model.to(dtype=dtype)
+    for name in model._keep_in_fp32_modules_strict:
+        model.get_submodule(name).float()
+    return model
+
+
 class MPIQEScorer:
     r"""
     An MP-IQE model as a metric: images in, scores `(batch_size,)` out, on the model's native MOS scale (as the
@@ -113,10 +122,7 @@ class MPIQEScorer:
         elif isinstance(model, MPIQEModel):
             source = model.name_or_path
             if dtype is not None:
-                model.to(dtype=dtype)
-                # as `from_pretrained(..., dtype=...)` keeps it: bfloat16 scores would move in steps of 2**-8
-                for name in model._keep_in_fp32_modules_strict:
-                    model.get_submodule(name).float()
+                cast_keeping_fp32_modules(model, dtype)
         else:
             raise TypeError(
                 f"model must be an MPIQEModel, a local folder or a Hub repo id, got {type(model).__name__}"

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..score_batch import ScoreBatch
+from ..scorer import cast_keeping_fp32_modules
 from .errors import UsageError
 
 
@@ -45,9 +46,7 @@ class TorchScorer:
 
     def __init__(self, model, device: torch.device, dtype: torch.dtype, compile: bool = False):
         self.weights_sha256 = _state_sha256(model)  # before the cast: the same weights in any dtype
-        self.model = model.to(device=device, dtype=dtype).eval()
-        for name in model._keep_in_fp32_modules_strict:  # the score head: see `MPIQEPreTrainedModel`
-            self.model.get_submodule(name).float()
+        self.model = cast_keeping_fp32_modules(model.to(device), dtype).eval()
         self.config = model.config
         self.device = device
         self.dtype = dtype
